@@ -1,0 +1,20 @@
+//! `slate init`: create an empty repository.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use slate_repo::{Config, Repo};
+
+pub fn run(path: &Path, compression_level: i32) -> Result<ExitCode> {
+    if !(1..=22).contains(&compression_level) {
+        bail!("--compression-level must be between 1 and 22");
+    }
+    let config = Config {
+        compression_level,
+        ..Config::default()
+    };
+    Repo::init(path, config)?;
+    eprintln!("initialised an empty slate repository in {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}

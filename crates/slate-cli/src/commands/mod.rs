@@ -1,0 +1,92 @@
+//! One file per command; `run` dispatches.
+
+mod cat;
+mod checkout;
+mod commit;
+mod diff;
+mod gc;
+mod init;
+mod keygen;
+mod log;
+mod ls;
+mod verify;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use slate_repo::Repo;
+
+use crate::cli::{Cli, Command};
+
+/// Run the parsed command.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init {
+            repo,
+            compression_level,
+        } => init::run(&repo.repo, compression_level),
+        Command::Keygen { out } => keygen::run(&out),
+        Command::Commit {
+            repo,
+            channel,
+            sign,
+            message,
+            meta,
+            out,
+            tree,
+        } => commit::run(
+            &open(&repo.repo)?,
+            &channel,
+            sign.as_deref(),
+            message,
+            &meta,
+            out.json,
+            &tree,
+        ),
+        Command::Sign { repo, key, snapshot } => commit::sign(&open(&repo.repo)?, &key, &snapshot),
+        Command::Checkout {
+            repo,
+            no_sync,
+            out,
+            snapshot,
+            dest,
+        } => checkout::run(&open(&repo.repo)?, &snapshot, &dest, !no_sync, out.json),
+        Command::Log { repo, out, channel } => log::run(&open(&repo.repo)?, channel.as_deref(), out.json),
+        Command::Ls {
+            repo,
+            recursive,
+            out,
+            snapshot,
+            path,
+        } => ls::run(&open(&repo.repo)?, &snapshot, &path, recursive, out.json),
+        Command::Diff { repo, out, stat, a, b } => diff::run(&open(&repo.repo)?, &a, &b, stat, out.json),
+        Command::Cat { repo, snapshot, path } => cat::run(&open(&repo.repo)?, &snapshot, &path),
+        Command::Verify { repo, trust, out } => verify::run(&open(&repo.repo)?, &trust, out.json),
+        Command::Gc {
+            repo,
+            keep_last,
+            dry_run,
+            out,
+        } => gc::run(&open(&repo.repo)?, keep_last, dry_run, out.json),
+    }
+}
+
+/// Open the repository at `path`.
+pub fn open(path: &Path) -> Result<Repo> {
+    Ok(Repo::open(path)?)
+}
+
+/// Read a secret key file.
+pub fn read_secret_key(path: &Path) -> Result<slate_core::keys::SecretKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read key {}", path.display()))?;
+    slate_core::keys::SecretKey::from_text(&text)
+        .with_context(|| format!("{} is not a slate secret key", path.display()))
+}
+
+/// Read a public key file.
+pub fn read_public_key(path: &Path) -> Result<slate_core::keys::PublicKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read key {}", path.display()))?;
+    slate_core::keys::PublicKey::from_text(&text)
+        .with_context(|| format!("{} is not a slate public key", path.display()))
+}

@@ -1,0 +1,33 @@
+//! The `slate` command: parse arguments, set up logging, run one command,
+//! and turn any failure into one line on stderr and a non-zero exit.
+
+mod cli;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLATE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match commands::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            // A closed pipe (`slate ls | head`) is not a failure.
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("slate: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

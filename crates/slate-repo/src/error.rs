@@ -1,0 +1,48 @@
+//! The repository's error type: each variant names the object or path that
+//! failed, so the CLI can print one line a person can act on.
+
+use thiserror::Error;
+
+/// A repository operation failed.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// An I/O error; the message carries the path.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A stored object is corrupt or fails its hash.
+    #[error("{object}: {source}")]
+    Corrupt {
+        /// Which object (kind and id).
+        object: String,
+        /// What is wrong with it.
+        source: slate_core::Error,
+    },
+    /// A name did not resolve to a snapshot.
+    #[error("no snapshot or channel named {0:?} in this repository (see `slate log` and `slate ls`)")]
+    UnknownSnapshot(String),
+    /// A chunk a snapshot needs is not in any pack.
+    #[error("chunk {0} is missing from the repository (run `slate verify`)")]
+    MissingChunk(String),
+    /// The path is not a slate repository.
+    #[error("{0} is not a slate repository (create one with `slate init --repo {0}`)")]
+    NotARepository(String),
+    /// Bad user input (a channel name, a destination, a path).
+    #[error("{0}")]
+    Invalid(String),
+    /// A signature check failed.
+    #[error("{0}")]
+    Untrusted(String),
+}
+
+impl Error {
+    /// A corrupt-object error.
+    pub fn corrupt(object: impl Into<String>, source: slate_core::Error) -> Self {
+        Error::Corrupt {
+            object: object.into(),
+            source,
+        }
+    }
+}
+
+/// Result with the repository's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
