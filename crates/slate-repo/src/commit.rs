@@ -403,10 +403,28 @@ pub fn commit(repo: &Repo, tree: &Path, opts: &CommitOptions<'_>, progress: &dyn
     }
     progress.finish();
 
+    let metadata = os_release(tree);
+    finish_commit(repo, &mut asm, &m, parent, history, opts, metadata, files.len() as u64)
+}
+
+/// Commit a manifest whose file chunks the repository already holds (or
+/// that `asm` has just stored): store the manifest, the snapshot record and
+/// its signature, sync, then move the channel.
+#[allow(clippy::too_many_arguments)]
+fn finish_commit(
+    repo: &Repo,
+    asm: &mut Assembler<'_>,
+    m: &manifest::Manifest,
+    parent: Option<SnapshotId>,
+    mut history: Vec<SnapshotId>,
+    opts: &CommitOptions<'_>,
+    os_metadata: Vec<(String, String)>,
+    files: u64,
+) -> Result<CommitStats> {
     // The manifest travels and deduplicates like file content.
-    let encoded = manifest::encode(&m);
+    let encoded = manifest::encode(m);
     let mut manifest_chunks = Vec::new();
-    for (off, len) in params.cut(&encoded) {
+    for (off, len) in repo.config.chunker.cut(&encoded) {
         let data = &encoded[off..off + len];
         let id = ChunkId::of(data);
         asm.push(id, data)?;
@@ -415,7 +433,7 @@ pub fn commit(repo: &Repo, tree: &Path, opts: &CommitOptions<'_>, progress: &dyn
     asm.finish()?;
 
     // The caller's metadata overrides what os-release says.
-    let metadata: Vec<(String, String)> = os_release(tree)
+    let metadata: Vec<(String, String)> = os_metadata
         .into_iter()
         .chain(opts.metadata.iter().cloned())
         .collect::<std::collections::BTreeMap<_, _>>()
@@ -445,8 +463,7 @@ pub fn commit(repo: &Repo, tree: &Path, opts: &CommitOptions<'_>, progress: &dyn
     }
     // The commit point: everything above is durable before the channel
     // names it.
-    storage.sync()?;
-    let mut history = history;
+    repo.storage.sync()?;
     history.push(id);
     repo.set_channel_history(opts.channel, &history)?;
 
@@ -454,13 +471,40 @@ pub fn commit(repo: &Repo, tree: &Path, opts: &CommitOptions<'_>, progress: &dyn
         snapshot: id.to_hex(),
         parent: parent.map(|p| p.to_hex()),
         entries: m.entries.len() as u64,
-        files: files.len() as u64,
-        file_bytes: total,
+        files,
+        file_bytes: snap.file_bytes,
         new_chunks: asm.new_chunks,
         new_bytes: asm.new_bytes,
         stored_bytes: asm.stored_bytes,
         packs: asm.packs.len() as u64,
     })
+}
+
+/// Commit a prebuilt manifest, with the content of its files given by
+/// chunk id in `content` (chunks the repository holds may be left out).
+/// Used to import trees from elsewhere, and by tests to build repositories
+/// holding hostile manifests: nothing here validates paths, on purpose;
+/// every reader does.
+pub fn commit_manifest(
+    repo: &Repo,
+    m: &manifest::Manifest,
+    content: &[(ChunkId, Vec<u8>)],
+    opts: &CommitOptions<'_>,
+) -> Result<CommitStats> {
+    crate::channel::check_name(opts.channel)?;
+    let _lock = repo.lock()?;
+    let index = repo.load_index()?;
+    let history = repo.channel_history(opts.channel)?;
+    let parent = history.last().copied();
+    let mut asm = Assembler::new(repo.storage.as_ref(), &index, repo.config.compression_level);
+    for (id, data) in content {
+        if ChunkId::of(data) != *id {
+            return Err(Error::Invalid(format!("content given for chunk {id} does not hash to it")));
+        }
+        asm.push(*id, data)?;
+    }
+    let files = m.entries.iter().filter(|e| matches!(e.kind, Kind::File(_))).count() as u64;
+    finish_commit(repo, &mut asm, m, parent, history, opts, Vec::new(), files)
 }
 
 fn set_chunks(m: &mut manifest::Manifest, job: &FileJob, chunks: Vec<ChunkRef>) -> Result<()> {

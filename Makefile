@@ -1,0 +1,34 @@
+# slate: the two commands are `make demo` (set up, build, run the main job)
+# and `make test` (the whole suite; what .ci/run calls).
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: demo test setup build check lint unit corpus bench clean
+
+demo: setup build
+	./scripts/demo.sh
+
+setup:
+	./scripts/setup.sh
+
+build:
+	$(CARGO) build --release --locked
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+corpus:
+	./scripts/corpus.sh
+
+# Everything: formatting, lints, unit and integration tests (the real-tree
+# tests build the Debian corpus once and cache it under /var/tmp).
+test: setup lint corpus
+	$(CARGO) build --release --locked
+	SLATE_CORPUS=$${SLATE_CORPUS:-/var/tmp/stateless-bench/corpus} $(CARGO) test --workspace --release --locked -- --test-threads=2
+
+bench: setup build corpus
+	./bench/repo.sh
+
+clean:
+	$(CARGO) clean
