@@ -1,0 +1,1 @@
+//! The commands as the README documents them.

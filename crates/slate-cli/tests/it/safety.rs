@@ -1,0 +1,2 @@
+//! Bad input, crashes and concurrency: repositories stay valid and every
+//! failure is one clear error.

@@ -1,0 +1,63 @@
+//! Shared helpers: run the `slate` binary, make scratch directories on a
+//! filesystem with xattr support, find the Debian corpus.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `slate` binary under test.
+pub fn slate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_slate"))
+}
+
+/// A scratch directory under /var/tmp (ext4 here and in CI, unlike a
+/// tmpfs /tmp, so xattrs, ACLs and sparse files behave as on a real root).
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("slate-test-").tempdir_in("/var/tmp").expect("scratch dir")
+}
+
+/// Run `slate ARGS...`; returns the output whatever the exit status.
+pub fn slate(args: &[&str]) -> Output {
+    Command::new(slate_bin()).args(args).env_remove("SLATE_REPO").output().expect("run slate")
+}
+
+/// Run `slate ARGS...` and require success; returns stdout.
+pub fn slate_ok(args: &[&str]) -> String {
+    let out = slate(args);
+    assert!(
+        out.status.success(),
+        "slate {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Run `slate ARGS...` and require failure; returns stderr.
+pub fn slate_err(args: &[&str]) -> String {
+    let out = slate(args);
+    assert!(!out.status.success(), "slate {args:?} succeeded but should have failed");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "slate {args:?} panicked:\n{err}");
+    err
+}
+
+/// `p` as a &str (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Where the Debian corpus is, if it was built: `$SLATE_CORPUS`, else the
+/// default cache of ../shared/bench/corpus.sh.
+pub fn corpus() -> Option<PathBuf> {
+    let dir = std::env::var_os("SLATE_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/stateless-bench/corpus"));
+    ["v1.done", "v2.done", "v3.done"].iter().all(|f| dir.join(f).exists()).then_some(dir)
+}
+
+/// Whether we run as root (needed for owners, devices, trusted xattrs).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
