@@ -108,7 +108,7 @@ pub fn run(repo: &Repo, spec: &str, path: &str, recursive: bool, as_json: bool) 
                 _ => String::new(),
             };
             println!(
-                "{}{} {:>6} {:>6} {:>12} {} {}{}",
+                "{}{} {:>6} {:>6} {:>12} {} /{}{}",
                 d.kind,
                 d.mode,
                 d.uid,
