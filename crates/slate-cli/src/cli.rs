@@ -159,4 +159,120 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Prepare a delta: what a client holding FROM needs to rebuild TO, as binary patches (served to agents).
+    Delta {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// zstd level of the patches (1-22): higher is smaller and slower.
+        #[arg(long, default_value_t = 19)]
+        level: i32,
+        #[command(flatten)]
+        out: OutputArg,
+        /// The snapshot clients hold.
+        from: String,
+        /// The snapshot they update to.
+        to: String,
+    },
+    /// Serve the repository, its channels and the fleet API over HTTP.
+    Serve {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Address to listen on, e.g. 0.0.0.0:8470 or 127.0.0.1:8470.
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+        /// Fleet file: which machine runs which channel (see docs/fleet.md).
+        #[arg(long, value_name = "FLEET.toml")]
+        fleet: Option<PathBuf>,
+        /// SQLite database for machine reports (default: REPO/fleet.db).
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
+        #[arg(long, value_name = "F", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, value_name = "F", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// The fleet as the server sees it.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
+    /// One pass of the agent: ask the server, fetch what is missing, write the reserve slot, switch.
+    Update {
+        /// Agent configuration (see docs/agent.md).
+        #[arg(
+            long,
+            value_name = "AGENT.toml",
+            env = "SLATE_AGENT_CONFIG",
+            default_value = "/etc/slate/agent.toml"
+        )]
+        config: PathBuf,
+        /// Print JSON lines (progress and result) on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Plan and print what would be fetched and written; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The agent's slots, which is active, pending and known good, and the last pass.
+    Status {
+        /// Agent configuration.
+        #[arg(
+            long,
+            value_name = "AGENT.toml",
+            env = "SLATE_AGENT_CONFIG",
+            default_value = "/etc/slate/agent.toml"
+        )]
+        config: PathBuf,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Mark the booted slot good: stop boot counting.
+    BootOk {
+        /// Agent configuration.
+        #[arg(
+            long,
+            value_name = "AGENT.toml",
+            env = "SLATE_AGENT_CONFIG",
+            default_value = "/etc/slate/agent.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Boot the other slot next.
+    Rollback {
+        /// Agent configuration.
+        #[arg(
+            long,
+            value_name = "AGENT.toml",
+            env = "SLATE_AGENT_CONFIG",
+            default_value = "/etc/slate/agent.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Mirror a channel from a server into a local repository.
+    Pull {
+        /// Server URL, e.g. http://slate.example:8470.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// Channel to mirror.
+        channel: String,
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Only accept snapshots signed by one of these keys.
+        #[arg(long, value_name = "KEY.pub")]
+        trust: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// The machines table: identity, channel, current and target snapshot, slots, last results, last seen.
+    Status {
+        /// Server URL.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
 }

@@ -9,6 +9,7 @@
 
 pub mod chunker;
 pub mod codec;
+pub mod delta;
 pub mod error;
 pub mod id;
 pub mod keys;

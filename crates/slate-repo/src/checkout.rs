@@ -52,7 +52,8 @@ pub struct CheckoutStats {
 const BATCH_BYTES: u64 = 4 << 20;
 const BATCH_ENTRIES: usize = 512;
 
-fn err_at(dest: &Path, path: &[u8], what: &str, e: impl std::fmt::Display) -> Error {
+/// An I/O error naming the entry `path` beneath `dest`.
+pub fn err_at(dest: &Path, path: &[u8], what: &str, e: impl std::fmt::Display) -> Error {
     Error::Io(io::Error::other(format!(
         "{}/{}: {what}: {e}",
         dest.display(),
@@ -60,19 +61,21 @@ fn err_at(dest: &Path, path: &[u8], what: &str, e: impl std::fmt::Display) -> Er
     )))
 }
 
-fn cpath(p: &[u8]) -> &std::ffi::OsStr {
+/// Raw path bytes as an `OsStr` for system calls.
+pub fn cpath(p: &[u8]) -> &std::ffi::OsStr {
     std::ffi::OsStr::from_bytes(p)
 }
 
 /// Opens parent directories beneath the destination, remembering the last.
-struct Dirs<'a> {
+pub struct Dirs<'a> {
     dest: &'a OwnedFd,
     dest_path: &'a Path,
     last: Option<(Vec<u8>, OwnedFd)>,
 }
 
 impl<'a> Dirs<'a> {
-    fn new(dest: &'a OwnedFd, dest_path: &'a Path) -> Self {
+    /// Parents beneath `dest` (whose path is `dest_path`, for errors).
+    pub fn new(dest: &'a OwnedFd, dest_path: &'a Path) -> Self {
         Dirs {
             dest,
             dest_path,
@@ -80,7 +83,8 @@ impl<'a> Dirs<'a> {
         }
     }
 
-    fn open(&self, rel: &[u8], flags: OFlags) -> Result<OwnedFd> {
+    /// Open the directory `rel` beneath the destination.
+    pub fn open(&self, rel: &[u8], flags: OFlags) -> Result<OwnedFd> {
         rustix::fs::openat2(
             self.dest,
             cpath(rel),
@@ -92,7 +96,7 @@ impl<'a> Dirs<'a> {
     }
 
     /// A descriptor of `path`'s parent directory.
-    fn parent(&mut self, path: &[u8]) -> Result<std::os::fd::BorrowedFd<'_>> {
+    pub fn parent(&mut self, path: &[u8]) -> Result<std::os::fd::BorrowedFd<'_>> {
         let parent = mpath::parent(path);
         if parent.is_empty() {
             return Ok(self.dest.as_fd());
@@ -124,7 +128,7 @@ fn uid_gid(meta: &Meta) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
 }
 
 /// Set owner, mode, xattrs and times on an open regular file or directory.
-fn apply_meta_fd(fd: &impl AsFd, meta: &Meta, dest: &Path, path: &[u8]) -> Result<()> {
+pub fn apply_meta_fd(fd: &impl AsFd, meta: &Meta, dest: &Path, path: &[u8]) -> Result<()> {
     let (u, g) = uid_gid(meta);
     rustix::fs::fchown(fd, u, g).map_err(|e| err_at(dest, path, "chown", io::Error::from(e)))?;
     rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
@@ -144,7 +148,7 @@ fn apply_meta_fd(fd: &impl AsFd, meta: &Meta, dest: &Path, path: &[u8]) -> Resul
 
 /// The same for an entry that cannot be opened (symlink, device, fifo,
 /// socket), by name relative to its parent.
-fn apply_meta_at(
+pub fn apply_meta_at(
     parent: std::os::fd::BorrowedFd<'_>,
     meta: &Meta,
     symlink: bool,
@@ -220,9 +224,21 @@ fn write_content(file: &File, data: &FileData, src: &mut dyn ChunkSource) -> Res
 
 fn create_entry(e: &Entry, dirs: &mut Dirs<'_>, src: &mut dyn ChunkSource) -> Result<u64> {
     let dest = dirs.dest_path;
+    let parent = dirs.parent(&e.path)?;
+    create_at(parent, cpath(mpath::name(&e.path)), e, src, dest)
+}
+
+/// Create the non-directory, non-hard-link entry `e` as `name` in `parent`,
+/// with its content and all its metadata; returns the file bytes written.
+/// `dest` and `e.path` only name it in errors.
+pub fn create_at(
+    parent: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    e: &Entry,
+    src: &mut dyn ChunkSource,
+    dest: &Path,
+) -> Result<u64> {
     let path = &e.path;
-    let name = cpath(mpath::name(path));
-    let parent = dirs.parent(path)?;
     match &e.kind {
         Kind::File(data) => {
             let fd = rustix::fs::openat(
@@ -392,7 +408,8 @@ pub fn materialize<S: ChunkSource>(
 }
 
 impl Dirs<'_> {
-    fn open_or_dest(&self, rel: &[u8]) -> Result<OwnedFd> {
+    /// Open `rel` as an O_PATH descriptor, or the destination for "".
+    pub fn open_or_dest(&self, rel: &[u8]) -> Result<OwnedFd> {
         if rel.is_empty() {
             return self.dest.try_clone().map_err(Error::Io);
         }

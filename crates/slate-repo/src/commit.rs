@@ -146,7 +146,7 @@ type ChunkedFile = (Vec<u8>, Vec<(usize, ChunkRef)>);
 
 /// Collects new chunks into frames and frames into packs, in the order
 /// they are pushed, compressing frames in parallel batches.
-pub(crate) struct Assembler<'a> {
+pub struct Assembler<'a> {
     index: &'a ChunkIndex,
     seen: HashSet<ChunkId>,
     level: i32,
@@ -154,14 +154,19 @@ pub(crate) struct Assembler<'a> {
     frame_chunks: Vec<FramedChunk>,
     pending: Vec<RawFrame>,
     pack: PackWriter<'a>,
-    pub(crate) packs: Vec<(PackId, PackIndex)>,
-    pub(crate) new_chunks: u64,
-    pub(crate) new_bytes: u64,
-    pub(crate) stored_bytes: u64,
+    /// Packs written so far.
+    pub packs: Vec<(PackId, PackIndex)>,
+    /// Chunks added.
+    pub new_chunks: u64,
+    /// Their raw bytes.
+    pub new_bytes: u64,
+    /// Their compressed bytes.
+    pub stored_bytes: u64,
 }
 
 impl<'a> Assembler<'a> {
-    pub(crate) fn new(storage: &'a dyn Storage, index: &'a ChunkIndex, level: i32) -> Self {
+    /// Pack new chunks into `storage`, skipping those `index` holds.
+    pub fn new(storage: &'a dyn Storage, index: &'a ChunkIndex, level: i32) -> Self {
         Assembler {
             index,
             seen: HashSet::new(),
@@ -178,7 +183,7 @@ impl<'a> Assembler<'a> {
     }
 
     /// Add a chunk unless the repository (or this commit) already has it.
-    pub(crate) fn push(&mut self, id: ChunkId, data: &[u8]) -> Result<()> {
+    pub fn push(&mut self, id: ChunkId, data: &[u8]) -> Result<()> {
         if self.index.contains(&id) || !self.seen.insert(id) {
             return Ok(());
         }
@@ -223,7 +228,7 @@ impl<'a> Assembler<'a> {
     }
 
     /// Write out everything pushed so far and close the open pack.
-    pub(crate) fn finish(&mut self) -> Result<()> {
+    pub fn finish(&mut self) -> Result<()> {
         self.close_frame();
         self.flush()?;
         if let Some(p) = self.pack.close()? {
@@ -499,7 +504,9 @@ pub fn commit_manifest(
     let mut asm = Assembler::new(repo.storage.as_ref(), &index, repo.config.compression_level);
     for (id, data) in content {
         if ChunkId::of(data) != *id {
-            return Err(Error::Invalid(format!("content given for chunk {id} does not hash to it")));
+            return Err(Error::Invalid(format!(
+                "content given for chunk {id} does not hash to it"
+            )));
         }
         asm.push(*id, data)?;
     }

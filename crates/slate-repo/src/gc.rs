@@ -179,6 +179,15 @@ pub fn gc(repo: &Repo, keep_last: Option<usize>, dry_run: bool) -> Result<GcPlan
         storage.delete(&pack_key(&id))?;
     }
     for k in &plan.orphans {
+        // The rewrite above may have just published this very pack (the
+        // same live chunks give the same bytes, hence the same name) with
+        // its index, e.g. when an earlier gc was killed between the two:
+        // it is live now, not a leftover.
+        if let Some(stem) = k.strip_suffix(".pack") {
+            if storage.exists(&format!("{stem}.idx")) {
+                continue;
+            }
+        }
         storage.delete(k)?;
     }
     for k in storage.list("tmp")? {

@@ -85,6 +85,11 @@ impl ChunkIndex {
         self.map.contains_key(id)
     }
 
+    /// Every chunk's location.
+    pub fn locations(&self) -> impl Iterator<Item = &Location> {
+        self.map.values()
+    }
+
     /// Number of distinct chunks.
     pub fn len(&self) -> usize {
         self.map.len()

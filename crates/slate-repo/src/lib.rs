@@ -21,6 +21,7 @@
 pub mod channel;
 pub mod checkout;
 pub mod commit;
+pub mod delta;
 pub mod error;
 pub mod gc;
 pub mod index;

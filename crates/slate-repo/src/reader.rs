@@ -66,6 +66,11 @@ impl<'a> ChunkReader<'a> {
         Ok(f(data))
     }
 
+    /// Whether this reader's index knows `id`.
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.index.contains(id)
+    }
+
     /// The verified bytes of chunk `id`.
     pub fn read(&mut self, id: &ChunkId) -> Result<Vec<u8>> {
         self.with_chunk(id, |d| d.to_vec())

@@ -29,7 +29,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            compression_level: 6,
+            compression_level: 5,
             chunker: ChunkerParams::default(),
         }
     }
@@ -230,7 +230,9 @@ impl Repo {
 
     /// Read, check and decode a snapshot's manifest.
     pub fn read_manifest(&self, snap: &Snapshot, index: &ChunkIndex) -> Result<Manifest> {
-        let mut bytes = Vec::with_capacity(snap.manifest.size.min(1 << 30) as usize);
+        // The size is a claim of an untrusted record: reserve a little and
+        // let the buffer grow with the bytes actually read.
+        let mut bytes = Vec::with_capacity(snap.manifest.size.min(16 << 20) as usize);
         let mut reader = ChunkReader::new(self.storage.as_ref(), index);
         for c in &snap.manifest.chunks {
             reader.with_chunk(&c.id, |d| bytes.extend_from_slice(d))?;

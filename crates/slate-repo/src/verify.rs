@@ -28,6 +28,9 @@ pub struct Report {
     pub snapshots: u64,
     /// One line per fault, naming the object.
     pub faults: Vec<String>,
+    /// Leftovers of interrupted writes (a pack whose index never landed):
+    /// garbage that `slate gc` removes, not damage, so not faults.
+    pub notices: Vec<String>,
 }
 
 fn check_pack(repo: &Repo, id: &PackId) -> std::result::Result<u64, String> {
@@ -88,7 +91,10 @@ pub fn verify(repo: &Repo, trusted: &[PublicKey], progress: &dyn Progress) -> Re
         if let Some(stem) = k.strip_suffix(".pack") {
             let name = stem.rsplit('/').next().unwrap_or("");
             if !PackId::from_hex(name).is_some_and(|id| pack_ids.contains(&id)) {
-                report.faults.push(format!(
+                // A crash between publishing a pack and its index, or
+                // between gc's two deletions, leaves this; nothing can
+                // reference chunks that no index lists.
+                report.notices.push(format!(
                     "pack {name}: has no index (leftover of an interrupted write; `slate gc` removes it)"
                 ));
             }

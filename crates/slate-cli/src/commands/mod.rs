@@ -1,14 +1,18 @@
 //! One file per command; `run` dispatches.
 
+mod agent;
 mod cat;
 mod checkout;
 mod commit;
+mod delta;
 mod diff;
+mod fleet;
 mod gc;
 mod init;
 mod keygen;
 mod log;
 mod ls;
+mod serve;
 mod verify;
 
 use std::path::Path;
@@ -17,7 +21,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use slate_repo::Repo;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, FleetCommand};
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -69,6 +73,40 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             out,
         } => gc::run(&open(&repo.repo)?, keep_last, dry_run, out.json),
+        Command::Delta {
+            repo,
+            level,
+            out,
+            from,
+            to,
+        } => delta::run(&open(&repo.repo)?, &from, &to, level, out.json),
+        Command::Serve {
+            repo,
+            listen,
+            fleet,
+            db,
+            tls_cert,
+            tls_key,
+        } => serve::run(
+            &repo.repo,
+            &listen,
+            fleet.as_deref(),
+            db.as_deref(),
+            tls_cert.zip(tls_key),
+        ),
+        Command::Fleet {
+            command: FleetCommand::Status { server, out },
+        } => fleet::status(&server, out.json),
+        Command::Update { config, json, dry_run } => agent::update(&config, json, dry_run),
+        Command::Status { config, out } => agent::status(&config, out.json),
+        Command::BootOk { config } => agent::boot_ok(&config),
+        Command::Rollback { config } => agent::rollback(&config),
+        Command::Pull {
+            from,
+            channel,
+            repo,
+            trust,
+        } => agent::pull(&from, &channel, &repo.repo, &trust),
     }
 }
 

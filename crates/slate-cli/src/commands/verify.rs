@@ -17,11 +17,14 @@ pub fn run(repo: &Repo, trust: &[PathBuf], as_json: bool) -> Result<ExitCode> {
     if as_json {
         json(&r)?;
     } else {
+        for n in &r.notices {
+            println!("NOTICE {n}");
+        }
         for f in &r.faults {
             println!("FAULT {f}");
         }
         eprintln!(
-            "checked {} packs, {} chunks, {} snapshots: {}",
+            "checked {} packs, {} chunks, {} snapshots: {}{}",
             r.packs,
             r.chunks,
             r.snapshots,
@@ -29,6 +32,14 @@ pub fn run(repo: &Repo, trust: &[PathBuf], as_json: bool) -> Result<ExitCode> {
                 "no faults".to_string()
             } else {
                 format!("{} faults", r.faults.len())
+            },
+            if r.notices.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} leftovers of interrupted writes (`slate gc` removes them)",
+                    r.notices.len()
+                )
             }
         );
     }

@@ -1,9 +1,11 @@
 //! Integration tests for the `slate` command, in a single test binary (`it`).
 
+mod apply;
 mod cli;
 mod fidelity;
 mod nasty;
 mod safety;
 mod selftest;
+mod serve;
 mod support;
 mod treedigest;

@@ -14,12 +14,19 @@ pub fn slate_bin() -> PathBuf {
 /// A scratch directory under /var/tmp (ext4 here and in CI, unlike a
 /// tmpfs /tmp, so xattrs, ACLs and sparse files behave as on a real root).
 pub fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("slate-test-").tempdir_in("/var/tmp").expect("scratch dir")
+    tempfile::Builder::new()
+        .prefix("slate-test-")
+        .tempdir_in("/var/tmp")
+        .expect("scratch dir")
 }
 
 /// Run `slate ARGS...`; returns the output whatever the exit status.
 pub fn slate(args: &[&str]) -> Output {
-    Command::new(slate_bin()).args(args).env_remove("SLATE_REPO").output().expect("run slate")
+    Command::new(slate_bin())
+        .args(args)
+        .env_remove("SLATE_REPO")
+        .output()
+        .expect("run slate")
 }
 
 /// Run `slate ARGS...` and require success; returns stdout.
@@ -54,7 +61,10 @@ pub fn corpus() -> Option<PathBuf> {
     let dir = std::env::var_os("SLATE_CORPUS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp/stateless-bench/corpus"));
-    ["v1.done", "v2.done", "v3.done"].iter().all(|f| dir.join(f).exists()).then_some(dir)
+    ["v1.done", "v2.done", "v3.done"]
+        .iter()
+        .all(|f| dir.join(f).exists())
+        .then_some(dir)
 }
 
 /// Whether we run as root (needed for owners, devices, trusted xattrs).

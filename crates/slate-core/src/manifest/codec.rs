@@ -109,7 +109,10 @@ pub fn decode(data: &[u8]) -> Result<Manifest> {
     if n == 0 {
         return Err(r.corrupt("no root entry"));
     }
-    let mut entries: Vec<Entry> = Vec::with_capacity(n);
+    // `count` bounds n by the encoded length (3 bytes an entry), but an
+    // Entry takes ~50 times that in memory: reserve for a typical tree
+    // only, and let a real one grow the vector as its entries decode.
+    let mut entries: Vec<Entry> = Vec::with_capacity(n.min(1 << 16));
     let mut dirs: HashSet<Vec<u8>> = HashSet::new();
     let mut path: Vec<u8> = Vec::new();
     for i in 0..n {

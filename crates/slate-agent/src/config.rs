@@ -1,0 +1,255 @@
+//! AGENT.toml: what the agent needs to know (schema in docs/agent.md).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Which bootloader the agent drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bootloader {
+    /// A grub.cfg fragment plus grubenv variables.
+    Grub,
+    /// Boot Loader Specification entries with systemd-boot boot counting.
+    Bls,
+    /// Nothing to flip (tests, or machines that boot otherwise).
+    None,
+}
+
+/// One server URL or several, tried in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Servers {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    server: Servers,
+    trust: Vec<PathBuf>,
+    state_dir: PathBuf,
+    slots: RawSlots,
+    #[serde(default = "default_bootloader")]
+    bootloader: Bootloader,
+    #[serde(default = "default_boot_dir")]
+    boot_dir: PathBuf,
+    #[serde(default = "default_tries")]
+    boot_tries: u32,
+    machine_id: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    kernel_cmdline: String,
+    #[serde(default = "default_slot_size")]
+    slot_size: String,
+    #[serde(default = "default_connections")]
+    connections: usize,
+    #[serde(default = "default_timeout")]
+    timeout_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlots {
+    a: PathBuf,
+    b: PathBuf,
+}
+
+fn default_bootloader() -> Bootloader {
+    Bootloader::None
+}
+fn default_boot_dir() -> PathBuf {
+    PathBuf::from("/boot")
+}
+fn default_tries() -> u32 {
+    3
+}
+fn default_slot_size() -> String {
+    "8G".into()
+}
+fn default_connections() -> usize {
+    4
+}
+fn default_timeout() -> u64 {
+    30
+}
+
+/// The agent's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Server base URLs, tried in order.
+    pub servers: Vec<String>,
+    /// Public key files; a snapshot must be signed by one of them.
+    pub trust: Vec<PathBuf>,
+    /// Where the agent keeps its state, manifests and download cache.
+    pub state_dir: PathBuf,
+    /// Slot A's location (directory, block device or image file).
+    pub slot_a: PathBuf,
+    /// Slot B's location.
+    pub slot_b: PathBuf,
+    /// The bootloader to drive.
+    pub bootloader: Bootloader,
+    /// Where its files go.
+    pub boot_dir: PathBuf,
+    /// Boots a new slot gets before falling back.
+    pub boot_tries: u32,
+    /// Identity override (tests, or machines without DMI).
+    pub machine_id: Option<String>,
+    /// Labels sent to the server for fleet matching.
+    pub labels: BTreeMap<String, String>,
+    /// Extra kernel command line for boot entries.
+    pub kernel_cmdline: String,
+    /// Size of an image-file slot created by the agent, in bytes.
+    pub slot_size: u64,
+    /// Parallel HTTP connections.
+    pub connections: usize,
+    /// Per-request timeout in seconds.
+    pub timeout_secs: u64,
+}
+
+/// Parse a size like `8G`, `512M`, `1073741824`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
+        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
+        'T' | 't' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+impl Config {
+    /// Read and check AGENT.toml.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse AGENT.toml text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(0);
+            Error::Config(format!("{} line {line}: {}", path.display(), e.message()))
+        })?;
+        let bad = |m: String| Error::Config(format!("{}: {m}", path.display()));
+        let servers = match raw.server {
+            Servers::One(s) => vec![s],
+            Servers::Many(v) => v,
+        };
+        if servers.is_empty() {
+            return Err(bad("`server` names no URL".into()));
+        }
+        for s in &servers {
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                return Err(bad(format!("server {s:?} is not an http:// or https:// URL")));
+            }
+        }
+        if raw.trust.is_empty() {
+            return Err(bad("`trust` must name at least one public key file".into()));
+        }
+        if raw.slots.a == raw.slots.b {
+            return Err(bad("slots a and b are the same place".into()));
+        }
+        let slot_size =
+            parse_size(&raw.slot_size).ok_or_else(|| bad(format!("slot_size {:?} is not a size", raw.slot_size)))?;
+        if !(1..=10).contains(&raw.boot_tries) {
+            return Err(bad("boot_tries must be between 1 and 10".into()));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            servers: servers
+                .into_iter()
+                .map(|s| s.trim_end_matches('/').to_string())
+                .collect(),
+            trust: raw.trust,
+            state_dir: raw.state_dir,
+            slot_a: raw.slots.a,
+            slot_b: raw.slots.b,
+            bootloader: raw.bootloader,
+            boot_dir: raw.boot_dir,
+            boot_tries: raw.boot_tries,
+            machine_id: raw.machine_id,
+            labels: raw.labels,
+            kernel_cmdline: raw.kernel_cmdline,
+            slot_size,
+            connections: raw.connections.clamp(1, 16),
+            timeout_secs: raw.timeout_secs.clamp(1, 3600),
+        })
+    }
+
+    /// The location of slot `name` ("a" or "b").
+    pub fn slot_path(&self, name: &str) -> &Path {
+        if name == "a" {
+            &self.slot_a
+        } else {
+            &self.slot_b
+        }
+    }
+
+    /// Read the trusted public keys.
+    pub fn trusted_keys(&self) -> Result<Vec<slate_core::keys::PublicKey>> {
+        self.trust
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::Config(format!("cannot read trusted key {}: {e}", p.display())))?;
+                slate_core::keys::PublicKey::from_text(&text)
+                    .map_err(|e| Error::Config(format!("{}: {e}", p.display())))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_minimal_and_full() {
+        let c = Config::parse(
+            "server = \"http://127.0.0.1:8470/\"\ntrust = [\"/k.pub\"]\nstate_dir = \"/var/lib/slate\"\n[slots]\na = \"/s/a\"\nb = \"/s/b\"\n",
+            Path::new("agent.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.servers, vec!["http://127.0.0.1:8470"]);
+        assert_eq!(c.bootloader, Bootloader::None);
+        let c = Config::parse(
+            "server = [\"http://a\", \"https://b\"]\ntrust = [\"/k.pub\"]\nstate_dir = \"/x\"\nbootloader = \"bls\"\nslot_size = \"2G\"\nmachine_id = \"m1\"\n[slots]\na = \"/dev/vda2\"\nb = \"/dev/vda3\"\n[labels]\nroom = \"b12\"\n",
+            Path::new("agent.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.slot_size, 2 << 30);
+        assert_eq!(c.labels["room"], "b12");
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let e = Config::parse(
+            "server = \"http://a\"\ntrust = [\"/k\"]\nstate_dir = 5\n",
+            Path::new("/etc/agent.toml"),
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("/etc/agent.toml line 3"), "{m}");
+        let e = Config::parse(
+            "server = \"ftp://a\"\ntrust = [\"/k\"]\nstate_dir = \"/x\"\n[slots]\na=\"/a\"\nb=\"/b\"\n",
+            Path::new("f"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not an http"), "{e}");
+    }
+}

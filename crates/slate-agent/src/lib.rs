@@ -1,0 +1,27 @@
+//! slate-agent: the client side of slate.
+//!
+//! One update pass ([`update::run`]) identifies the machine, asks the server
+//! what to run, checks the snapshot's signature and age, plans from the
+//! target's manifest and the manifests the slots are recorded to hold,
+//! fetches only the chunks the machine has nowhere (coalesced Range
+//! requests over parallel connections, cached on disk so a killed pass
+//! redoes nothing), rewrites only the changed entries of the reserve slot,
+//! syncs, flips the bootloader with boot counting, records its state
+//! atomically and reports back. [`boot`] drives GRUB and BLS boot counting;
+//! [`pull`] mirrors a channel into another repository.
+
+pub mod apply;
+pub mod boot;
+pub mod config;
+pub mod delta;
+pub mod error;
+pub mod http;
+pub mod identity;
+pub mod pull;
+pub mod remote;
+pub mod slot;
+pub mod sources;
+pub mod state;
+pub mod update;
+
+pub use error::{Error, Result};

@@ -1,0 +1,125 @@
+//! `slate pull`: mirror a channel into a local repository. The packs that
+//! hold the channel's chunks are copied whole (they are immutable and named
+//! by their hash, so each is verified on arrival), then the snapshot
+//! records and signatures, then, after a sync, the channel.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use slate_core::keys::PublicKey;
+use slate_core::manifest::Kind;
+use slate_core::pack::PackIndex;
+use slate_core::snapshot::{check_trusted, encode_signatures};
+use slate_core::{Id32, PackId};
+use slate_repo::index::{index_key, pack_key};
+use slate_repo::Repo;
+
+use crate::error::{Error, Result};
+use crate::http::Http;
+use crate::remote::{RangeCache, Remote};
+
+/// What a pull did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PullStats {
+    /// Snapshots added.
+    pub snapshots: u64,
+    /// Packs copied.
+    pub packs: u64,
+    /// Bytes downloaded.
+    pub bytes: u64,
+}
+
+/// Mirror `channel` from `server` into `repo`.
+pub fn pull(server: &str, channel: &str, repo: &Repo, trusted: &[PublicKey], work: &Path) -> Result<PullStats> {
+    slate_repo::channel::check_name(channel)?;
+    let http = Http::new(&[server.trim_end_matches('/').to_string()], 60)?;
+    let text = http.get(&format!("/v1/channels/{channel}"))?;
+    let history = slate_repo::channel::decode(channel, &text)?;
+    if history.is_empty() {
+        return Err(Error::Server(format!("channel {channel} on {server} is empty")));
+    }
+    let _lock = repo.lock()?;
+    let have_index = repo.load_index()?;
+    let remote = Remote::new(&http, work);
+    let index = remote.index()?;
+    let cache = RangeCache::open(&work.join("pull-ranges"))?;
+    let mut stats = PullStats::default();
+    let mut packs_needed: HashSet<PackId> = HashSet::new();
+    let mut records = Vec::new();
+    for id in &history {
+        if repo.read_snapshot(id).is_ok() {
+            continue;
+        }
+        let (snap, sigs) = remote.snapshot(id)?;
+        if !trusted.is_empty() {
+            check_trusted(id, &sigs, trusted).map_err(|e| Error::Untrusted(format!("refusing snapshot {id}: {e}")))?;
+        }
+        // The manifest, to learn which chunks (and so packs) it needs.
+        let want: Vec<_> = snap.manifest.chunks.iter().map(|c| c.id).collect();
+        let ranges = Remote::plan_fetch(&index, &cache, &want)?;
+        remote.fetch(&index, &ranges, &cache, 4, &slate_repo::progress::NoProgress)?;
+        let mut bytes = Vec::new();
+        let mut reader = slate_repo::reader::ChunkReader::new(&cache, &index);
+        for c in &snap.manifest.chunks {
+            reader.with_chunk(&c.id, |d| bytes.extend_from_slice(d))?;
+        }
+        if Id32::hash(&bytes) != snap.manifest.hash {
+            return Err(Error::Untrusted(format!(
+                "manifest of snapshot {id} does not match its hash"
+            )));
+        }
+        let m = slate_core::manifest::decode(&bytes)
+            .map_err(|e| Error::Untrusted(format!("manifest of snapshot {id}: {e}")))?;
+        for c in snap.manifest.chunks.iter().chain(
+            m.entries
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    Kind::File(f) => Some(f.chunks.iter()),
+                    _ => None,
+                })
+                .flatten(),
+        ) {
+            if !have_index.contains(&c.id) {
+                let loc = index
+                    .get(&c.id)
+                    .ok_or_else(|| Error::Server(format!("the server lacks chunk {}", c.id)))?;
+                packs_needed.insert(index.packs[loc.pack as usize]);
+            }
+        }
+        records.push((*id, snap, sigs));
+    }
+    for pack in &packs_needed {
+        let data = http.get(&format!("/v1/repo/{}", pack_key(pack)))?;
+        if PackId::of(&data) != *pack {
+            return Err(Error::Untrusted(format!(
+                "pack {pack} from {server} does not match its name (tampered or corrupt)"
+            )));
+        }
+        let idx = http.get(&format!("/v1/repo/{}", index_key(pack)))?;
+        let decoded = PackIndex::decode(&idx).map_err(|e| Error::Untrusted(format!("index of pack {pack}: {e}")))?;
+        if decoded.pack_len != data.len() as u64 {
+            return Err(Error::Untrusted(format!("index of pack {pack} does not describe it")));
+        }
+        repo.storage.write(&pack_key(pack), &data)?;
+        repo.storage.write(&index_key(pack), &idx)?;
+        stats.packs += 1;
+    }
+    for (id, snap, sigs) in &records {
+        let [snap_key, sig_key] = Repo::snapshot_keys(id);
+        repo.storage.write(&snap_key, &snap.encode())?;
+        if !sigs.is_empty() {
+            repo.storage.write(&sig_key, &encode_signatures(sigs))?;
+        }
+        stats.snapshots += 1;
+    }
+    repo.storage.sync()?;
+    repo.set_channel_history(channel, &history)?;
+    cache.clear()?;
+    stats.bytes = http.received.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(stats)
+}
+
+/// Where pull keeps its scratch files for `repo`.
+pub fn work_dir(repo_root: &Path) -> PathBuf {
+    repo_root.join("tmp").join("pull")
+}

@@ -1,0 +1,659 @@
+//! One pass of the agent, planned and then applied; and the commands that
+//! act on its state (status, boot-ok, rollback).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Serialize;
+use slate_core::manifest::{self, Manifest};
+use slate_core::snapshot::{check_trusted, Snapshot};
+use slate_core::{ChunkId, Id32, SnapshotId};
+use slate_repo::progress::Progress;
+use slate_repo::reader::ChunkReader;
+
+use crate::config::{Bootloader, Config};
+use crate::error::{Error, Result};
+use crate::http::Http;
+use crate::identity::{self, Identity};
+use crate::remote::{cache_dir, RangeCache, Remote};
+use crate::sources::{LocalChunks, Sources};
+use crate::state::{now, other, write_atomic, LastPass, State};
+use crate::{apply, boot, slot};
+
+/// What a pass did, for people and scripts.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Outcome {
+    /// ok, up-to-date, offline, dry-run.
+    pub result: String,
+    /// One sentence.
+    pub message: String,
+    /// The assigned snapshot.
+    pub target: Option<String>,
+    /// The slot written.
+    pub slot: Option<String>,
+    /// Bytes downloaded.
+    pub bytes_fetched: u64,
+    /// HTTP range requests for content.
+    pub requests: u64,
+    /// Bytes copied from local slots instead of downloaded.
+    pub bytes_local: u64,
+    /// In-place update figures.
+    pub apply: Option<apply::ApplyStats>,
+}
+
+/// Serialise agent passes on one machine.
+struct AgentLock {
+    _f: std::fs::File,
+}
+
+fn lock(state_dir: &Path) -> Result<AgentLock> {
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| Error::Local(format!("cannot create {}: {e}", state_dir.display())))?;
+    let p = state_dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| Error::Local(format!("cannot open {}: {e}", p.display())))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        Error::Local(format!(
+            "another slate agent holds {}; try again when it is done",
+            p.display()
+        ))
+    })?;
+    Ok(AgentLock { _f: f })
+}
+
+fn manifest_path(state_dir: &Path, id: &str) -> std::path::PathBuf {
+    state_dir.join("manifests").join(id)
+}
+
+fn record_path(state_dir: &Path, id: &str) -> std::path::PathBuf {
+    state_dir.join("snapshots").join(format!("{id}.snap"))
+}
+
+/// A snapshot this machine holds: its record and manifest bytes, checked.
+fn local_snapshot(state_dir: &Path, id: &str) -> Option<(Snapshot, Vec<u8>)> {
+    let sid = SnapshotId::from_hex(id)?;
+    let rec = std::fs::read(record_path(state_dir, id)).ok()?;
+    let snap = Snapshot::decode(&rec, &sid).ok()?;
+    let bytes = std::fs::read(manifest_path(state_dir, id)).ok()?;
+    (Id32::hash(&bytes) == snap.manifest.hash).then_some((snap, bytes))
+}
+
+fn decode_manifest(bytes: &[u8], id: &str) -> Result<Manifest> {
+    manifest::decode(bytes).map_err(|e| Error::Untrusted(format!("manifest of snapshot {id}: {e}")))
+}
+
+/// Send the machine's report; failures are logged, not fatal.
+fn report(http: &Http, who: &Identity, state: &State) {
+    let body = serde_json::json!({
+        "machine": who,
+        "current": state.active.as_deref().and_then(|a| state.slot(a).snapshot.clone()),
+        "target": state.last_pass.as_ref().and_then(|p| p.target.clone()),
+        "active_slot": state.active,
+        "slots": {"a": state.a.snapshot, "b": state.b.snapshot},
+        "pending": state.pending,
+        "last_update": state.last_pass.as_ref().map(|p| serde_json::json!({
+            "result": p.result, "message": p.message, "bytes_fetched": p.bytes_fetched, "at": p.at})),
+        "boot": state.boot_result.as_ref().map(|r| serde_json::json!({
+            "result": r, "slot": state.active, "snapshot": state.active.as_deref().and_then(|a| state.slot(a).snapshot.clone())})),
+    });
+    if let Err(e) = http.post_json("/v1/fleet/report", &body) {
+        tracing::warn!("could not report to the server: {e}");
+    }
+}
+
+/// Run one pass.
+pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outcome> {
+    let _lock = lock(&cfg.state_dir)?;
+    let mut state = State::load(&cfg.state_dir)?;
+    let trusted = cfg.trusted_keys()?;
+    let who = identity::detect(cfg.machine_id.as_deref(), &cfg.labels);
+    let http = Http::new(&cfg.servers, cfg.timeout_secs)?;
+
+    let assignment = match http.post_json("/v1/fleet/assignment", &serde_json::json!({ "machine": who })) {
+        Ok(a) => a,
+        Err(Error::Offline(why)) => {
+            return Ok(Outcome {
+                result: "offline".into(),
+                message: format!("no server answered ({why}); nothing changed, will try again later"),
+                ..Default::default()
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let target_hex = assignment["snapshot"].as_str().unwrap_or_default().to_string();
+    let target = SnapshotId::from_hex(&target_hex).ok_or_else(|| {
+        Error::Server(format!(
+            "server {} assigned no valid snapshot: {assignment}",
+            http.server()
+        ))
+    })?;
+    let pinned = assignment["pinned"].as_bool().unwrap_or(false);
+
+    let result = pass(cfg, &mut state, &http, &trusted, target, pinned, dry_run, progress);
+    let fetched = http.received.load(std::sync::atomic::Ordering::Relaxed);
+    if dry_run {
+        return result;
+    }
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            state.last_pass = Some(LastPass {
+                result: "error".into(),
+                message: e.to_string(),
+                bytes_fetched: fetched,
+                at: now(),
+                target: Some(target_hex.clone()),
+            });
+            // Best effort: the error itself is what the caller must see.
+            let _ = state.save(&cfg.state_dir);
+            report(&http, &who, &state);
+            return Err(e);
+        }
+    };
+    state.last_pass = Some(LastPass {
+        result: outcome.result.clone(),
+        message: outcome.message.clone(),
+        bytes_fetched: fetched,
+        at: now(),
+        target: Some(target_hex),
+    });
+    state.save(&cfg.state_dir)?;
+    report(&http, &who, &state);
+    Ok(Outcome {
+        bytes_fetched: fetched,
+        ..outcome
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pass(
+    cfg: &Config,
+    state: &mut State,
+    http: &Http,
+    trusted: &[slate_core::keys::PublicKey],
+    target: SnapshotId,
+    pinned: bool,
+    dry_run: bool,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
+    let target_hex = target.to_hex();
+    let active = state.active.clone();
+    let running = active.as_deref().and_then(|a| state.slot(a).snapshot.clone());
+    if running.as_deref() == Some(target_hex.as_str()) && state.pending.is_none() {
+        return Ok(Outcome {
+            result: "up-to-date".into(),
+            message: format!("already running {}", &target_hex[..12]),
+            target: Some(target_hex),
+            ..Default::default()
+        });
+    }
+    if let Some(p) = &state.pending {
+        if state.slot(p).snapshot.as_deref() == Some(target_hex.as_str()) {
+            return Ok(Outcome {
+                result: "up-to-date".into(),
+                message: format!("{} is written to slot {p} and boots next", &target_hex[..12]),
+                target: Some(target_hex),
+                ..Default::default()
+            });
+        }
+    }
+
+    let remote = Remote::new(http, &cache_dir(&cfg.state_dir));
+    let (snap, sigs) = remote.snapshot(&target)?;
+    let signer = check_trusted(&target, &sigs, trusted)
+        .map_err(|e| Error::Untrusted(format!("refusing snapshot {target_hex}: {e}")))?;
+    tracing::info!("snapshot {target_hex} signed by {}", signer.fingerprint());
+    if snap.time_ns < state.newest_time_ns && !pinned {
+        return Err(Error::Untrusted(format!(
+            "refusing snapshot {target_hex}: it is older than a snapshot this machine already accepted, and the fleet did not pin it (a replayed or rolled-back assignment)"
+        )));
+    }
+
+    let reserve = state.reserve_name().to_string();
+    let reserve_state = state.slot(&reserve).clone();
+    let cache = RangeCache::open(&cache_dir(&cfg.state_dir).join("ranges"))?;
+
+    // Local manifests: the active slot's and the reserve slot's (when its
+    // recorded content can be trusted).
+    let active_local = running
+        .as_deref()
+        .and_then(|id| local_snapshot(&cfg.state_dir, id).map(|s| (id.to_string(), s)));
+    let reserve_local = if reserve_state.dirty {
+        None
+    } else {
+        reserve_state
+            .snapshot
+            .as_deref()
+            .and_then(|id| local_snapshot(&cfg.state_dir, id).map(|s| (id.to_string(), s)))
+    };
+    let reserve_m = match &reserve_local {
+        Some((id, (_, bytes))) => Some(decode_manifest(bytes, id)?),
+        None => None,
+    };
+    let active_m = match &active_local {
+        Some((id, (_, bytes))) => Some(decode_manifest(bytes, id)?),
+        None => None,
+    };
+    let active_mount = match (&active, &active_m) {
+        (Some(a), Some(_)) => slot::open_read(a, cfg.slot_path(a), &cfg.state_dir)?,
+        _ => None,
+    };
+    let reserve_path = cfg.slot_path(&reserve).to_path_buf();
+    let reserve_mount = match &reserve_m {
+        Some(_) => slot::open_read(&reserve, &reserve_path, &cfg.state_dir)?,
+        None => None,
+    };
+    let mut local = LocalChunks::default();
+    if let (Some(m), Some(mount)) = (&active_m, &active_mount) {
+        local.add_tree(&mount.path, m);
+    }
+    // The reserve slot's own files are sources too, until they are replaced.
+    let reserve_tree = match (&reserve_m, &reserve_mount) {
+        (Some(m), Some(mount)) => Some(local.add_tree(&mount.path, m)),
+        _ => None,
+    };
+
+    // Chunks of the manifests this machine holds (consecutive snapshots
+    // share most manifest chunks).
+    let mut known: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+    for (_, (s, bytes)) in active_local.iter().chain(reserve_local.iter()) {
+        let mut off = 0usize;
+        for c in &s.manifest.chunks {
+            known
+                .entry(c.id)
+                .or_insert_with(|| bytes[off..off + c.len as usize].to_vec());
+            off += c.len as usize;
+        }
+    }
+
+    // A prepared delta from what the machine runs, if the server has one.
+    let store_dir = cache_dir(&cfg.state_dir).join("store");
+    let mut store_index: Option<slate_repo::index::ChunkIndex> = None;
+    let mut requests = 0u64;
+    if !dry_run {
+        for (from_hex, _) in active_local.iter().chain(reserve_local.iter()) {
+            let from = SnapshotId::from_hex(from_hex).expect("recorded ids are hex");
+            if let Some(file) = crate::delta::download(
+                http,
+                &from,
+                &target,
+                &cache_dir(&cfg.state_dir).join("deltas"),
+                progress,
+            )? {
+                let mut src = Sources::new(&local, Vec::new());
+                store_index = Some(crate::delta::apply(
+                    &file, &from, &target, &store_dir, &mut src, &known,
+                )?);
+                requests += 1;
+                break;
+            }
+        }
+    }
+    let store_storage = slate_repo::storage::LocalStorage::new(&store_dir);
+    let in_store = |id: &ChunkId| store_index.as_ref().is_some_and(|i| i.contains(id));
+
+    // The pack indexes are only fetched for what neither the slots nor a
+    // delta provide.
+    let missing_manifest: Vec<ChunkId> = snap
+        .manifest
+        .chunks
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| !known.contains_key(id) && !in_store(id))
+        .collect();
+    let mut remote_index = None;
+    if !missing_manifest.is_empty() {
+        let idx = remote.index()?;
+        let ranges = Remote::plan_fetch(&idx, &cache, &missing_manifest)?;
+        requests += ranges.len() as u64;
+        if dry_run {
+            return Ok(Outcome {
+                result: "dry-run".into(),
+                message: format!(
+                    "would fetch the manifest of {} ({} requests) before planning",
+                    &target_hex[..12],
+                    requests
+                ),
+                target: Some(target_hex),
+                requests,
+                ..Default::default()
+            });
+        }
+        remote.fetch(
+            &idx,
+            &ranges,
+            &cache,
+            cfg.connections,
+            &slate_repo::progress::NoProgress,
+        )?;
+        remote_index = Some(idx);
+    }
+    let mut manifest_bytes = Vec::with_capacity(snap.manifest.size as usize);
+    {
+        let mut store_reader = store_index.as_ref().map(|i| ChunkReader::new(&store_storage, i));
+        let mut cache_reader = remote_index.as_ref().map(|i| ChunkReader::new(&cache, i));
+        for c in &snap.manifest.chunks {
+            if let Some(d) = known.get(&c.id) {
+                manifest_bytes.extend_from_slice(d);
+            } else if let (Some(r), true) = (store_reader.as_mut(), in_store(&c.id)) {
+                r.with_chunk(&c.id, |d| manifest_bytes.extend_from_slice(d))?;
+            } else if let Some(r) = cache_reader.as_mut() {
+                r.with_chunk(&c.id, |d| manifest_bytes.extend_from_slice(d))?;
+            } else {
+                return Err(Error::Local(format!("manifest chunk {} is not available", c.id)));
+            }
+        }
+    }
+    drop(known);
+    if Id32::hash(&manifest_bytes) != snap.manifest.hash {
+        return Err(Error::Untrusted(format!(
+            "manifest of snapshot {target_hex} does not match its hash (tampered or corrupt)"
+        )));
+    }
+    let new_m = decode_manifest(&manifest_bytes, &target_hex)?;
+    let fresh = reserve_m.is_none();
+
+    // Content the machine has nowhere.
+    let want: Vec<ChunkId> = {
+        let mut seen = std::collections::HashSet::new();
+        new_m
+            .entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                slate_core::manifest::Kind::File(f) => Some(f.chunks.iter()),
+                _ => None,
+            })
+            .flatten()
+            .map(|c| c.id)
+            .filter(|id| !local.contains(id) && !in_store(id) && seen.insert(*id))
+            .collect()
+    };
+    let ranges = if want.is_empty() {
+        Vec::new()
+    } else {
+        if remote_index.is_none() {
+            remote_index = Some(remote.index()?);
+        }
+        Remote::plan_fetch(remote_index.as_ref().unwrap(), &cache, &want)?
+    };
+    let index = remote_index.unwrap_or_default();
+    requests += ranges.len() as u64;
+    let fetch_bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    if dry_run {
+        return Ok(Outcome {
+            result: "dry-run".into(),
+            message: format!(
+                "would write snapshot {} into slot {reserve} ({}), fetching {fetch_bytes} bytes in {} requests",
+                &target_hex[..12],
+                if fresh { "whole" } else { "changed entries only" },
+                ranges.len()
+            ),
+            target: Some(target_hex),
+            slot: Some(reserve),
+            requests,
+            ..Default::default()
+        });
+    }
+    drop(reserve_mount);
+
+    // From here the reserve slot's content is in flux.
+    state.slot_mut(&reserve).dirty = true;
+    state.save(&cfg.state_dir)?;
+
+    progress.start("fetch", fetch_bytes);
+    remote.fetch(&index, &ranges, &cache, cfg.connections, progress)?;
+    progress.finish();
+
+    let mounted = slot::open_write(&reserve, &reserve_path, &cfg.state_dir, fresh, cfg.slot_size)?;
+    let readers = || {
+        let mut v = vec![ChunkReader::new(&cache, &index)];
+        if let Some(i) = &store_index {
+            v.push(ChunkReader::new(&store_storage, i));
+        }
+        v
+    };
+    let (apply_stats, local_bytes) = if let Some(old_m) = &reserve_m {
+        // Re-register the reserve's files at their writable mount.
+        if let Some(t) = reserve_tree {
+            local.replace_root(t, &mounted.path);
+        }
+        let mut src = Sources::new(&local, readers());
+        progress.start("write", new_m.total_file_bytes());
+        let st = apply::update_in_place(&mounted.path, old_m, &new_m, &mut src)?;
+        progress.finish();
+        (st, src.local_bytes)
+    } else {
+        // A fresh slot: materialise the whole tree; materialize wants an
+        // empty directory, which the slot root now is.
+        let counter = std::sync::atomic::AtomicU64::new(0);
+        let st = slate_repo::checkout::materialize(
+            &new_m,
+            &mounted.path,
+            || CountingSources::new(Sources::new(&local, readers()), &counter),
+            true,
+            progress,
+        )?;
+        (
+            apply::ApplyStats {
+                files_written: st.files,
+                bytes_written: st.bytes,
+                ..Default::default()
+            },
+            counter.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+
+    // Record what the slot holds before anything points at it.
+    write_atomic(&manifest_path(&cfg.state_dir, &target_hex), &manifest_bytes)?;
+    write_atomic(&record_path(&cfg.state_dir, &target_hex), &snap.encode())?;
+    let has_kernel = if cfg.bootloader != Bootloader::None {
+        boot::install_kernel(&cfg.boot_dir, &reserve, &mounted.path)?
+    } else {
+        false
+    };
+    drop(mounted);
+    drop(active_mount);
+
+    let entry = entry_spec(cfg, &reserve, &target_hex, &snap, has_kernel);
+    let other_entry = active.as_deref().and_then(|a| {
+        let id = state.slot(a).snapshot.clone()?;
+        let s = local_snapshot(&cfg.state_dir, &id).map(|x| x.0)?;
+        Some(entry_spec(
+            cfg,
+            a,
+            &id,
+            &s,
+            cfg.boot_dir.join("slate").join(a).join("vmlinuz").exists(),
+        ))
+    });
+    let first_install = state.active.is_none();
+    let slot_state = state.slot_mut(&reserve);
+    slot_state.snapshot = Some(target_hex.clone());
+    slot_state.dirty = false;
+    slot_state.written_at = now();
+    state.newest_time_ns = state.newest_time_ns.max(snap.time_ns);
+    if first_install {
+        // The first snapshot on a machine is the one it boots: nothing to fall back to.
+        state.active = Some(reserve.clone());
+        state.known_good = vec![reserve.clone()];
+        state.save(&cfg.state_dir)?;
+        boot::switch(cfg.bootloader, &cfg.boot_dir, &entry, None, cfg.boot_tries)?;
+        boot::mark_good(cfg.bootloader, &cfg.boot_dir, &reserve)?;
+    } else {
+        state.pending = Some(reserve.clone());
+        state.save(&cfg.state_dir)?;
+        // The switch: the last step, after the slot and the state are durable.
+        boot::switch(
+            cfg.bootloader,
+            &cfg.boot_dir,
+            &entry,
+            other_entry.as_ref(),
+            cfg.boot_tries,
+        )?;
+    }
+    cache.clear()?;
+    Ok(Outcome {
+        result: "ok".into(),
+        message: format!(
+            "wrote snapshot {} into slot {reserve}{}",
+            &target_hex[..12],
+            if first_install { "" } else { "; it boots next, on trial" }
+        ),
+        target: Some(target_hex),
+        slot: Some(reserve),
+        bytes_fetched: 0,
+        requests,
+        bytes_local: local_bytes,
+        apply: Some(apply_stats),
+    })
+}
+
+/// Counts the bytes a batch's sources copied locally.
+struct CountingSources<'a> {
+    inner: Sources<'a>,
+    total: &'a std::sync::atomic::AtomicU64,
+}
+
+impl<'a> CountingSources<'a> {
+    fn new(inner: Sources<'a>, total: &'a std::sync::atomic::AtomicU64) -> Self {
+        CountingSources { inner, total }
+    }
+}
+
+impl Drop for CountingSources<'_> {
+    fn drop(&mut self) {
+        self.total
+            .fetch_add(self.inner.local_bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl slate_repo::checkout::ChunkSource for CountingSources<'_> {
+    fn with_chunk(&mut self, id: &ChunkId, f: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> slate_repo::Result<()> {
+        self.inner.with_chunk(id, f)
+    }
+}
+
+fn entry_spec(cfg: &Config, slot_name: &str, id: &str, snap: &Snapshot, has_kernel: bool) -> boot::EntrySpec {
+    let mut cmdline = format!("root=LABEL=slate-{slot_name} ro slate.slot={slot_name}");
+    if !cfg.kernel_cmdline.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&cfg.kernel_cmdline);
+    }
+    boot::EntrySpec {
+        slot: slot_name.to_string(),
+        snapshot: id.to_string(),
+        title: snap.meta("PRETTY_NAME").unwrap_or("slate").to_string(),
+        cmdline,
+        has_kernel,
+    }
+}
+
+/// The slot the running system booted: `slate.slot=` on the kernel command
+/// line, else `SLATE_BOOTED_SLOT`, else none.
+pub fn booted_slot() -> Option<String> {
+    if let Ok(s) = std::env::var("SLATE_BOOTED_SLOT") {
+        if s == "a" || s == "b" {
+            return Some(s);
+        }
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("slate.slot="))
+        .filter(|s| *s == "a" || *s == "b")
+        .map(str::to_string)
+}
+
+/// `slate boot-ok`: the booted slot is good. A machine that booted the
+/// other slot while one was on trial has fallen back: that is recorded.
+pub fn boot_ok(cfg: &Config) -> Result<String> {
+    let _lock = lock(&cfg.state_dir)?;
+    let mut state = State::load(&cfg.state_dir)?;
+    let booted = booted_slot()
+        .or_else(|| state.pending.clone())
+        .or_else(|| state.active.clone())
+        .ok_or_else(|| Error::Local("no slot has been written yet; nothing to mark good".into()))?;
+    let msg = match state.pending.clone() {
+        Some(p) if p != booted => {
+            state.boot_result = Some("fell-back".into());
+            state.pending = None;
+            format!("slot {p} failed to boot; running slot {booted} again (rolled back)")
+        }
+        _ => {
+            state.boot_result = Some("good".into());
+            state.pending = None;
+            format!("slot {booted} is good")
+        }
+    };
+    boot::mark_good(cfg.bootloader, &cfg.boot_dir, &booted)?;
+    state.active = Some(booted.clone());
+    if !state.known_good.contains(&booted) {
+        state.known_good.push(booted.clone());
+    }
+    state.save(&cfg.state_dir)?;
+    if let Ok(http) = Http::new(&cfg.servers, cfg.timeout_secs.min(5)) {
+        report(&http, &identity::detect(cfg.machine_id.as_deref(), &cfg.labels), &state);
+    }
+    Ok(msg)
+}
+
+/// `slate rollback`: the other slot boots next.
+pub fn rollback(cfg: &Config) -> Result<String> {
+    let _lock = lock(&cfg.state_dir)?;
+    let mut state = State::load(&cfg.state_dir)?;
+    let current = state
+        .active
+        .clone()
+        .ok_or_else(|| Error::Local("no slot has been written yet".into()))?;
+    let target = other(&current).to_string();
+    let s = state.slot(&target).clone();
+    if s.snapshot.is_none() || s.dirty {
+        return Err(Error::Local(format!(
+            "slot {target} holds no complete snapshot; nothing to roll back to"
+        )));
+    }
+    boot::rollback_to(cfg.bootloader, &cfg.boot_dir, &target)?;
+    state.pending = None;
+    state.active = Some(target.clone());
+    state.boot_result = Some("rolled-back".into());
+    state.save(&cfg.state_dir)?;
+    Ok(format!(
+        "slot {target} ({}) boots next",
+        &s.snapshot.unwrap_or_default()[..12]
+    ))
+}
+
+/// What `slate status` shows.
+pub fn status(cfg: &Config) -> Result<serde_json::Value> {
+    let state = State::load(&cfg.state_dir)?;
+    let slot = |n: &str| {
+        let s = state.slot(n);
+        let meta = s
+            .snapshot
+            .as_deref()
+            .and_then(|id| local_snapshot(&cfg.state_dir, id))
+            .map(|(snap, _)| snap);
+        serde_json::json!({
+            "location": cfg.slot_path(n),
+            "snapshot": s.snapshot,
+            "os": meta.as_ref().and_then(|m| m.meta("PRETTY_NAME").map(str::to_string)),
+            "written_at": s.written_at,
+            "dirty": s.dirty,
+            "active": state.active.as_deref() == Some(n),
+            "pending": state.pending.as_deref() == Some(n),
+            "known_good": state.known_good.iter().any(|k| k == n),
+        })
+    };
+    Ok(serde_json::json!({
+        "slots": {"a": slot("a"), "b": slot("b")},
+        "active": state.active,
+        "pending": state.pending,
+        "boot_result": state.boot_result,
+        "last_pass": state.last_pass,
+        "bootloader": cfg.bootloader,
+    }))
+}

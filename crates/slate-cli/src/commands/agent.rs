@@ -1,0 +1,165 @@
+//! The agent's commands: update, status, boot-ok, rollback, pull.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use slate_agent::config::Config;
+use slate_agent::update;
+use slate_repo::progress::Progress;
+
+use crate::output::{human, json, Bar};
+
+/// Progress as JSON lines on stdout, at most a few per second.
+struct JsonProgress {
+    phase: Mutex<(String, u64)>,
+    done: AtomicU64,
+    last: Mutex<std::time::Instant>,
+}
+
+impl JsonProgress {
+    fn new() -> Self {
+        JsonProgress {
+            phase: Mutex::new((String::new(), 0)),
+            done: AtomicU64::new(0),
+            last: Mutex::new(std::time::Instant::now()),
+        }
+    }
+    fn emit(&self) {
+        let (phase, total) = self.phase.lock().unwrap().clone();
+        println!(
+            "{}",
+            serde_json::json!({"event": "progress", "phase": phase, "done": self.done.load(Ordering::Relaxed), "total": total})
+        );
+    }
+}
+
+impl Progress for JsonProgress {
+    fn start(&self, phase: &str, total: u64) {
+        *self.phase.lock().unwrap() = (phase.to_string(), total);
+        self.done.store(0, Ordering::Relaxed);
+        self.emit();
+    }
+    fn advance(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+        let mut last = self.last.lock().unwrap();
+        if last.elapsed().as_millis() >= 250 {
+            *last = std::time::Instant::now();
+            drop(last);
+            self.emit();
+        }
+    }
+    fn finish(&self) {
+        self.emit();
+    }
+}
+
+fn load(config: &Path) -> Result<Config> {
+    Ok(Config::load(config)?)
+}
+
+pub fn update(config: &Path, as_json: bool, dry_run: bool) -> Result<ExitCode> {
+    let cfg = load(config)?;
+    let started = std::time::Instant::now();
+    let progress: Box<dyn Progress> = if as_json {
+        Box::new(JsonProgress::new())
+    } else {
+        Box::new(Bar::new(!std::io::stderr().is_terminal()))
+    };
+    let outcome = update::run(&cfg, dry_run, progress.as_ref()).context("update failed")?;
+    if as_json {
+        let mut v = serde_json::to_value(&outcome)?;
+        v["event"] = "result".into();
+        v["seconds"] = started.elapsed().as_secs_f64().into();
+        json(&v)?;
+    } else {
+        let mut line = outcome.message.clone();
+        if outcome.result == "ok" {
+            line.push_str(&format!(
+                " ({} fetched in {} requests, {} copied locally, {:.1} s)",
+                human(outcome.bytes_fetched),
+                outcome.requests,
+                human(outcome.bytes_local),
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        eprintln!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(config: &Path, as_json: bool) -> Result<ExitCode> {
+    let cfg = load(config)?;
+    let s = update::status(&cfg)?;
+    if as_json {
+        json(&s)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for n in ["a", "b"] {
+        let slot = &s["slots"][n];
+        let mut flags = Vec::new();
+        for f in ["active", "pending", "known_good", "dirty"] {
+            if slot[f].as_bool().unwrap_or(false) {
+                flags.push(f.replace('_', " "));
+            }
+        }
+        println!(
+            "slot {n}: {} {} [{}] at {}",
+            slot["snapshot"].as_str().map(|x| &x[..12]).unwrap_or("(empty)"),
+            slot["os"].as_str().unwrap_or(""),
+            flags.join(", "),
+            slot["location"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(b) = s["boot_result"].as_str() {
+        println!("last boot: {b}");
+    }
+    if s["last_pass"].is_object() {
+        let p = &s["last_pass"];
+        println!(
+            "last update: {} ({}), {} fetched: {}",
+            p["result"].as_str().unwrap_or(""),
+            crate::output::time(p["at"].as_i64().unwrap_or(0) * 1_000_000_000),
+            human(p["bytes_fetched"].as_u64().unwrap_or(0)),
+            p["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn boot_ok(config: &Path) -> Result<ExitCode> {
+    let cfg = load(config)?;
+    eprintln!("{}", update::boot_ok(&cfg)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rollback(config: &Path) -> Result<ExitCode> {
+    let cfg = load(config)?;
+    eprintln!("{}", update::rollback(&cfg)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn pull(from: &str, channel: &str, repo_path: &Path, trust: &[PathBuf]) -> Result<ExitCode> {
+    let keys = trust
+        .iter()
+        .map(|p| super::read_public_key(p))
+        .collect::<Result<Vec<_>>>()?;
+    let repo = if repo_path.join("config").exists() {
+        super::open(repo_path)?
+    } else {
+        slate_repo::Repo::init(repo_path, slate_repo::Config::default())?
+    };
+    let work = slate_agent::pull::work_dir(repo_path);
+    let stats = slate_agent::pull::pull(from, channel, &repo, &keys, &work)
+        .with_context(|| format!("cannot pull {channel} from {from}"))?;
+    eprintln!(
+        "pulled {channel}: {} snapshots, {} packs, {} downloaded",
+        stats.snapshots,
+        stats.packs,
+        human(stats.bytes)
+    );
+    Ok(ExitCode::SUCCESS)
+}

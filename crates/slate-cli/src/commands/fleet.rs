@@ -1,0 +1,175 @@
+//! `slate fleet status`: the machines table as the server sees it, from
+//! `GET /v1/fleet/machines` (`docs/format/http.md`). A table for people,
+//! or the server's JSON with `--json`.
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+use slate_server::fleet::api::MachinesResponse;
+use slate_server::fleet::MachineRow;
+
+use crate::output::json;
+
+/// Run `slate fleet status --server URL`.
+pub fn status(server: &str, as_json: bool) -> Result<ExitCode> {
+    // `host:port` alone means plain HTTP, as `--listen` takes it.
+    let server = if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    };
+    let base = server.trim_end_matches('/');
+    let url = format!("{base}/v1/fleet/machines");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| anyhow!("cannot set up an HTTP client: {}", root_cause(&e)))?;
+    let resp = client
+        .get(&url)
+        .send()
+        .map_err(|e| anyhow!("cannot reach the slate server at {base}: {}", root_cause(&e)))?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .map_err(|e| anyhow!("{url}: reading the answer: {}", root_cause(&e)))?;
+    if !status.is_success() {
+        let msg = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "no error message".into());
+        bail!("{url}: {status}: {msg}");
+    }
+    let value: Value =
+        serde_json::from_str(&body).map_err(|e| anyhow!("{url}: the answer is not the machines list ({e})"))?;
+    if as_json {
+        // Pass the server's document through: fields this client does not
+        // know stay visible to scripts.
+        json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list: MachinesResponse =
+        serde_json::from_value(value).map_err(|e| anyhow!("{url}: the answer is not the machines list ({e})"))?;
+    print!("{}", table(&list.machines, now()));
+    if list.machines.is_empty() {
+        eprintln!("no machine has contacted {base} yet");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The innermost cause: reqwest's outer messages only repeat the URL.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// How long ago `then` was, for people: `42s`, `5m`, `3h`, `12d`.
+fn age(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+fn short_id(id: &Option<String>) -> String {
+    id.as_deref().map_or("-".into(), |s| s.chars().take(12).collect())
+}
+
+fn field(v: &Value, key: &str) -> String {
+    v.get(key).and_then(Value::as_str).unwrap_or("-").to_string()
+}
+
+/// The table: one row per machine, columns padded to their widest cell.
+fn table(machines: &[MachineRow], now: u64) -> String {
+    let header = [
+        "MACHINE",
+        "HOSTNAME",
+        "CHANNEL",
+        "CURRENT",
+        "TARGET",
+        "ACTIVE",
+        "LAST-UPDATE",
+        "BOOT",
+        "LAST-SEEN",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for m in machines {
+        rows.push(vec![
+            m.machine.clone(),
+            m.hostname.clone().unwrap_or_else(|| "-".into()),
+            m.channel.clone().unwrap_or_else(|| "-".into()),
+            short_id(&m.current),
+            short_id(&m.target),
+            m.active_slot.clone().unwrap_or_else(|| "-".into()),
+            field(&m.last_update, "result"),
+            field(&m.boot, "result"),
+            age(now, m.last_seen),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_table() {
+        assert_eq!(age(100, 58), "42s ago");
+        assert_eq!(age(1000, 700), "5m ago");
+        assert_eq!(age(20_000, 9_200), "3h ago");
+        assert_eq!(age(10 * 86400, 0), "10d ago");
+        assert_eq!(age(0, 50), "0s ago");
+        let m = MachineRow {
+            machine: "dmi:1".into(),
+            hostname: Some("lab-07".into()),
+            channel: Some("debian/bookworm/lab".into()),
+            current: Some("a".repeat(64)),
+            target: None,
+            active_slot: Some("a".into()),
+            last_update: serde_json::json!({"result": "ok"}),
+            boot: serde_json::json!({"result": "good"}),
+            last_seen: 90,
+            ..Default::default()
+        };
+        let t = table(&[m], 100);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("MACHINE  HOSTNAME  CHANNEL"), "{t}");
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "dmi:1",
+                "lab-07",
+                "debian/bookworm/lab",
+                "aaaaaaaaaaaa",
+                "-",
+                "a",
+                "ok",
+                "good",
+                "10s",
+                "ago"
+            ]
+        );
+    }
+}

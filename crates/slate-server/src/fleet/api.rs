@@ -1,0 +1,347 @@
+//! The fleet endpoints (`docs/format/http.md`, "Fleet"): a machine asks
+//! what to run, reports what it did, and the admin lists the machines.
+//!
+//! Bodies are read with a size limit and parsed here (not with axum's
+//! `Json`), so that every rejection, oversized or malformed, is answered
+//! with the protocol's `{"error": ...}` and one clear sentence.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use slate_core::SnapshotId;
+use slate_repo::Repo;
+
+use super::config::{Choice, FleetConfig, Selection};
+use super::machine::{check_text, Machine};
+use super::store::{MachineRow, ReportRecord};
+use crate::error::{ApiError, ApiResult};
+use crate::{AppState, BODY_LIMIT};
+
+/// A JSON request body, limited to [`BODY_LIMIT`] bytes.
+pub struct JsonBody<T> {
+    /// The parsed value.
+    pub value: T,
+    /// The body as received (valid UTF-8, since it parsed as JSON).
+    pub raw: String,
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // `Bytes` honours the router's DefaultBodyLimit and rejects with 413.
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(format!("the request body is larger than {BODY_LIMIT} bytes"))
+            } else {
+                ApiError::BadRequest(format!("cannot read the request body: {}", r.body_text()))
+            }
+        })?;
+        let value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON request: {e}")))?;
+        let raw = String::from_utf8(bytes.to_vec())
+            .map_err(|_| ApiError::BadRequest("the request body is not UTF-8".into()))?;
+        Ok(JsonBody { value, raw })
+    }
+}
+
+/// `POST /v1/fleet/assignment` body.
+#[derive(Debug, Deserialize)]
+pub struct AssignmentRequest {
+    /// Who asks.
+    pub machine: Machine,
+}
+
+/// `POST /v1/fleet/assignment` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The machine id, echoed.
+    pub machine: String,
+    /// The channel it runs.
+    pub channel: String,
+    /// The snapshot to run: the channel's head, or the pinned snapshot.
+    pub snapshot: String,
+    /// Whether `snapshot` is an explicit pin rather than the head.
+    pub pinned: bool,
+    /// Which fleet rule decided.
+    pub rule: String,
+}
+
+/// The last update pass in a report. Absent fields stay absent when
+/// stored, so `fleet status --json` shows what the agent sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastUpdate {
+    /// `ok`, `error`, `offline` or `up-to-date`.
+    pub result: String,
+    /// A sentence for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Bytes downloaded by the pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_fetched: Option<u64>,
+    /// When it ended, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
+}
+
+/// The last boot in a report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Boot {
+    /// `good`, `pending` or `fell-back`.
+    pub result: String,
+    /// Slot booted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// Snapshot booted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+/// `POST /v1/fleet/report` body. Unknown fields are accepted (and kept in
+/// the stored raw report) so that newer agents can talk to this server.
+#[derive(Debug, Deserialize)]
+pub struct ReportRequest {
+    /// Who reports.
+    pub machine: Machine,
+    /// Snapshot it runs.
+    #[serde(default)]
+    pub current: Option<String>,
+    /// Snapshot it is moving to.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Slot it booted from.
+    #[serde(default)]
+    pub active_slot: Option<String>,
+    /// What each slot holds.
+    #[serde(default)]
+    pub slots: BTreeMap<String, Option<String>>,
+    /// Slot to be tried on the next boot.
+    #[serde(default)]
+    pub pending: Option<String>,
+    /// The last update pass.
+    #[serde(default)]
+    pub last_update: Option<LastUpdate>,
+    /// The last boot.
+    #[serde(default)]
+    pub boot: Option<Boot>,
+}
+
+/// Most slots a report may list.
+const MAX_SLOTS: usize = 8;
+
+fn check_id(field: &str, v: &Option<String>) -> Result<(), String> {
+    match v {
+        Some(s) if SnapshotId::from_hex(s).is_none() || s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) => {
+            Err(format!(
+                "{field} must be a snapshot id (64 lower-case hex digits) or null"
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_slot(field: &str, v: &str) -> Result<(), String> {
+    if v.is_empty() || v.len() > 16 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)) {
+        return Err(format!(
+            "{field} must be a slot name (1 to 16 letters, digits, '_' or '-')"
+        ));
+    }
+    Ok(())
+}
+
+/// A result word: `docs/format/http.md` lists the values of this version
+/// (`ok`, `error`, ...), but agents and servers are upgraded separately
+/// across a fleet, so any short lower-case word is stored rather than
+/// losing the report of an agent that knows one more outcome.
+fn check_word(field: &str, v: &str) -> Result<(), String> {
+    if v.is_empty()
+        || v.len() > 32
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "{field} must be a result word such as {} (1 to 32 of a-z, 0-9, '-')",
+            if field.starts_with("boot") {
+                "good, pending or fell-back"
+            } else {
+                "ok, error, offline or up-to-date"
+            }
+        ));
+    }
+    Ok(())
+}
+
+impl ReportRequest {
+    /// Check every field; the error names the field.
+    fn validate(mut self, raw: String) -> Result<ReportRecord, String> {
+        self.machine = self.machine.validate()?;
+        check_id("current", &self.current)?;
+        check_id("target", &self.target)?;
+        if let Some(s) = &self.active_slot {
+            check_slot("active_slot", s)?;
+        }
+        if let Some(s) = &self.pending {
+            check_slot("pending", s)?;
+        }
+        if self.slots.len() > MAX_SLOTS {
+            return Err(format!("slots has more than {MAX_SLOTS} entries"));
+        }
+        for (name, id) in &self.slots {
+            check_slot("a slot name in slots", name)?;
+            check_id(&format!("slots.{name}"), id)?;
+        }
+        if let Some(u) = &self.last_update {
+            check_word("last_update.result", &u.result)?;
+            if let Some(m) = &u.message {
+                check_text("last_update.message", m, 4096)?;
+            }
+        }
+        if let Some(b) = &self.boot {
+            check_word("boot.result", &b.result)?;
+            if let Some(s) = &b.slot {
+                check_slot("boot.slot", s)?;
+            }
+            check_id("boot.snapshot", &b.snapshot)?;
+        }
+        Ok(ReportRecord {
+            machine: self.machine.id,
+            hostname: self.machine.hostname,
+            current: self.current,
+            target: self.target,
+            active_slot: self.active_slot,
+            slots: to_json(&self.slots),
+            last_update: to_json(&self.last_update),
+            boot: to_json(&self.boot),
+            raw,
+        })
+    }
+}
+
+/// A checked part of a report as a JSON value for the store.
+fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
+    // Plain data (maps, strings, numbers) always serialises.
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Decide a machine's assignment: the fleet rules, then the repository for
+/// the channel's current head (or a check that the pin exists). Blocking.
+pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assignment> {
+    let Selection { target, rule } = match fleet.choose(m) {
+        Choice::Selected(s) => s,
+        Choice::NoMatch => {
+            return Err(ApiError::NotFound(format!(
+                "no fleet rule matches machine {} ({}) and the fleet file has no [default]; \
+                 add a [[machine]] rule or a [default] for it",
+                m.id,
+                m.describe()
+            )))
+        }
+        Choice::OnlyChannel => {
+            let channels = repo.channels().map_err(ApiError::internal)?;
+            match channels.as_slice() {
+                [only] => Selection {
+                    target: super::config::Target {
+                        channel: only.clone(),
+                        pin: None,
+                    },
+                    rule: "only channel".into(),
+                },
+                _ => {
+                    return Err(ApiError::NotFound(format!(
+                        "the server runs without a fleet file and the repository has {} channels; \
+                         restart slate serve with --fleet FLEET.toml to say which machine runs which",
+                        channels.len()
+                    )))
+                }
+            }
+        }
+    };
+    let history = repo.channel_history(&target.channel).map_err(ApiError::internal)?;
+    let Some(head) = history.last() else {
+        return Err(ApiError::NotFound(format!(
+            "channel {} (fleet rule {rule}) has no snapshots in this repository; commit to it or fix the fleet file",
+            target.channel
+        )));
+    };
+    let snapshot = match target.pin {
+        Some(pin) => {
+            if !repo.storage.exists(&Repo::snapshot_keys(&pin)[0]) {
+                return Err(ApiError::NotFound(format!(
+                    "snapshot {pin} pinned by fleet rule {rule} is not in this repository; fix the fleet file"
+                )));
+            }
+            pin
+        }
+        None => *head,
+    };
+    Ok(Assignment {
+        machine: m.id.clone(),
+        channel: target.channel,
+        snapshot: snapshot.to_hex(),
+        pinned: target.pin.is_some(),
+        rule,
+    })
+}
+
+/// `POST /v1/fleet/assignment`.
+pub async fn assignment(State(st): State<AppState>, body: JsonBody<AssignmentRequest>) -> ApiResult<Json<Assignment>> {
+    let machine = body.value.machine.validate().map_err(ApiError::BadRequest)?;
+    let (repo, fleet, store) = (st.repo.clone(), st.fleet.clone(), st.store.clone());
+    // Reading channel files and writing SQLite both block.
+    let answer = tokio::task::spawn_blocking(move || {
+        let answer = resolve(&repo, &fleet, &machine);
+        let channel = answer.as_ref().ok().map(|a| a.channel.as_str());
+        // Bookkeeping must not cost a machine its assignment: log and go on.
+        if let Err(e) = store.record_assignment(&machine.id, machine.hostname.as_deref(), channel, now()) {
+            tracing::error!("{e}");
+        }
+        answer
+    })
+    .await??;
+    Ok(Json(answer))
+}
+
+/// `POST /v1/fleet/report`: 204.
+pub async fn report(State(st): State<AppState>, body: JsonBody<ReportRequest>) -> ApiResult<StatusCode> {
+    let record = body.value.validate(body.raw).map_err(ApiError::BadRequest)?;
+    let store = st.store.clone();
+    // SQLite writes block (and may wait on the database lock).
+    tokio::task::spawn_blocking(move || store.record_report(&record, now()))
+        .await?
+        .map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/fleet/machines` answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MachinesResponse {
+    /// Every machine, ordered by id.
+    pub machines: Vec<MachineRow>,
+}
+
+/// `GET /v1/fleet/machines`.
+pub async fn machines(State(st): State<AppState>) -> ApiResult<Response> {
+    let store = st.store.clone();
+    // SQLite reads block.
+    let machines = tokio::task::spawn_blocking(move || store.machines())
+        .await?
+        .map_err(ApiError::internal)?;
+    let mut resp = Json(MachinesResponse { machines }).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,592 @@
+//! FLEET.toml: which machine runs which channel (see `docs/fleet.md`).
+//!
+//! The file is parsed and checked once, at startup, into rules that match
+//! in memory; a mistake is reported with the file, line and column, so the
+//! server refuses to start rather than assign machines by a half-read file.
+//! Matching ([`FleetConfig::choose`]) is pure: it picks a channel (and maybe
+//! a pinned snapshot); the channel's head is read from the repository at
+//! request time, because channels move while the server runs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use globset::{GlobBuilder, GlobMatcher};
+use serde::Deserialize;
+use slate_core::SnapshotId;
+use slate_repo::Repo;
+use toml::Spanned;
+
+use super::machine::{normalize_mac, Machine};
+
+/// The fleet file could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetFileError {
+    /// The file could not be read.
+    #[error("cannot read fleet file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid; `line` and `column` count from 1.
+    #[error("{path}: line {line}, column {column}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Where.
+        line: usize,
+        /// Where on the line.
+        column: usize,
+        /// What is wrong, one sentence.
+        message: String,
+    },
+}
+
+/// Where a machine goes: a channel, optionally pinned to one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The channel (its head is assigned unless pinned).
+    pub channel: String,
+    /// An explicit snapshot to run instead of the head.
+    pub pin: Option<SnapshotId>,
+}
+
+/// One `[[machine]]` rule. Every matcher it gives must match.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// What the assignment reports as `rule`: the `name`, else the matchers.
+    pub label: String,
+    /// Line of the rule in the file.
+    pub line: usize,
+    mac: Option<String>,
+    dmi_uuid: Option<String>,
+    hostname: Option<GlobMatcher>,
+    labels: BTreeMap<String, String>,
+    /// Where the machines it matches go.
+    pub target: Target,
+}
+
+impl Rule {
+    /// Whether `m` (already validated, so normalised) matches this rule.
+    pub fn matches(&self, m: &Machine) -> bool {
+        self.mac.as_ref().is_none_or(|mac| m.macs.contains(mac))
+            && self.dmi_uuid.as_ref().is_none_or(|u| m.dmi_uuid.as_ref() == Some(u))
+            && self
+                .hostname
+                .as_ref()
+                .is_none_or(|g| m.hostname.as_deref().is_some_and(|h| g.is_match(h)))
+            && self.labels.iter().all(|(k, v)| m.labels.get(k) == Some(v))
+    }
+}
+
+/// The assignment a machine gets from the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// Channel and optional pin.
+    pub target: Target,
+    /// Which rule chose it (for the answer's `rule` and for logs).
+    pub rule: String,
+}
+
+/// What [`FleetConfig::choose`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// A rule or `[default]` chose a target.
+    Selected(Selection),
+    /// No fleet file: the repository's only channel, if it has exactly one
+    /// (known only at request time).
+    OnlyChannel,
+    /// Nothing matches and there is no `[default]`.
+    NoMatch,
+}
+
+/// The fleet: rules in file order and the default.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The file, or `None` when the server runs without one.
+    pub path: Option<PathBuf>,
+    /// `[default]`.
+    pub default: Option<Target>,
+    /// `[[machine]]` rules, first match wins.
+    pub rules: Vec<Rule>,
+    /// No fleet file was given (see [`Choice::OnlyChannel`]).
+    implicit: bool,
+}
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    default: Option<RawTarget>,
+    #[serde(default)]
+    machine: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    channel: Channel,
+    snapshot: Option<Pin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    mac: Option<Mac>,
+    dmi_uuid: Option<DmiUuid>,
+    hostname: Option<HostGlob>,
+    labels: Option<BTreeMap<String, String>>,
+    channel: Channel,
+    snapshot: Option<Pin>,
+}
+
+// Each checked value is a newtype deserialized through `TryFrom<String>`,
+// so toml attaches the value's position to the error it returns.
+
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Channel(String);
+
+impl TryFrom<String> for Channel {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        slate_repo::channel::check_name(&s).map_err(|e| e.to_string())?;
+        Ok(Channel(s))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Pin(SnapshotId);
+
+impl TryFrom<String> for Pin {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let id = (s.len() == 64)
+            .then(|| SnapshotId::from_hex(&s.to_ascii_lowercase()))
+            .flatten()
+            .ok_or_else(|| format!("snapshot {s:?} is not a snapshot id (64 hex digits, see `slate log`)"))?;
+        Ok(Pin(id))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Mac(String);
+
+impl TryFrom<String> for Mac {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let n = normalize_mac(&s);
+        let ok = n.split(':').count() == 6
+            && n.split(':')
+                .all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok {
+            return Err(format!(
+                "mac {s:?} is not a MAC address (write it as 52:54:00:12:34:56)"
+            ));
+        }
+        Ok(Mac(n))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct DmiUuid(String);
+
+impl TryFrom<String> for DmiUuid {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let lens: Vec<usize> = s.split('-').map(str::len).collect();
+        let ok = lens == [8, 4, 4, 4, 12] && s.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit());
+        if !ok {
+            return Err(format!(
+                "dmi_uuid {s:?} is not a UUID (8-4-4-4-12 hex digits, as in /sys/class/dmi/id/product_uuid)"
+            ));
+        }
+        Ok(DmiUuid(s.to_ascii_lowercase()))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct HostGlob(String, GlobMatcher);
+
+impl TryFrom<String> for HostGlob {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("hostname pattern is empty".into());
+        }
+        // Host names are case-insensitive (RFC 4343).
+        let g = GlobBuilder::new(&s)
+            .case_insensitive(true)
+            .build()
+            .map_err(|e| format!("hostname pattern {s:?} is not a valid glob: {}", e.kind()))?;
+        Ok(HostGlob(s, g.compile_matcher()))
+    }
+}
+
+// ---- loading ---------------------------------------------------------------
+
+/// Line and column (from 1) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl FleetConfig {
+    /// No fleet file: every machine runs the repository's only channel.
+    pub fn only_channel() -> Self {
+        FleetConfig {
+            path: None,
+            default: None,
+            rules: Vec::new(),
+            implicit: true,
+        }
+    }
+
+    /// Read and check a fleet file.
+    pub fn load(path: &Path) -> Result<Self, FleetFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| FleetFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut c = Self::parse(&text, &path.display().to_string())?;
+        c.path = Some(path.to_path_buf());
+        Ok(c)
+    }
+
+    /// Check the text of a fleet file; `name` is used in errors.
+    pub fn parse(text: &str, name: &str) -> Result<Self, FleetFileError> {
+        let invalid = |offset: usize, message: String| {
+            let (line, column) = line_col(text, offset);
+            FleetFileError::Invalid {
+                path: name.to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            // toml's Display spans several lines with a snippet; keep its
+            // message and say where ourselves, on one line.
+            let offset = e.span().map_or(0, |s| s.start);
+            let message: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            invalid(offset, message.join("; "))
+        })?;
+        let target = |t: RawTarget| Target {
+            channel: t.channel.0,
+            pin: t.snapshot.map(|p| p.0),
+        };
+        let mut rules = Vec::new();
+        for spanned in raw.machine {
+            let start = spanned.span().start;
+            let r = spanned.into_inner();
+            let mut matchers = Vec::new();
+            if let Some(m) = &r.mac {
+                matchers.push(format!("mac {}", m.0));
+            }
+            if let Some(u) = &r.dmi_uuid {
+                matchers.push(format!("dmi_uuid {}", u.0));
+            }
+            if let Some(h) = &r.hostname {
+                matchers.push(format!("hostname {}", h.0));
+            }
+            let labels = r.labels.unwrap_or_default();
+            if !labels.is_empty() {
+                let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                matchers.push(format!("labels {}", l.join(",")));
+            }
+            if matchers.is_empty() {
+                return Err(invalid(
+                    start,
+                    "this [[machine]] rule has no mac, dmi_uuid, hostname or labels to match on \
+                     (use [default] for machines no rule names)"
+                        .into(),
+                ));
+            }
+            if let Some(n) = &r.name {
+                if n.is_empty() || n.len() > 200 || n.chars().any(char::is_control) {
+                    return Err(invalid(
+                        start,
+                        "name must be 1 to 200 characters without control characters".into(),
+                    ));
+                }
+            }
+            rules.push(Rule {
+                label: r.name.clone().unwrap_or_else(|| matchers.join(" and ")),
+                line: line_col(text, start).0,
+                mac: r.mac.map(|m| m.0),
+                dmi_uuid: r.dmi_uuid.map(|u| u.0),
+                hostname: r.hostname.map(|h| h.1),
+                labels,
+                target: target(RawTarget {
+                    channel: r.channel,
+                    snapshot: r.snapshot,
+                }),
+            });
+        }
+        Ok(FleetConfig {
+            path: None,
+            default: raw.default.map(target),
+            rules,
+            implicit: false,
+        })
+    }
+
+    /// The assignment for `m` (validated): the first rule in file order
+    /// that matches, else `[default]`.
+    pub fn choose(&self, m: &Machine) -> Choice {
+        if self.implicit {
+            return Choice::OnlyChannel;
+        }
+        if let Some(r) = self.rules.iter().find(|r| r.matches(m)) {
+            return Choice::Selected(Selection {
+                target: r.target.clone(),
+                rule: r.label.clone(),
+            });
+        }
+        match &self.default {
+            Some(t) => Choice::Selected(Selection {
+                target: t.clone(),
+                rule: "default".into(),
+            }),
+            None => Choice::NoMatch,
+        }
+    }
+
+    /// Problems worth a warning at startup: channels that do not exist (or
+    /// have no snapshot) and pinned snapshots the repository lacks. Not
+    /// errors, since the admin may be about to commit them; a machine sent
+    /// there gets a clear error at assignment. Reads the repository.
+    pub fn warnings(&self, repo: &Repo) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.implicit {
+            match repo.channels() {
+                Ok(c) if c.len() == 1 => {}
+                Ok(c) => out.push(format!(
+                    "no fleet file given and the repository has {} channels: machines get no assignment \
+                     until it has exactly one; pass --fleet FLEET.toml to say which machine runs which",
+                    c.len()
+                )),
+                Err(e) => out.push(format!("cannot list channels: {e}")),
+            }
+        }
+        let targets = self.default.iter().map(|t| ("[default]".to_string(), t)).chain(
+            self.rules
+                .iter()
+                .map(|r| (format!("rule {:?} (line {})", r.label, r.line), &r.target)),
+        );
+        for (what, t) in targets {
+            match repo.channel_history(&t.channel) {
+                Ok(h) if h.is_empty() => out.push(format!(
+                    "{what} names channel {} which has no snapshots in the repository",
+                    t.channel
+                )),
+                Ok(_) => {}
+                Err(e) => out.push(format!("{what}: channel {}: {e}", t.channel)),
+            }
+            if let Some(p) = &t.pin {
+                if !repo.storage.exists(&Repo::snapshot_keys(p)[0]) {
+                    out.push(format!("{what} pins snapshot {p} which is not in the repository"));
+                }
+            }
+        }
+        if !self.implicit && self.default.is_none() && self.rules.is_empty() {
+            out.push("the fleet file has no [default] and no [[machine]] rules: no machine will be assigned".into());
+        }
+        out
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.pin {
+            Some(p) => write!(f, "{} pinned to {p}", self.channel),
+            None => write!(f, "{}", self.channel),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(f: impl FnOnce(&mut Machine)) -> Machine {
+        let mut m = Machine {
+            id: "m1".into(),
+            ..Default::default()
+        };
+        f(&mut m);
+        m.validate().unwrap()
+    }
+
+    fn chosen(c: &FleetConfig, m: &Machine) -> Option<(String, Option<SnapshotId>, String)> {
+        match c.choose(m) {
+            Choice::Selected(s) => Some((s.target.channel, s.target.pin, s.rule)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn smallest_file_assigns_everyone() {
+        let c = FleetConfig::parse("[default]\nchannel = \"lab\"\n", "f").unwrap();
+        let got = chosen(&c, &machine(|_| {})).unwrap();
+        assert_eq!(got, ("lab".into(), None, "default".into()));
+    }
+
+    #[test]
+    fn matchers_in_file_order() {
+        let pin = "ab".repeat(32);
+        let text = format!(
+            r#"
+[default]
+channel = "stable"
+
+[[machine]]
+mac = "52:54:00:AA:BB:CC"
+channel = "by-mac"
+
+[[machine]]
+dmi_uuid = "4C4C4544-0042-3510-8052-B7C04F4E3132"
+channel = "by-uuid"
+snapshot = "{pin}"
+
+[[machine]]
+name = "lab machines"
+hostname = "lab-*"
+channel = "by-host"
+
+[[machine]]
+labels = {{ room = "b12", role = "kiosk" }}
+channel = "by-labels"
+
+[[machine]]
+hostname = "lab-*"
+channel = "never: shadowed by the earlier hostname rule"
+"#
+        );
+        // The last rule's channel name is invalid: check it is reported.
+        let e = FleetConfig::parse(&text, "fleet.toml").unwrap_err().to_string();
+        assert!(e.starts_with("fleet.toml: line 25, column 11: "), "{e}");
+        assert!(e.contains("not a valid channel name"), "{e}");
+        let text = text.replace("never: shadowed by the earlier hostname rule", "never");
+        let c = FleetConfig::parse(&text, "fleet.toml").unwrap();
+
+        let by_mac = machine(|m| m.macs = vec!["00:11:22:33:44:55".into(), "52-54-00-aa-bb-cc".into()]);
+        assert_eq!(chosen(&c, &by_mac).unwrap().0, "by-mac");
+        assert_eq!(chosen(&c, &by_mac).unwrap().2, "mac 52:54:00:aa:bb:cc");
+
+        let by_uuid = machine(|m| m.dmi_uuid = Some("4c4c4544-0042-3510-8052-b7c04f4e3132".into()));
+        let got = chosen(&c, &by_uuid).unwrap();
+        assert_eq!(got.0, "by-uuid");
+        assert_eq!(got.1, SnapshotId::from_hex(&pin));
+
+        let by_host = machine(|m| m.hostname = Some("LAB-07".into()));
+        assert_eq!(
+            chosen(&c, &by_host).unwrap(),
+            ("by-host".into(), None, "lab machines".into())
+        );
+
+        let labels = |pairs: &[(&str, &str)]| {
+            machine(|m| {
+                m.labels = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            })
+        };
+        let by_labels = labels(&[("room", "b12"), ("role", "kiosk"), ("extra", "x")]);
+        assert_eq!(chosen(&c, &by_labels).unwrap().0, "by-labels");
+        // All labels must match.
+        assert_eq!(chosen(&c, &labels(&[("room", "b12")])).unwrap().0, "stable");
+
+        // Several matchers in one rule must all match.
+        let c2 = FleetConfig::parse(
+            "[[machine]]\nhostname = \"lab-*\"\nlabels = { room = \"b12\" }\nchannel = \"x\"\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(chosen(&c2, &by_host), None);
+        assert_eq!(c2.choose(&by_host), Choice::NoMatch);
+        let both = machine(|m| {
+            m.hostname = Some("lab-1".into());
+            m.labels.insert("room".into(), "b12".into());
+        });
+        assert_eq!(chosen(&c2, &both).unwrap().2, "hostname lab-* and labels room=b12");
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            ("[default]\nchanel = \"x\"\n", 2, "unknown field `chanel`"),
+            ("[default]\nchannel = \"../x\"\n", 2, "not a valid channel name"),
+            (
+                "[[machine]]\nchannel = \"x\"\n",
+                1,
+                "no mac, dmi_uuid, hostname or labels",
+            ),
+            (
+                "\n[[machine]]\nmac = \"52:54\"\nchannel = \"x\"\n",
+                3,
+                "not a MAC address",
+            ),
+            ("[[machine]]\ndmi_uuid = \"nope\"\nchannel = \"x\"\n", 2, "not a UUID"),
+            (
+                "[[machine]]\nhostname = \"lab-[\"\nchannel = \"x\"\n",
+                2,
+                "not a valid glob",
+            ),
+            (
+                "[default]\nchannel = \"x\"\nsnapshot = \"abc\"\n",
+                3,
+                "not a snapshot id",
+            ),
+            ("[default]\nchannel = 5\n", 2, "invalid type"),
+            (
+                "[[machine]]\nmac = \"52:54:00:12:34:56\"\n",
+                1,
+                "missing field `channel`",
+            ),
+            ("[default\n", 1, ""),
+            ("[other]\nx = 1\n", 1, "unknown field `other`"),
+        ];
+        for (text, line, needle) in cases {
+            let e = FleetConfig::parse(text, "F.toml").unwrap_err();
+            let s = e.to_string();
+            assert!(!s.contains('\n'), "one line: {s}");
+            assert!(s.starts_with(&format!("F.toml: line {line}, ")), "{text:?}: {s}");
+            assert!(s.contains(needle), "{text:?}: {s}");
+        }
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../../../../dist/fleet.example.toml");
+        let c = FleetConfig::parse(text, "fleet.example.toml").unwrap();
+        assert_eq!(c.rules.len(), 5);
+        assert_eq!(c.default.as_ref().unwrap().channel, "debian/bookworm/stable");
+        assert!(c.rules[1].target.pin.is_some());
+        // The message docs/fleet.md quotes.
+        let e = FleetConfig::parse("[default]\nchannel = \"x\"\nchanel = \"y\"\n", "/etc/slate/fleet.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/etc/slate/fleet.toml: line 3, column 1: unknown field `chanel`, expected `channel` or `snapshot`"
+        );
+    }
+
+    #[test]
+    fn no_file_means_only_channel() {
+        let c = FleetConfig::only_channel();
+        assert_eq!(c.choose(&machine(|_| {})), Choice::OnlyChannel);
+        // An empty file is a fleet file that assigns nobody.
+        let empty = FleetConfig::parse("", "f").unwrap();
+        assert_eq!(empty.choose(&machine(|_| {})), Choice::NoMatch);
+    }
+}

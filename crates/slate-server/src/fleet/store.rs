@@ -1,0 +1,93 @@
+//! Where the server keeps what machines tell it: one record per machine.
+//!
+//! A small synchronous trait, like the repository's `Storage`: SQLite
+//! ([`super::sqlite::SqliteStore`]) is the default, embedded in the server;
+//! a PostgreSQL store for a server pool implements the same three calls.
+//! The values crossing the trait are plain strings, integers and JSON
+//! documents, which map onto TEXT/JSONB columns of either database. Callers
+//! on the async runtime go through `spawn_blocking`.
+
+use serde::{Deserialize, Serialize};
+
+/// The fleet database failed.
+#[derive(Debug, thiserror::Error)]
+#[error("fleet database {database}: {what}: {source}")]
+pub struct StoreError {
+    /// Which database (a path or a connection name).
+    pub database: String,
+    /// What was being done.
+    pub what: &'static str,
+    /// The driver's error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// A checked report, ready to store (see `POST /v1/fleet/report`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportRecord {
+    /// Machine id.
+    pub machine: String,
+    /// Hostname it gave, if any.
+    pub hostname: Option<String>,
+    /// Snapshot it runs.
+    pub current: Option<String>,
+    /// Snapshot it is moving to.
+    pub target: Option<String>,
+    /// Slot it booted from.
+    pub active_slot: Option<String>,
+    /// Slot name to snapshot id (JSON object).
+    pub slots: serde_json::Value,
+    /// The last update pass (JSON object or null).
+    pub last_update: serde_json::Value,
+    /// The last boot (JSON object or null).
+    pub boot: serde_json::Value,
+    /// The whole report as received, for fields this version does not read.
+    pub raw: String,
+}
+
+/// One row of `GET /v1/fleet/machines`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MachineRow {
+    /// Machine id.
+    pub machine: String,
+    /// Last hostname it gave.
+    pub hostname: Option<String>,
+    /// Channel it was last assigned.
+    pub channel: Option<String>,
+    /// Snapshot it runs, by its last report.
+    pub current: Option<String>,
+    /// Snapshot it is moving to.
+    pub target: Option<String>,
+    /// Slot it booted from.
+    pub active_slot: Option<String>,
+    /// Slot name to snapshot id.
+    pub slots: serde_json::Value,
+    /// Its last update pass (`result`, `message`, `bytes_fetched`, `at`).
+    pub last_update: serde_json::Value,
+    /// Its last boot (`result`, `slot`, `snapshot`).
+    pub boot: serde_json::Value,
+    /// First contact, Unix seconds.
+    pub first_seen: u64,
+    /// Last contact (assignment or report), Unix seconds.
+    pub last_seen: u64,
+}
+
+/// The machines table.
+pub trait FleetStore: Send + Sync {
+    /// A machine asked for its assignment at `now` and was given `channel`
+    /// (`None` when none could be given): create or touch its record.
+    fn record_assignment(
+        &self,
+        machine: &str,
+        hostname: Option<&str>,
+        channel: Option<&str>,
+        now: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Store a machine's report received at `now`, replacing the previous one.
+    fn record_report(&self, report: &ReportRecord, now: u64) -> Result<(), StoreError>;
+
+    /// Every machine, ordered by id.
+    fn machines(&self) -> Result<Vec<MachineRow>, StoreError>;
+}
