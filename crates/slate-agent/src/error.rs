@@ -24,7 +24,7 @@ pub enum Error {
     #[error(transparent)]
     Repo(#[from] slate_repo::Error),
     /// I/O.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

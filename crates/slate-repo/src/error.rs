@@ -7,7 +7,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     /// An I/O error; the message carries the path.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// A stored object is corrupt or fails its hash.
     #[error("{object}: {source}")]
