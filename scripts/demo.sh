@@ -53,4 +53,41 @@ fi
 
 say "slate verify --trust signing.key.pub"
 "$slate" verify --repo "$work/repo" --trust "$work/signing.key.pub"
-say "done: repository in $work/repo"
+
+say "slate serve on 127.0.0.1, and a client with two slots"
+printf '[default]\nchannel = "demo/lab"\n' > "$work/fleet.toml"
+"$slate" serve --repo "$work/repo" --listen 127.0.0.1:0 --fleet "$work/fleet.toml" 2> "$work/serve.log" &
+server_pid=$!
+trap 'kill $server_pid 2>/dev/null || true' EXIT
+for _ in $(seq 50); do grep -q "serving" "$work/serve.log" 2>/dev/null && break; sleep 0.1; done
+url=$(grep -o 'http://[0-9.:]*' "$work/serve.log" | head -1)
+[ -n "$url" ] || { cat "$work/serve.log" >&2; exit 1; }
+cat > "$work/agent.toml" <<EOT
+server = "$url"
+trust = ["$work/signing.key.pub"]
+state_dir = "$work/client/state"
+machine_id = "demo-client"
+bootloader = "grub"
+boot_dir = "$work/client/boot"
+[slots]
+a = "$work/client/slot-a"
+b = "$work/client/slot-b"
+EOT
+say "slate update: the first pass installs the head into slot a"
+"$slate" update --config "$work/agent.toml"
+
+say "a third version, a delta for clients on the second, and the next pass"
+echo "update 3" > "$tree/etc/motd"
+"$slate" commit --repo "$work/repo" --channel demo/lab --sign "$work/signing.key" -m "third" "$tree" >/dev/null
+"$slate" delta --repo "$work/repo" demo/lab~1 demo/lab
+"$slate" update --config "$work/agent.toml"
+say "slate status (slot b boots next, on trial) and slate fleet status"
+"$slate" status --config "$work/agent.toml"
+"$slate" fleet status --server "$url"
+if [ -f "$digest" ]; then
+    python3 "$digest" "$work/client/slot-b" > "$work/slot.digest"
+    python3 "$digest" "$tree" > "$work/tree.digest"
+    cmp -s "$work/slot.digest" "$work/tree.digest" && echo "slot b is bit for bit the committed tree (treedigest)" >&2 \
+        || { echo "demo: slot b differs from the tree" >&2; exit 1; }
+fi
+say "done: repository in $work/repo, client in $work/client"

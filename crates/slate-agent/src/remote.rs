@@ -22,7 +22,7 @@ use crate::http::Http;
 /// cost less than another round trip).
 const COALESCE_GAP: u64 = 16 << 10;
 /// Largest single range request: the unit a killed pass may redo.
-const MAX_RANGE: u64 = 16 << 20;
+const MAX_RANGE: u64 = 8 << 20;
 
 fn snap_path(id: &SnapshotId, ext: &str) -> String {
     let h = id.to_hex();

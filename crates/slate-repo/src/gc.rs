@@ -33,6 +33,8 @@ pub struct GcPlan {
     pub kept_snapshots: u64,
     /// Pack bytes freed (before rewritten packs' new copies).
     pub freed_bytes: u64,
+    /// Deltas with an end that is no longer live (storage keys).
+    pub drop_deltas: Vec<String>,
     /// Objects left by interrupted writes (storage keys).
     pub orphans: Vec<String>,
     /// Leftover temp files removed.
@@ -116,6 +118,18 @@ pub fn plan(repo: &Repo, keep_last: Option<usize>) -> Result<(GcPlan, HashSet<Ch
             plan.orphans.push(k.clone());
         }
     }
+    // A delta is only useful while both its ends are live.
+    for k in repo.storage.list("deltas")? {
+        let mut parts = k.trim_start_matches("deltas/").trim_end_matches(".delta").split('/');
+        let ends = (
+            parts.next().and_then(SnapshotId::from_hex),
+            parts.next().and_then(SnapshotId::from_hex),
+        );
+        let keep = matches!(ends, (Some(a), Some(b)) if live.contains(&a) && live.contains(&b));
+        if !keep {
+            plan.drop_deltas.push(k);
+        }
+    }
     plan.temp_files = repo.storage.list("tmp")?.len() as u64;
     plan.drop_packs.sort();
     plan.rewrite_packs.sort();
@@ -177,6 +191,9 @@ pub fn gc(repo: &Repo, keep_last: Option<usize>, dry_run: bool) -> Result<GcPlan
         // Index first: an index on disk always has its pack.
         storage.delete(&index_key(&id))?;
         storage.delete(&pack_key(&id))?;
+    }
+    for k in &plan.drop_deltas {
+        storage.delete(k)?;
     }
     for k in &plan.orphans {
         // The rewrite above may have just published this very pack (the

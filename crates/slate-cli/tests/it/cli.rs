@@ -158,6 +158,8 @@ fn gc_drops_what_no_history_references() {
                 .to_string(),
         );
     }
+    slate_ok(&["delta", "--repo", s(&repo), "--level", "3", "c~1", "c"]);
+    assert!(repo.join("deltas").read_dir().unwrap().next().is_some());
     let before = dir_size(&repo);
     let plan = slate_ok(&["gc", "--repo", s(&repo), "--keep-last", "1", "--dry-run", "--json"]);
     let plan: serde_json::Value = serde_json::from_str(plan.trim()).unwrap();
@@ -165,6 +167,11 @@ fn gc_drops_what_no_history_references() {
     assert_eq!(dir_size(&repo), before, "a dry run changes nothing");
 
     slate_ok(&["gc", "--repo", s(&repo), "--keep-last", "1"]);
+    let deltas: Vec<_> = walk_files(&repo.join("deltas"));
+    assert!(
+        deltas.is_empty(),
+        "a delta from a dropped snapshot is dropped too: {deltas:?}"
+    );
     let after = dir_size(&repo);
     assert!(after < before / 2, "gc freed space: {before} -> {after}");
     let log = json_lines(&slate_ok(&["log", "--repo", s(&repo), "--json", "c"]));
@@ -176,6 +183,18 @@ fn gc_drops_what_no_history_references() {
     crate::treedigest::assert_same_tree(&tree, &dst);
     let err = slate_err(&["checkout", "--repo", s(&repo), &ids[0], s(&t.path().join("old"))]);
     assert!(err.contains("no snapshot"), "{err}");
+}
+
+fn walk_files(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk_files(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
 }
 
 fn dir_size(p: &Path) -> u64 {
