@@ -140,7 +140,9 @@ impl Config {
         let raw: Raw = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                // Newlines before the error, plus one: an error at the very
+                // start of a line (an unknown key) is on that line.
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
                 .unwrap_or(0);
             Error::Config(format!("{} line {line}: {}", path.display(), e.message()))
         })?;
@@ -237,6 +239,40 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        // dist/agent.example.toml is what admins copy: it must stay valid
+        // as keys are added or renamed, and show every one of them.
+        let text = include_str!("../../../dist/agent.example.toml");
+        let c = Config::parse(text, Path::new("dist/agent.example.toml")).unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.bootloader, Bootloader::Grub);
+        assert_eq!(c.boot_tries, 3);
+        assert_eq!(c.slot_size, 8 << 30);
+        assert_eq!(c.slot_path("b"), Path::new("/dev/disk/by-partlabel/slate-b"));
+        assert_eq!(c.labels["role"], "kiosk");
+        for key in [
+            "server",
+            "trust",
+            "state_dir",
+            "bootloader",
+            "boot_dir",
+            "boot_tries",
+            "machine_id",
+            "kernel_cmdline",
+            "slot_size",
+            "connections",
+            "timeout_secs",
+            "[slots]",
+            "[labels]",
+        ] {
+            assert!(
+                text.contains(&format!("\n{key}")) || text.contains(&format!("# {key}")),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
     fn errors_name_file_and_line() {
         let e = Config::parse(
             "server = \"http://a\"\ntrust = [\"/k\"]\nstate_dir = 5\n",
@@ -251,5 +287,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("not an http"), "{e}");
+        // An unknown key starts its line: that line is named, not the one before.
+        let e = Config::parse(
+            "server = \"http://a\"\ntrust = [\"/k\"]\nstate_dir = \"/x\"\nslot = 1\n[slots]\na=\"/a\"\nb=\"/b\"\n",
+            Path::new("f"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("f line 4: unknown field `slot`"), "{e}");
     }
 }

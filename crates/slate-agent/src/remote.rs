@@ -320,11 +320,7 @@ impl<'a> Remote<'a> {
                         .map_err(|e| Error::Untrusted(format!("download from {}: {e}", self.http.server())))?;
                     for e in by_frame.get(&(r.pack, off)).map(Vec::as_slice).unwrap_or(&[]) {
                         chunk_from_frame(&frame, e).map_err(|err| {
-                            Error::Untrusted(format!(
-                                "pack {} from {}: {err} (tampered or corrupt)",
-                                r.pack,
-                                self.http.server()
-                            ))
+                            Error::Untrusted(format!("pack {} from {}: {err}", r.pack, self.http.server()))
                         })?;
                     }
                 }

@@ -118,7 +118,7 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
         Err(Error::Offline(why)) => {
             return Ok(Outcome {
                 result: "offline".into(),
-                message: format!("no server answered ({why}); nothing changed, will try again later"),
+                message: format!("offline: no server answered ({why}); nothing changed, will try again later"),
                 ..Default::default()
             })
         }
@@ -400,14 +400,14 @@ fn pass(
     }
     drop(reserve_mount);
 
-    // From here the reserve slot's content is in flux.
-    state.slot_mut(&reserve).dirty = true;
-    state.save(&cfg.state_dir)?;
-
     progress.start("fetch", fetch_bytes);
     remote.fetch(&index, &ranges, &cache, cfg.connections, progress)?;
     progress.finish();
 
+    // From here the reserve slot's content is in flux (a pass killed while
+    // fetching keeps the reserve's old content as a source for the next).
+    state.slot_mut(&reserve).dirty = true;
+    state.save(&cfg.state_dir)?;
     let mounted = slot::open_write(&reserve, &reserve_path, &cfg.state_dir, fresh, cfg.slot_size)?;
     let readers = || {
         let mut v = vec![ChunkReader::new(&cache, &index)];
@@ -476,17 +476,19 @@ fn pass(
     slot_state.dirty = false;
     slot_state.written_at = now();
     state.newest_time_ns = state.newest_time_ns.max(snap.time_ns);
+    // Record the complete slot first, then switch, then mark it active or
+    // pending: a pass stopped at the switch (killed, /boot full) leaves the
+    // slot recorded but not pending, so the next pass finishes the switch
+    // instead of taking the update for done.
+    state.save(&cfg.state_dir)?;
     if first_install {
         // The first snapshot on a machine is the one it boots: nothing to fall back to.
-        state.active = Some(reserve.clone());
-        state.known_good = vec![reserve.clone()];
-        state.save(&cfg.state_dir)?;
         boot::switch(cfg.bootloader, &cfg.boot_dir, &entry, None, cfg.boot_tries)?;
         boot::mark_good(cfg.bootloader, &cfg.boot_dir, &reserve)?;
+        state.active = Some(reserve.clone());
+        state.known_good = vec![reserve.clone()];
     } else {
-        state.pending = Some(reserve.clone());
-        state.save(&cfg.state_dir)?;
-        // The switch: the last step, after the slot and the state are durable.
+        // The switch: the last step, after the slot and its record are durable.
         boot::switch(
             cfg.bootloader,
             &cfg.boot_dir,
@@ -494,8 +496,19 @@ fn pass(
             other_entry.as_ref(),
             cfg.boot_tries,
         )?;
+        state.pending = Some(reserve.clone());
     }
+    state.save(&cfg.state_dir)?;
     cache.clear()?;
+    // The delta and the chunks rebuilt from it served this update only;
+    // kept, they would grow the state directory by every delta ever used.
+    for dir in [cache_dir(&cfg.state_dir).join("deltas"), store_dir.clone()] {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {e}", dir.display());
+            }
+        }
+    }
     Ok(Outcome {
         result: "ok".into(),
         message: format!(

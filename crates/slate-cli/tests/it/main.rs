@@ -1,5 +1,6 @@
 //! Integration tests for the `slate` command, in a single test binary (`it`).
 
+mod agent;
 mod apply;
 mod cli;
 mod fidelity;
