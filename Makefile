@@ -25,7 +25,9 @@ corpus:
 # tests build the Debian corpus once and cache it under /var/tmp).
 test: setup lint corpus
 	$(CARGO) build --release --locked
-	SLATE_CORPUS=$${SLATE_CORPUS:-/var/tmp/stateless-bench/corpus} $(CARGO) test --workspace --release --locked -- --test-threads=2
+	set -o pipefail; SLATE_CORPUS=$${SLATE_CORPUS:-/var/tmp/stateless-bench/corpus} \
+	  $(CARGO) test --workspace --release --locked --lib --bins --tests -- --test-threads=2 2>&1 | tee target/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' target/test.log
 
 bench: setup build corpus
 	./bench/repo.sh
