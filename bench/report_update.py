@@ -185,7 +185,7 @@ def main(argv):
             rows.append(("fewer bytes (lo) than every peer", step, "%s: %s MB" % (t, fmb(med(a))),
                          "fewest peer: %s %s MB" % (peer[0][0] if peer else "?",
                                                     fmb(med({r: v[0] for r, v in bp.items()}))),
-                         fratio(m), rng, "< 1", verdict(m, lambda x: x < 1)))
+                         "" if m is None else "%.3f" % m, rng, "< 1", verdict(m, lambda x: x < 1)))
     od = metric("ostree", "v1-v2", "delta_bytes", phase="delta")
     od_med = med(od)
     for t in MAIN:
@@ -277,7 +277,7 @@ def main(argv):
     # ---------------------------------------------------------------- deltas
     p("## Delta preparation\n")
     p("| delta | `slate delta --level %s` s | RSS MB | size MB | `ostree static-delta generate` s | RSS MB "
-      "| size MB (parts / on disk) | n (slate / ostree) | time slate/ostree | size slate/ostree |" % env.get(
+      "| size MB (Total Size / delta dir) | n (slate / ostree) | time slate/ostree | size slate/ostree |" % env.get(
           "delta_level", "?"))
     p("|---|---|---|---|---|---|---|---|---|---|")
     for step in STEPS:
@@ -296,9 +296,15 @@ def main(argv):
             fnum(max((x["rss_kb"] for x in to.values()), default=0) * 1024 / MB, "%.0f"), fmb(med(so)),
             fmb(med(sf)), len(ws), len(wo), fratio(ratio(ws, wo)[0]), fratio(ratio(ss, so)[0])))
     p("")
+    p("slate's size is its .delta file (everything the agent downloads for the delta). OSTree's \"Total Size\" "
+      "(`ostree static-delta show`) includes its fallback objects, which are stored and fetched as loose "
+      "objects; \"delta dir\" is the parts + superblock under deltas/. n=1 rows were generated once "
+      "(minutes each), like peers.sh.\n")
 
     # ---------------------------------------------------------------- slate details
     p("## slate passes in detail (medians)\n")
+    p("JSON requests is the agent's own count (range requests for content, plus 1 for a delta however many "
+      "requests its download took); the server columns count every request in `slate serve`'s log.\n")
     p("| step | mode | bytes_fetched MB | bytes_local MB | JSON requests | server requests: fleet / snapshot "
       "/ idx / pack / delta / non-2xx | files written | bytes written MB | unchanged | removed | meta updated "
       "| JSON seconds |")
