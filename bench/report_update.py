@@ -194,7 +194,7 @@ def main(argv):
             m = med(a) / od_med if a and od_med else None
             rows.append(("v1->v2 bytes <= 0.8 x OSTree static delta", "v1-v2",
                          "%s %s: %s MB" % (t, what, fmb(med(a))),
-                         "ostree static delta v1->v2 (parts): %s MB (0.8x = %s MB)" % (
+                         "ostree static delta v1->v2 (Total Size): %s MB (0.8x = %s MB)" % (
                              fmb(od_med), fmb(0.8 * od_med if od_med else None)),
                          fratio(m), "", "<= 0.8", verdict(m, lambda x: x <= 0.8)))
     for sync in (False, True):
