@@ -275,7 +275,13 @@ fn pass(
     let mut store_index: Option<slate_repo::index::ChunkIndex> = None;
     let mut requests = 0u64;
     if !dry_run {
-        for (from_hex, _) in active_local.iter().chain(reserve_local.iter()) {
+        let mut tried = std::collections::HashSet::new();
+        // Both slots may hold the same snapshot: ask for its delta once.
+        for (from_hex, _) in active_local
+            .iter()
+            .chain(reserve_local.iter())
+            .filter(|(id, _)| tried.insert(id.clone()))
+        {
             let from = SnapshotId::from_hex(from_hex).expect("recorded ids are hex");
             if let Some(file) = crate::delta::download(
                 http,
