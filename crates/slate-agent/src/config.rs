@@ -51,6 +51,7 @@ struct Raw {
     connections: usize,
     #[serde(default = "default_timeout")]
     timeout_secs: u64,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +113,9 @@ pub struct Config {
     pub connections: usize,
     /// Per-request timeout in seconds.
     pub timeout_secs: u64,
+    /// The file holding this machine's token (`slate fleet enroll`), sent
+    /// as `Authorization: Bearer` on every request.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Parse a size like `8G`, `512M`, `1073741824`.
@@ -189,6 +193,7 @@ impl Config {
             slot_size,
             connections: raw.connections.clamp(1, 16),
             timeout_secs: raw.timeout_secs.clamp(1, 3600),
+            token_file: raw.token_file,
         })
     }
 
@@ -199,6 +204,30 @@ impl Config {
         } else {
             &self.slot_b
         }
+    }
+
+    /// This machine's token, when `token_file` names one: the file's first
+    /// line, trimmed. A named file that cannot be read, or holds no token,
+    /// is an error rather than a silent anonymous request.
+    pub fn token(&self) -> Result<Option<String>> {
+        let Some(p) = &self.token_file else { return Ok(None) };
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| Error::Config(format!("cannot read the machine token {}: {e}", p.display())))?;
+        let token = text.lines().next().unwrap_or("").trim();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::Config(format!(
+                "{} holds no machine token (write the line `slate fleet enroll` printed)",
+                p.display()
+            )));
+        }
+        Ok(Some(token.to_string()))
+    }
+
+    /// An HTTP client for this machine's servers, sending its token.
+    pub fn http(&self) -> Result<crate::http::Http> {
+        let mut http = crate::http::Http::new(&self.servers, self.timeout_secs)?;
+        http.set_token(self.token()?);
+        Ok(http)
     }
 
     /// Read the trusted public keys.

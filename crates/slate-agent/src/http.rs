@@ -16,6 +16,8 @@ pub struct Http {
     current: std::sync::atomic::AtomicUsize,
     /// Bytes received in response bodies.
     pub received: std::sync::atomic::AtomicU64,
+    /// The machine's token, sent as `Authorization: Bearer` when set.
+    token: Option<String>,
 }
 
 fn offline(e: &reqwest::Error) -> bool {
@@ -36,7 +38,13 @@ impl Http {
             servers: servers.to_vec(),
             current: 0.into(),
             received: 0.into(),
+            token: None,
         })
+    }
+
+    /// Send `token` with every request from now on (None: anonymous).
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.token = token;
     }
 
     /// The server in use.
@@ -51,7 +59,11 @@ impl Http {
         let mut last = String::new();
         for k in 0..self.servers.len() {
             let i = (start + k) % self.servers.len();
-            match build(&self.servers[i]).send() {
+            let mut req = build(&self.servers[i]);
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            match req.send() {
                 Ok(r) => {
                     self.current.store(i, std::sync::atomic::Ordering::Relaxed);
                     return Ok(r);

@@ -111,7 +111,7 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
     let mut state = State::load(&cfg.state_dir)?;
     let trusted = cfg.trusted_keys()?;
     let who = identity::detect(cfg.machine_id.as_deref(), &cfg.labels);
-    let http = Http::new(&cfg.servers, cfg.timeout_secs)?;
+    let http = cfg.http()?;
 
     let assignment = match http.post_json("/v1/fleet/assignment", &serde_json::json!({ "machine": who })) {
         Ok(a) => a,
@@ -614,7 +614,8 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
         state.known_good.push(booted.clone());
     }
     state.save(&cfg.state_dir)?;
-    if let Ok(http) = Http::new(&cfg.servers, cfg.timeout_secs.min(5)) {
+    if let Ok(mut http) = Http::new(&cfg.servers, cfg.timeout_secs.min(5)) {
+        http.set_token(cfg.token().ok().flatten());
         report(&http, &identity::detect(cfg.machine_id.as_deref(), &cfg.labels), &state);
     }
     Ok(msg)
