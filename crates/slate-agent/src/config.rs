@@ -223,6 +223,12 @@ impl Config {
         Ok(Some(token.to_string()))
     }
 
+    /// Where the agent keeps the state policy the fleet assigned to this
+    /// machine; it overrides the image's /etc/slate/state.toml.
+    pub fn fleet_policy_path(&self) -> PathBuf {
+        self.state_dir.join("state-policy.toml")
+    }
+
     /// An HTTP client for this machine's servers, sending its token.
     pub fn http(&self) -> Result<crate::http::Http> {
         let mut http = crate::http::Http::new(&self.servers, self.timeout_secs)?;

@@ -82,6 +82,38 @@ fn local_snapshot(state_dir: &Path, id: &str) -> Option<(Snapshot, Vec<u8>)> {
     (Id32::hash(&bytes) == snap.manifest.hash).then_some((snap, bytes))
 }
 
+/// The manifest of a snapshot this machine holds (a slot's, checked
+/// against its record), by full id or unique prefix.
+pub fn held_manifest(cfg: &Config, spec: &str) -> Result<(String, Manifest)> {
+    let dir = cfg.state_dir.join("manifests");
+    let mut ids: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| n.starts_with(spec) && n.len() == 64)
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    let id = match ids.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            return Err(Error::Local(format!(
+                "this machine holds no snapshot {spec} (its slots' manifests are in {})",
+                dir.display()
+            )))
+        }
+        _ => {
+            return Err(Error::Local(format!(
+                "{spec} names more than one snapshot this machine holds; give more digits"
+            )))
+        }
+    };
+    let (_, bytes) = local_snapshot(&cfg.state_dir, &id)
+        .ok_or_else(|| Error::Local(format!("the agent's copy of snapshot {id} is damaged or incomplete")))?;
+    Ok((id.clone(), decode_manifest(&bytes, &id)?))
+}
+
 fn decode_manifest(bytes: &[u8], id: &str) -> Result<Manifest> {
     manifest::decode(bytes).map_err(|e| Error::Untrusted(format!("manifest of snapshot {id}: {e}")))
 }

@@ -250,6 +250,11 @@ pub enum Command {
         )]
         config: PathBuf,
     },
+    /// The read-only root and its declared state (see docs/state.md).
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Mirror a channel from a server into a local repository.
     Pull {
         /// Server URL, e.g. http://slate.example:8470.
@@ -272,6 +277,93 @@ pub enum FleetCommand {
         /// Server URL.
         #[arg(long, value_name = "URL")]
         server: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+/// Where a state command finds its policy.
+#[derive(Args, Debug, Clone)]
+pub struct PolicyArg {
+    /// State policy (TOML, or an rwtab/statetab file); default: the fleet's
+    /// copy in the agent's state directory, else ROOT/etc/slate/state.toml.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateCommand {
+    /// Mount the root read-only and set up every declared path under it (idempotent).
+    Apply {
+        /// The root: the new root before switch_root, or / on a running system.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Directory that keeps `local` and `backup` paths across reboots.
+        #[arg(long, value_name = "DIR", conflicts_with = "state_dev")]
+        state_dir: Option<PathBuf>,
+        /// Block device that keeps `local` and `backup` paths (mounted for the run).
+        #[arg(long, value_name = "DEV")]
+        state_dev: Option<PathBuf>,
+        /// Agent configuration: server, machine token and identity for `server` and `dynamic` paths.
+        #[arg(long, value_name = "AGENT.toml", env = "SLATE_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// List what a root holds that the snapshot it came from does not, and that the policy does not declare.
+    Audit {
+        /// The root to audit.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Repository holding the snapshot (else the agent's copies of its slots' manifests).
+        #[arg(long, env = "SLATE_REPO", value_name = "DIR")]
+        repo: Option<PathBuf>,
+        /// Agent configuration, to find the snapshot's manifest the agent keeps.
+        #[arg(long, value_name = "AGENT.toml", env = "SLATE_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Compare sizes and times only, without reading file contents.
+        #[arg(long)]
+        quick: bool,
+        #[command(flatten)]
+        out: OutputArg,
+        /// The snapshot the root came from (id, prefix, CHANNEL or CHANNEL~N).
+        snapshot: String,
+    },
+    /// Upload `server` paths the machine has created and the server does not have yet.
+    Upload {
+        /// The running root.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Agent configuration: server and machine token.
+        #[arg(
+            long,
+            value_name = "AGENT.toml",
+            env = "SLATE_AGENT_CONFIG",
+            default_value = "/etc/slate/agent.toml"
+        )]
+        config: PathBuf,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Print the effective policy: every declared path and its state (the `backup` list included).
+    Show {
+        /// The root whose /etc/slate/state.toml (and rwtab/statetab) to read.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Agent configuration, for the fleet's copy of the policy.
+        #[arg(long, value_name = "AGENT.toml", env = "SLATE_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only the `backup` paths, one per line.
+        #[arg(long)]
+        backup: bool,
         #[command(flatten)]
         out: OutputArg,
     },

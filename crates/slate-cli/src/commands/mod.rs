@@ -13,6 +13,7 @@ mod keygen;
 mod log;
 mod ls;
 mod serve;
+mod state;
 mod verify;
 
 use std::path::Path;
@@ -21,7 +22,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use slate_repo::Repo;
 
-use crate::cli::{Cli, Command, FleetCommand};
+use crate::cli::{Cli, Command, FleetCommand, StateCommand};
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -101,6 +102,53 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { config, out } => agent::status(&config, out.json),
         Command::BootOk { config } => agent::boot_ok(&config),
         Command::Rollback { config } => agent::rollback(&config),
+        Command::State { command } => match command {
+            StateCommand::Apply {
+                root,
+                policy,
+                state_dir,
+                state_dev,
+                config,
+                out,
+            } => state::apply(
+                &root,
+                policy.policy.as_deref(),
+                state_dir,
+                state_dev,
+                config.as_deref(),
+                out.json,
+            ),
+            StateCommand::Audit {
+                root,
+                policy,
+                repo,
+                config,
+                quick,
+                out,
+                snapshot,
+            } => state::audit(
+                &root,
+                policy.policy.as_deref(),
+                repo.as_deref(),
+                config.as_deref(),
+                &snapshot,
+                quick,
+                out.json,
+            ),
+            StateCommand::Upload {
+                root,
+                policy,
+                config,
+                out,
+            } => state::upload(&root, policy.policy.as_deref(), &config, out.json),
+            StateCommand::Show {
+                root,
+                policy,
+                config,
+                backup,
+                out,
+            } => state::show(&root, policy.policy.as_deref(), config.as_deref(), backup, out.json),
+        },
         Command::Pull {
             from,
             channel,
