@@ -3,6 +3,7 @@
 mod agent;
 mod apply;
 mod cli;
+mod enroll;
 mod fidelity;
 mod nasty;
 mod safety;
