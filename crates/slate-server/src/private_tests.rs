@@ -450,6 +450,25 @@ async fn home_checks_tokens_names_and_limits() {
 }
 
 #[tokio::test]
+async fn long_machine_names_get_a_hashed_directory() {
+    let s = Setup::new();
+    let long = format!("host:{}", "k".repeat(123));
+    assert_eq!(long.len(), 128);
+    let t = auth::generate().unwrap();
+    s.tokens.enroll(&long, &auth::hash(&t), 5, false).unwrap();
+    let uri = format!("/v1/state/{long}/x");
+    assert_eq!(s.put(&uri, &t, b"long").await.status, StatusCode::CREATED);
+    assert_eq!(&s.get(&uri, &t).await.body[..], b"long");
+    let space = crate::private::state_space(&long);
+    assert!(space.starts_with("b3-") && space.len() == 67, "{space}");
+    assert!(s.dir.path().join("state").join(&space).join("x").is_file());
+    // 64 bytes still fit as hex (128 digits, the segment limit).
+    assert_eq!(crate::private::state_space(&"m".repeat(64)), "6d".repeat(64));
+    let r = s.put(&format!("/v1/state/{long}k/x"), &t, b"x").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "129 characters");
+}
+
+#[tokio::test]
 async fn without_private_storage_the_paths_are_404() {
     let dir = tempfile::Builder::new()
         .prefix("slate-private-test-")
