@@ -227,6 +227,28 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> BlobError {
     }
 }
 
+/// Temporary files start with this (a '.', which no blob name does).
+const TEMP_PREFIX: &str = ".tmp-";
+/// A temporary file untouched for this long is a leftover of a server
+/// killed mid-write (an upload in progress writes to it continuously).
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Remove a leftover temporary file; listings sweep them, so a crash costs
+/// disk space only until the directory is next listed.
+fn remove_if_stale(path: &Path) {
+    let stale = fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_TEMP);
+    if stale {
+        match fs::remove_file(path) {
+            Ok(()) => tracing::info!("removed {}, left over by an interrupted write", path.display()),
+            Err(e) => tracing::warn!("cannot remove the leftover {}: {e}", path.display()),
+        }
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), BlobError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -314,7 +336,7 @@ impl BlobStore for LocalBlobs {
         // The temporary name starts with '.', which no blob name does, and
         // is removed when `tmp` drops on any error below.
         let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(TEMP_PREFIX)
             .tempfile_in(&dir)
             .map_err(io_err(format!("creating a temporary file in {}", dir.display())))?;
         let mut buf = vec![0u8; 64 << 10];
@@ -397,6 +419,10 @@ impl BlobStore for LocalBlobs {
             let Some(name) = ent.file_name().to_str().map(str::to_string) else {
                 continue;
             };
+            if name.starts_with(TEMP_PREFIX) {
+                remove_if_stale(&ent.path());
+                continue;
+            }
             if check_segment(&name).is_err() {
                 continue;
             }
@@ -486,6 +512,27 @@ mod tests {
         // Nested spaces (home: repo/kind).
         s.put("r1/data", "n", &mut &b"z"[..], 10, false).unwrap();
         assert_eq!(read(&s, "r1/data", "n").unwrap(), b"z");
+    }
+
+    #[test]
+    fn listing_sweeps_stale_temporary_files() {
+        let d = scratch();
+        let s = LocalBlobs::new(d.path());
+        s.put("sp", "b", &mut &b"x"[..], 10, false).unwrap();
+        let (old, fresh) = (d.path().join("sp/.tmp-old"), d.path().join("sp/.tmp-fresh"));
+        fs::write(&old, b"partial").unwrap();
+        fs::write(&fresh, b"in progress").unwrap();
+        let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(48 * 3600);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+        let listed = s.list("sp").unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(!old.exists());
+        assert!(fresh.exists(), "an upload in progress is left alone");
     }
 
     #[test]

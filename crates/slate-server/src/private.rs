@@ -332,6 +332,10 @@ pub async fn state_put(
         // Quota check and write under one lock: two writes cannot both
         // squeeze under the quota.
         let _guard = store.state_writes.lock().unwrap_or_else(|p| p.into_inner());
+        // Create-only on an existing blob is 412 whatever the quota says.
+        if create_only && store.state.exists(&space, &n).map_err(|e| blob_error(e, &w))? {
+            return Err(blob_error(BlobError::Exists { what: n.clone() }, &w));
+        }
         let others: u64 = store
             .state
             .list(&space)

@@ -313,6 +313,17 @@ async fn state_size_limit_and_quota() {
         s.put(&format!("{base}/c"), &s.a, &[3u8; 500]).await.status,
         StatusCode::CREATED
     );
+    // At the quota, create-only on an existing blob is still 412.
+    let r = s
+        .req(
+            Method::PUT,
+            &format!("{base}/c"),
+            Some(&s.a),
+            &[("if-none-match", "*")],
+            &[6u8; 900],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
     // The quota is per machine.
     assert_eq!(
         s.put("/v1/state/mac:aa:bb/c", &s.b, &[3u8; 1000]).await.status,
