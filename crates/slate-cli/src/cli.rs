@@ -20,6 +20,17 @@ pub struct RepoArg {
     pub repo: PathBuf,
 }
 
+/// The fleet database a command works on, as `slate serve` finds it.
+#[derive(Args, Debug, Clone)]
+pub struct DbArg {
+    /// Repository directory (its fleet database is REPO/fleet.db).
+    #[arg(long, env = "SLATE_REPO", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// SQLite database, when slate serve runs with --db.
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+}
+
 /// Output options shared by inspecting commands.
 #[derive(Args, Debug, Clone, Copy)]
 pub struct OutputArg {
@@ -183,9 +194,21 @@ pub enum Command {
         /// Fleet file: which machine runs which channel (see docs/fleet.md).
         #[arg(long, value_name = "FLEET.toml")]
         fleet: Option<PathBuf>,
-        /// SQLite database for machine reports (default: REPO/fleet.db).
+        /// SQLite database for machine reports and tokens (default: REPO/fleet.db).
         #[arg(long, value_name = "FILE")]
         db: Option<PathBuf>,
+        /// Directory of per-machine state blobs (default: REPO/state).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Directory of home repositories (default: REPO/home).
+        #[arg(long, value_name = "DIR")]
+        home_dir: Option<PathBuf>,
+        /// Largest state blob, e.g. 1M (K, M, G are powers of 1024).
+        #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = slate_server::blobs::parse_size)]
+        state_limit: u64,
+        /// Most state bytes one machine may keep, e.g. 64M.
+        #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = slate_server::blobs::parse_size)]
+        state_quota: u64,
         /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
         #[arg(long, value_name = "F", requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -193,7 +216,7 @@ pub enum Command {
         #[arg(long, value_name = "F", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
-    /// The fleet as the server sees it.
+    /// The fleet as the server sees it; machine tokens.
     Fleet {
         #[command(subcommand)]
         command: FleetCommand,
@@ -277,6 +300,32 @@ pub enum FleetCommand {
         /// Server URL.
         #[arg(long, value_name = "URL")]
         server: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Issue MACHINE's token (printed alone on stdout) for AGENT.toml's token_file.
+    Enroll {
+        /// Machine id, as the agent identifies itself (e.g. lab-07, dmi:UUID, mac:aa:bb:cc:dd:ee:ff).
+        machine: String,
+        #[command(flatten)]
+        db: DbArg,
+        /// Replace the token of an enrolled machine (the old one stops working at once).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Remove MACHINE's token: its requests are refused from now on.
+    Revoke {
+        /// Machine id.
+        machine: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// List enrolled machines and when their tokens were issued (never the tokens).
+    Tokens {
+        #[command(flatten)]
+        db: DbArg,
         #[command(flatten)]
         out: OutputArg,
     },

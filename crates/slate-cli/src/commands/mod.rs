@@ -14,6 +14,7 @@ mod log;
 mod ls;
 mod serve;
 mod state;
+mod tokens;
 mod verify;
 
 use std::path::Path;
@@ -86,6 +87,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             fleet,
             db,
+            state_dir,
+            home_dir,
+            state_limit,
+            state_quota,
             tls_cert,
             tls_key,
         } => serve::run(
@@ -93,11 +98,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             &listen,
             fleet.as_deref(),
             db.as_deref(),
+            &serve::Private {
+                state_dir,
+                home_dir,
+                state_limit,
+                state_quota,
+            },
             tls_cert.zip(tls_key),
         ),
-        Command::Fleet {
-            command: FleetCommand::Status { server, out },
-        } => fleet::status(&server, out.json),
+        Command::Fleet { command } => match command {
+            FleetCommand::Status { server, out } => fleet::status(&server, out.json),
+            FleetCommand::Enroll {
+                machine,
+                db,
+                force,
+                out,
+            } => tokens::enroll(&machine, &db, force, out.json),
+            FleetCommand::Revoke { machine, db } => tokens::revoke(&machine, &db),
+            FleetCommand::Tokens { db, out } => tokens::list(&db, out.json),
+        },
         Command::Update { config, json, dry_run } => agent::update(&config, json, dry_run),
         Command::Status { config, out } => agent::status(&config, out.json),
         Command::BootOk { config } => agent::boot_ok(&config),

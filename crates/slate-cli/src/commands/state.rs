@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Result};
 use slate_agent::config::Config;
+use slate_agent::serverstate::{PutOutcome, StateClient};
 use slate_state::apply::{self, Options, ServerError, StateServer, Store};
 use slate_state::audit::{self, AuditOptions};
 use slate_state::facts::Facts;
@@ -45,7 +46,8 @@ fn load_config(p: Option<&Path>) -> Result<Option<Config>> {
     p.map(|p| Config::load(p).map_err(|e| anyhow!("{e}"))).transpose()
 }
 
-/// This machine's state on the server, through the agent's HTTP client.
+/// This machine's state on the server, through the agent's HTTP client
+/// and machine token.
 struct ServerState {
     http: slate_agent::http::Http,
     machine: String,
@@ -55,25 +57,14 @@ impl ServerState {
     fn new(cfg: &Config) -> Result<ServerState> {
         let http = cfg.http().map_err(|e| anyhow!("{e}"))?;
         let machine = slate_agent::identity::detect(cfg.machine_id.as_deref(), &cfg.labels).id;
+        // Checks the machine id once, before anything is mounted.
+        StateClient::new(&http, &machine).map_err(|e| anyhow!("{e}"))?;
         Ok(ServerState { http, machine })
     }
 
-    fn path(&self, name: &str) -> String {
-        format!("/v1/state/{}/{name}", urlencode(&self.machine))
+    fn client(&self) -> std::result::Result<StateClient<'_>, ServerError> {
+        StateClient::new(&self.http, &self.machine).map_err(server_error)
     }
-}
-
-/// Percent-encode a path segment (machine ids hold `:`).
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn server_error(e: slate_agent::error::Error) -> ServerError {
@@ -85,12 +76,14 @@ fn server_error(e: slate_agent::error::Error) -> ServerError {
 
 impl StateServer for ServerState {
     fn fetch(&self, name: &str) -> std::result::Result<Option<Vec<u8>>, ServerError> {
-        self.http.get_optional(&self.path(name)).map_err(server_error)
+        self.client()?.get(name).map_err(server_error)
     }
 
     fn upload_new(&self, name: &str, data: &[u8]) -> std::result::Result<bool, ServerError> {
-        let _ = (name, data);
-        Err(ServerError::Failed("PENDING-MERGE".into()))
+        match self.client()?.put(name, data, true).map_err(server_error)? {
+            PutOutcome::AlreadyExists => Ok(false),
+            PutOutcome::Created | PutOutcome::Replaced => Ok(true),
+        }
     }
 }
 

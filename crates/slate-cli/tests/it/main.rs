@@ -3,10 +3,12 @@
 mod agent;
 mod apply;
 mod cli;
+mod enroll;
 mod fidelity;
 mod nasty;
 mod safety;
 mod selftest;
 mod serve;
+mod state;
 mod support;
 mod treedigest;
