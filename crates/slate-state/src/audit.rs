@@ -104,6 +104,8 @@ struct ContentCheck {
     entry: usize,
     path: PathBuf,
     rel: Vec<u8>,
+    /// Metadata differences found already, reported with the content's.
+    meta: Option<String>,
 }
 
 /// Audit the root at `root` against the snapshot manifest `m`.
@@ -127,7 +129,13 @@ pub fn audit(root: &Path, m: &Manifest, policy: &Policy, opts: AuditOptions) -> 
     let mut checks: Vec<ContentCheck> = Vec::new();
     if let Some(0) = m.find(b"") {
         seen[0] = true;
-        compare_meta(&m.entries[0], &root_md, root, b"", &mut report, true)?;
+        if let Some(d) = compare_meta(&m.entries[0], &root_md, root, true)? {
+            report.drift.push(Drift {
+                path: "/".into(),
+                change: Change::Changed,
+                detail: d,
+            });
+        }
     }
     // Depth-first, in byte order, like the manifest.
     let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_path_buf(), Vec::new())];
@@ -214,7 +222,9 @@ pub fn audit(root: &Path, m: &Manifest, policy: &Policy, opts: AuditOptions) -> 
                             entry: i,
                             path: path.clone(),
                             rel: r.clone(),
+                            meta: compare_meta(e, &md, &path, false)?,
                         });
+                        continue;
                     }
                 }
                 Kind::Symlink(t) => {
@@ -234,8 +244,12 @@ pub fn audit(root: &Path, m: &Manifest, policy: &Policy, opts: AuditOptions) -> 
                     change: Change::Changed,
                     detail: what,
                 });
-            } else {
-                compare_meta(e, &md, &path, &r, &mut report, md.is_dir())?;
+            } else if let Some(d) = compare_meta(e, &md, &path, md.is_dir())? {
+                report.drift.push(Drift {
+                    path: abs(&r),
+                    change: Change::Changed,
+                    detail: d,
+                });
             }
             if md.is_dir() {
                 subdirs.push((path, r));
@@ -344,24 +358,29 @@ fn content_drift(m: &Manifest, c: &ContentCheck) -> Result<Option<(Drift, u64)>>
             }
         }
     }
+    let detail = match (differs, &c.meta) {
+        (true, Some(m)) => format!("content, {m}"),
+        (true, None) => "content".into(),
+        (false, Some(m)) => m.clone(),
+        (false, None) => String::new(),
+    };
     Ok(Some((
         Drift {
             path: abs(&c.rel),
             change: Change::Changed,
-            detail: if differs { "content".into() } else { String::new() },
+            detail,
         },
         hashed,
     )))
 }
 
+/// Which metadata of `path` differs from the entry's, for people.
 fn compare_meta(
     e: &slate_core::manifest::Entry,
     md: &std::fs::Metadata,
     path: &Path,
-    rel: &[u8],
-    report: &mut AuditReport,
     is_dir: bool,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let now = slate_repo::scan::read_meta(path, md)?;
     let mut what = Vec::new();
     if now.mode != e.meta.mode && !md.file_type().is_symlink() {
@@ -381,14 +400,7 @@ fn compare_meta(
     if now.xattrs != e.meta.xattrs {
         what.push("xattrs or ACLs".into());
     }
-    if !what.is_empty() {
-        report.drift.push(Drift {
-            path: abs(rel),
-            change: Change::Changed,
-            detail: what.join(", "),
-        });
-    }
-    Ok(())
+    Ok((!what.is_empty()).then(|| what.join(", ")))
 }
 
 fn count_beneath(p: &Path) -> u64 {

@@ -5,70 +5,14 @@
 //! reqwest as clients. A full disk is a real 256 KiB tmpfs (root only),
 //! unmounted by a guard even when an assertion fails.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slate_agent::config::Config;
 use slate_agent::http::Http;
 use slate_agent::serverstate::{PutOutcome, StateClient};
 
-use crate::support::{is_root, s, scratch, slate, slate_bin, slate_err, slate_ok};
-
-/// A running `slate serve`, killed and reaped on drop.
-struct Server {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let child = Command::new(slate_bin())
-            .arg("serve")
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .env_remove("SLATE_REPO")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run slate serve");
-        let mut server = Server {
-            child,
-            url: String::new(),
-            log: Arc::new(Mutex::new(String::new())),
-        };
-        let pipe = server.child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log = server.log.clone();
-        // Drain stderr for the server's whole life so it can never block.
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-                if let Some(url) = line.split(" on ").nth(1).filter(|_| line.starts_with("serving ")) {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => server.url = url,
-            Err(_) => panic!("slate serve {args:?} did not start:\n{}", server.log.lock().unwrap()),
-        }
-        server
-    }
-}
+use crate::support::{is_root, s, scratch, slate, slate_err, slate_ok, Server};
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
 struct Tmpfs {

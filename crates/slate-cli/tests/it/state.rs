@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::support::{corpus, is_root, s, scratch, slate, slate_bin, slate_err, slate_ok};
+use crate::support::{corpus, is_root, s, scratch, slate, slate_bin, slate_err, slate_ok, Server};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -46,13 +46,21 @@ fn boot_ok(script: &str, vars: &[(&str, &str)]) -> String {
 fn a_malformed_policy_is_one_error_naming_file_and_line() {
     let t = scratch();
     let p = t.path().join("state.toml");
-    std::fs::write(&p, "version = 1\n\n[[path]]\npath = \"/var/log\"\nstate = \"ram\"\nseed = \"some\"\n").unwrap();
+    std::fs::write(
+        &p,
+        "version = 1\n\n[[path]]\npath = \"/var/log\"\nstate = \"ram\"\nseed = \"some\"\n",
+    )
+    .unwrap();
     let err = slate_err(&["state", "show", "--root", s(t.path()), "--policy", s(&p)]);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&format!("{} line 6", p.display())), "{err}");
     assert!(err.contains("unknown variant `some`"), "{err}");
 
-    std::fs::write(&p, "[[path]]\npath = \"/etc\"\nstate = \"server\"\n\n[[path]]\npath = \"/etc/ssh\"\nstate = \"local\"\n").unwrap();
+    std::fs::write(
+        &p,
+        "[[path]]\npath = \"/etc\"\nstate = \"server\"\n\n[[path]]\npath = \"/etc/ssh\"\nstate = \"local\"\n",
+    )
+    .unwrap();
     let err = slate_err(&["state", "show", "--root", s(t.path()), "--policy", s(&p)]);
     assert!(err.contains("line 6") && err.contains("kept as one unit"), "{err}");
 
@@ -108,11 +116,20 @@ fn rwtab_and_statetab_are_read_from_the_image() {
         ("/var/lib/dbus", "local", "all"),
         ("/var/lib/dhcp", "ram", "all"),
     ];
-    let want: Vec<(String, String, String)> =
-        want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+    let want: Vec<(String, String, String)> = want
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
     assert_eq!(got, want);
     // A bare rwtab file works as the policy too.
-    let out = slate_ok(&["state", "show", "--root", s(&root), "--policy", s(&root.join("etc/rwtab"))]);
+    let out = slate_ok(&[
+        "state",
+        "show",
+        "--root",
+        s(&root),
+        "--policy",
+        s(&root.join("etc/rwtab")),
+    ]);
     assert!(out.contains("/var/cache/man"), "{out}");
 }
 
@@ -168,14 +185,20 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
     let Some(m) = debian_machine() else { return };
     let policy = test_policy(&m);
     let state = m.dir.join("state");
-    let vars = [
-        ("ROOT", s(&m.root)),
-        ("POLICY", s(&policy)),
-        ("STATE", s(&state)),
-    ];
+    let vars = [("ROOT", s(&m.root)), ("POLICY", s(&policy)), ("STATE", s(&state))];
 
     // Audit a clean checkout first: nothing to report.
-    let out = slate(&["state", "audit", "--root", s(&m.root), "--repo", s(&m.repo), "--policy", s(&policy), &m.snapshot]);
+    let out = slate(&[
+        "state",
+        "audit",
+        "--root",
+        s(&m.root),
+        "--repo",
+        s(&m.repo),
+        "--policy",
+        s(&policy),
+        &m.snapshot,
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
 
@@ -196,7 +219,7 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
         echo "logdirs $(find "$ROOT/var/log" -type d | wc -l) files $(find "$ROOT/var/log" -type f | wc -l)"
         grep " $ROOT" /proc/self/mountinfo | cut -d' ' -f5,9 | sort > "$STATE/../mounts-1"
         $SLATE state apply --root "$ROOT" --policy "$POLICY" --state-dir "$STATE" > second
-        echo "second changed: $(grep -vc 'already' second || true)"
+        echo "second-changed $(grep -vc 'already' second || true)"
         grep " $ROOT" /proc/self/mountinfo | cut -d' ' -f5,9 | sort > "$STATE/../mounts-2"
         "#,
         &vars,
@@ -221,14 +244,17 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
     // /var/log: the image's directories, none of its old files.
     let logs = field(&first, "logdirs");
     assert!(logs.ends_with("files 1"), "only the marker: {logs}");
-    assert_eq!(field(&first, "second changed"), "0", "applying again changes nothing");
+    assert_eq!(field(&first, "second-changed"), "0", "applying again changes nothing");
     assert_eq!(
         std::fs::read_to_string(m.dir.join("mounts-1")).unwrap(),
         std::fs::read_to_string(m.dir.join("mounts-2")).unwrap()
     );
     // The image on disk is untouched.
     assert!(!m.root.join("var/log/ram-marker").exists());
-    assert!(!m.root.join("etc/motd").exists() || std::fs::read_to_string(m.root.join("etc/motd")).unwrap() != "made for /etc/motd\n");
+    assert!(
+        !m.root.join("etc/motd").exists()
+            || std::fs::read_to_string(m.root.join("etc/motd")).unwrap() != "made for /etc/motd\n"
+    );
 
     // Second boot: RAM is gone, local state is back, dynamic values are the same.
     let second = boot_ok(
@@ -247,7 +273,17 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
     assert_eq!(field(&second, "machine-id"), machine_id);
 
     // After all that, the tree still matches its snapshot; then plant drift.
-    let clean = slate(&["state", "audit", "--root", s(&m.root), "--repo", s(&m.repo), "--policy", s(&policy), &m.snapshot]);
+    let clean = slate(&[
+        "state",
+        "audit",
+        "--root",
+        s(&m.root),
+        "--repo",
+        s(&m.repo),
+        "--policy",
+        s(&policy),
+        &m.snapshot,
+    ]);
     assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stdout));
     std::fs::write(m.root.join("etc/planted.conf"), "x\n").unwrap();
     let passwd = std::fs::read(m.root.join("etc/passwd")).unwrap();
@@ -259,7 +295,16 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
     std::fs::write(m.root.join("usr/local/planted/tool"), "#!/bin/sh\n").unwrap();
     std::fs::write(m.root.join("var/log/declared-so-ignored"), "x\n").unwrap();
     let out = slate(&[
-        "state", "audit", "--json", "--root", s(&m.root), "--repo", s(&m.repo), "--policy", s(&policy), &m.snapshot,
+        "state",
+        "audit",
+        "--json",
+        "--root",
+        s(&m.root),
+        "--repo",
+        s(&m.repo),
+        "--policy",
+        s(&policy),
+        &m.snapshot,
     ]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -267,7 +312,12 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["path"].as_str().unwrap().to_string(), d["change"].as_str().unwrap().to_string()))
+        .map(|d| {
+            (
+                d["path"].as_str().unwrap().to_string(),
+                d["change"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let want: Vec<(String, String)> = [
         ("/etc/passwd", "changed"),
@@ -279,7 +329,17 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     assert_eq!(drift, want);
-    let human = slate(&["state", "audit", "--root", s(&m.root), "--repo", s(&m.repo), "--policy", s(&policy), &m.snapshot]);
+    let human = slate(&[
+        "state",
+        "audit",
+        "--root",
+        s(&m.root),
+        "--repo",
+        s(&m.repo),
+        "--policy",
+        s(&policy),
+        &m.snapshot,
+    ]);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("/etc (2)") && text.contains("/usr/bin (1)"), "{text}");
     assert!(String::from_utf8_lossy(&human.stderr).contains("4 undeclared changes"));
@@ -302,7 +362,10 @@ fn apply_refuses_symlink_escapes_and_missing_stores() {
     std::os::unix::fs::symlink(s(&outside), root.join("var/log")).unwrap();
     let p = t.path().join("state.toml");
     std::fs::write(&p, "[[path]]\npath = \"/var/log\"\nstate = \"ram\"\n").unwrap();
-    let out = boot(r#"$SLATE state apply --root "$ROOT" --policy "$POLICY""#, &[("ROOT", s(&root)), ("POLICY", s(&p))]);
+    let out = boot(
+        r#"$SLATE state apply --root "$ROOT" --policy "$POLICY""#,
+        &[("ROOT", s(&root)), ("POLICY", s(&p))],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("symlink or special file"), "{err}");
@@ -312,12 +375,22 @@ fn apply_refuses_symlink_escapes_and_missing_stores() {
     std::fs::remove_file(root.join("var/log")).unwrap();
     std::fs::create_dir_all(root.join("data/cache")).unwrap();
     std::os::unix::fs::symlink("/../../../data", root.join("var/lib")).unwrap();
-    std::fs::write(&p, "[[path]]\npath = \"/var/lib/cache\"\nstate = \"ram\"\nseed = \"none\"\n").unwrap();
+    std::fs::write(
+        &p,
+        "[[path]]\npath = \"/var/lib/cache\"\nstate = \"ram\"\nseed = \"none\"\n",
+    )
+    .unwrap();
     let out = boot_ok(
-        r#"$SLATE state apply --root "$ROOT" --policy "$POLICY" >/dev/null; touch "$ROOT/data/cache/inside"; ls "$ROOT/var/lib/cache""#,
+        r#"$SLATE state apply --root "$ROOT" --policy "$POLICY" >/dev/null
+        touch "$ROOT/data/cache/inside"
+        findmnt -n -o FSTYPE "$ROOT/data/cache""#,
         &[("ROOT", s(&root)), ("POLICY", s(&p))],
     );
-    assert_eq!(out, "inside\n");
+    assert_eq!(out, "tmpfs\n");
+    assert!(
+        !root.join("data/cache/inside").exists(),
+        "written to RAM, not the image"
+    );
 
     // Local state without a store is an error before anything is mounted.
     std::fs::write(&p, "[[path]]\npath = \"/etc\"\nstate = \"local\"\n").unwrap();
@@ -329,4 +402,120 @@ fn apply_refuses_symlink_escapes_and_missing_stores() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no state store was given"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn server_state_is_uploaded_once_and_comes_back_on_the_next_boot() {
+    if !is_root() {
+        eprintln!("skipped: needs root (mounts)");
+        return;
+    }
+    let t = scratch();
+    let dir = t.path();
+    let repo = dir.join("repo");
+    slate_ok(&["init", "--repo", s(&repo)]);
+    let mut server = Server::start(&["--repo", s(&repo)]);
+    let token = slate_ok(&["fleet", "enroll", "--repo", s(&repo), "lab-07"])
+        .trim()
+        .to_string();
+    std::fs::write(dir.join("token"), format!("{token}\n")).unwrap();
+    let config = dir.join("agent.toml");
+    let write_config = |url: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "server = {url:?}\ntrust = [\"/nonexistent.pub\"]\nstate_dir = {:?}\nmachine_id = \"lab-07\"\n\
+                 token_file = {:?}\ntimeout_secs = 5\n[slots]\na = \"/nonexistent/a\"\nb = \"/nonexistent/b\"\n",
+                s(&dir.join("agent")),
+                s(&dir.join("token"))
+            ),
+        )
+        .unwrap();
+    };
+    write_config(&server.url);
+
+    // The image: an sshd configuration, no host keys, no keytab.
+    let root = dir.join("root");
+    for d in ["etc/ssh", "usr/bin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("etc/ssh/sshd_config"), "PermitRootLogin no\n").unwrap();
+    let policy = dir.join("state.toml");
+    std::fs::write(
+        &policy,
+        "[[path]]\npath = \"/etc/ssh\"\nstate = \"server\"\ninclude = [\"ssh_host_*\"]\nname = \"ssh-host-keys\"\n\n\
+         [[path]]\npath = \"/etc/krb5.keytab\"\nstate = \"server\"\n",
+    )
+    .unwrap();
+    let vars = [("ROOT", s(&root)), ("POLICY", s(&policy)), ("CONFIG", s(&config))];
+
+    // First boot: nothing on the server; the machine makes its keys and
+    // uploads them.
+    let first = boot_ok(
+        r#"
+        $SLATE state apply --root "$ROOT" --policy "$POLICY" --config "$CONFIG" >/dev/null
+        printf 'PRIVATE KEY\n' > "$ROOT/etc/ssh/ssh_host_ed25519_key"
+        chmod 600 "$ROOT/etc/ssh/ssh_host_ed25519_key"
+        printf 'ssh-ed25519 AAAA\n' > "$ROOT/etc/ssh/ssh_host_ed25519_key.pub"
+        chown 0:4 "$ROOT/etc/ssh/ssh_host_ed25519_key.pub"
+        printf 'KEYTAB' > "$ROOT/etc/krb5.keytab"
+        chmod 400 "$ROOT/etc/krb5.keytab"
+        if touch "$ROOT/usr/bin/x" 2>/dev/null; then echo "usr writable"; fi
+        $SLATE state upload --root "$ROOT" --policy "$POLICY" --config "$CONFIG"
+        $SLATE state upload --root "$ROOT" --policy "$POLICY" --config "$CONFIG" 2>&1
+        "#,
+        &vars,
+    );
+    assert!(!first.contains("usr writable"), "{first}");
+    assert!(first.contains("uploaded /etc/krb5.keytab"), "{first}");
+    assert!(first.contains("uploaded /etc/ssh"), "{first}");
+    assert!(first.contains("nothing new to upload"), "uploaded once: {first}");
+
+    // Second boot: the keys come back from the server, with owner and mode;
+    // sshd_config still comes from the image; /etc is read-only again.
+    let second = boot_ok(
+        r#"
+        $SLATE state apply --root "$ROOT" --policy "$POLICY" --config "$CONFIG" >/dev/null
+        for f in etc/ssh/ssh_host_ed25519_key etc/ssh/ssh_host_ed25519_key.pub etc/krb5.keytab etc/ssh/sshd_config; do
+            echo "$f $(stat -c '%a %u:%g' "$ROOT/$f") $(cat "$ROOT/$f")"
+        done
+        if touch "$ROOT/etc/x" 2>/dev/null; then echo "etc writable"; fi
+        "#,
+        &vars,
+    );
+    for want in [
+        "etc/ssh/ssh_host_ed25519_key 600 0:0 PRIVATE KEY",
+        "etc/ssh/ssh_host_ed25519_key.pub 644 0:4 ssh-ed25519 AAAA",
+        "etc/krb5.keytab 400 0:0 KEYTAB",
+        "etc/ssh/sshd_config 644 0:0 PermitRootLogin no",
+    ] {
+        assert!(second.contains(want), "{want}: {second}");
+    }
+    assert!(!second.contains("etc writable"), "{second}");
+    // Nothing of it was written to the image.
+    assert!(!root.join("etc/krb5.keytab").exists() && !root.join("etc/ssh/ssh_host_ed25519_key").exists());
+
+    // A token that is not accepted is an error, not a silent boot without keys.
+    std::fs::write(dir.join("token"), "slate1-0000\n").unwrap();
+    let out = boot(
+        r#"$SLATE state apply --root "$ROOT" --policy "$POLICY" --config "$CONFIG""#,
+        &vars,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401") || err.contains("token"), "{err}");
+    std::fs::write(dir.join("token"), format!("{token}\n")).unwrap();
+
+    // The server gone: the machine boots on with the image's content and a warning.
+    let url = server.url.clone();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    write_config(&url);
+    let out = boot(
+        r#"$SLATE state apply --root "$ROOT" --policy "$POLICY" --config "$CONFIG" >/dev/null; ls "$ROOT/etc/ssh""#,
+        &vars,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "sshd_config\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not be reached"));
 }
