@@ -39,6 +39,11 @@ pub struct Outcome {
     pub bytes_local: u64,
     /// In-place update figures.
     pub apply: Option<apply::ApplyStats>,
+    /// Paths where state kept on this machine or the server (the state
+    /// policy's server, local and backup paths) hides a file the new
+    /// snapshot changes: the new version will not be seen.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadowed: Vec<slate_state::audit::Shadow>,
 }
 
 /// Serialise agent passes on one machine.
@@ -118,6 +123,9 @@ fn decode_manifest(bytes: &[u8], id: &str) -> Result<Manifest> {
     manifest::decode(bytes).map_err(|e| Error::Untrusted(format!("manifest of snapshot {id}: {e}")))
 }
 
+/// Most shadowed paths a report lists (the server refuses longer lists).
+const MAX_SHADOWED_REPORTED: usize = 256;
+
 /// Send the machine's report; failures are logged, not fatal.
 fn report(http: &Http, who: &Identity, state: &State) {
     let body = serde_json::json!({
@@ -128,7 +136,8 @@ fn report(http: &Http, who: &Identity, state: &State) {
         "slots": {"a": state.a.snapshot, "b": state.b.snapshot},
         "pending": state.pending,
         "last_update": state.last_pass.as_ref().map(|p| serde_json::json!({
-            "result": p.result, "message": p.message, "bytes_fetched": p.bytes_fetched, "at": p.at})),
+            "result": p.result, "message": p.message, "bytes_fetched": p.bytes_fetched, "at": p.at,
+            "shadowed": p.shadowed.iter().take(MAX_SHADOWED_REPORTED).collect::<Vec<_>>()})),
         "boot": state.boot_result.as_ref().map(|r| serde_json::json!({
             "result": r, "slot": state.active, "snapshot": state.active.as_deref().and_then(|a| state.slot(a).snapshot.clone())})),
     });
@@ -179,6 +188,7 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
                 bytes_fetched: fetched,
                 at: now(),
                 target: Some(target_hex.clone()),
+                shadowed: Vec::new(),
             });
             // Best effort: the error itself is what the caller must see.
             let _ = state.save(&cfg.state_dir);
@@ -192,6 +202,7 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
         bytes_fetched: fetched,
         at: now(),
         target: Some(target_hex),
+        shadowed: outcome.shadowed.iter().map(|s| s.path.clone()).collect(),
     });
     state.save(&cfg.state_dir)?;
     report(&http, &who, &state);
@@ -493,6 +504,10 @@ fn pass(
     } else {
         false
     };
+    let shadowed = match &active_m {
+        Some(old) => shadowed_state(cfg, &mounted.path, old, &new_m),
+        None => Vec::new(),
+    };
     drop(mounted);
     drop(active_mount);
 
@@ -560,7 +575,53 @@ fn pass(
         requests,
         bytes_local: local_bytes,
         apply: Some(apply_stats),
+        shadowed,
     })
+}
+
+/// The state policy that will apply to the new slot: the fleet's copy,
+/// else the new tree's /etc/slate/state.toml (rwtab/statetab imports read
+/// from the new tree); `None` when there is none.
+fn policy_for(cfg: &Config, tree: &Path) -> Result<Option<slate_state::Policy>> {
+    let fleet = cfg.fleet_policy_path();
+    let path = if fleet.is_file() {
+        fleet
+    } else {
+        let p = tree.join("etc/slate/state.toml");
+        if !p.is_file() {
+            return Ok(None);
+        }
+        p
+    };
+    let mut policy = slate_state::Policy::load(&path).map_err(|e| Error::Local(e.to_string()))?;
+    policy.import_tabs(tree).map_err(|e| Error::Local(e.to_string()))?;
+    Ok(Some(policy))
+}
+
+/// Paths whose kept state hides a change from `old` to `new`: the /etc
+/// merge problem made visible. A policy that cannot be read is logged and
+/// yields nothing: it must not stop an update (the new image may fix it).
+fn shadowed_state(cfg: &Config, tree: &Path, old: &Manifest, new: &Manifest) -> Vec<slate_state::audit::Shadow> {
+    match policy_for(cfg, tree) {
+        Ok(Some(p)) => {
+            let found = slate_state::audit::shadows(&p, old, new);
+            for s in &found {
+                tracing::info!(
+                    "{} ({}) is hidden by {} state kept at {}: the new snapshot's version will not be seen",
+                    s.path,
+                    s.change,
+                    s.state.name(),
+                    s.declared
+                );
+            }
+            found
+        }
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::warn!("cannot read the state policy of the new snapshot: {e}");
+            Vec::new()
+        }
+    }
 }
 
 /// Counts the bytes a batch's sources copied locally.

@@ -450,6 +450,18 @@ fn kind_name(k: &Kind) -> &'static str {
     }
 }
 
+/// Whether `path`'s entries differ in their times only: every rebuilt
+/// image touches those, and nobody misses them behind kept state.
+fn only_times_differ(old: &Manifest, new: &Manifest, path: &[u8]) -> bool {
+    match (old.find(path), new.find(path)) {
+        (Some(a), Some(b)) => {
+            let (a, b) = (&old.entries[a].meta, &new.entries[b].meta);
+            a.mode == b.mode && a.uid == b.uid && a.gid == b.gid && a.xattrs == b.xattrs
+        }
+        _ => false,
+    }
+}
+
 /// A path whose kept state hides a change of the new snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Shadow {
@@ -472,6 +484,7 @@ pub fn shadows(policy: &Policy, old: &Manifest, new: &Manifest) -> Vec<Shadow> {
     diff(old, new)
         .changes
         .into_iter()
+        .filter(|c| c.kind != ChangeKind::MetaChanged || !only_times_differ(old, new, &c.path))
         .filter_map(|c| {
             let rel = String::from_utf8_lossy(&c.path).into_owned();
             let e = policy.covering(&rel)?;

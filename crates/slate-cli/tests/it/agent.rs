@@ -1714,3 +1714,30 @@ fn pull_mirrors_a_channel_verified_and_incrementally() {
     let err = one_error_line(&out);
     assert!(err.contains("untrusted"), "{err}");
 }
+
+#[test]
+fn an_update_names_the_kept_state_that_hides_its_changes() {
+    let (_lab, mut m, _, _) = lab_with_machine(64 << 10);
+    // The fleet's policy for this machine keeps /var/lib/slate-test and
+    // /etc/hostname locally; the next snapshot changes a file in the first.
+    std::fs::write(
+        m.state_dir.join("state-policy.toml"),
+        "[[path]]\npath = \"/var/lib/slate-test\"\nstate = \"local\"\n\n\
+         [[path]]\npath = \"/etc/hostname\"\nstate = \"backup\"\n\n\
+         [[path]]\npath = \"/etc/os-release\"\nstate = \"ram\"\n",
+    )
+    .unwrap();
+    m.target("b");
+    let r = m.update();
+    assert_eq!(r["result"], "ok", "{r}");
+    let shadowed = r["shadowed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no shadowed list: {r}"));
+    assert_eq!(shadowed.len(), 1, "only persistent state hides anything: {r}");
+    assert_eq!(shadowed[0]["path"], "/var/lib/slate-test/version");
+    assert_eq!(shadowed[0]["declared"], "/var/lib/slate-test");
+    assert_eq!(shadowed[0]["state"], "local");
+    assert_eq!(shadowed[0]["change"], "content changed");
+    let st = m.status();
+    assert_eq!(st["last_pass"]["shadowed"][0], "/var/lib/slate-test/version", "{st}");
+}

@@ -89,6 +89,10 @@ pub struct LastUpdate {
     /// When it ended, Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<u64>,
+    /// Paths where state the machine keeps hides a file the snapshot it
+    /// wrote changes (the state policy's server, local and backup paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadowed: Vec<String>,
 }
 
 /// The last boot in a report.
@@ -202,6 +206,12 @@ impl ReportRequest {
             check_word("last_update.result", &u.result)?;
             if let Some(m) = &u.message {
                 check_text("last_update.message", m, 4096)?;
+            }
+            if u.shadowed.len() > 256 {
+                return Err("last_update.shadowed lists more than 256 paths".into());
+            }
+            for p in &u.shadowed {
+                check_text("last_update.shadowed", p, 4096)?;
             }
         }
         if let Some(b) = &self.boot {
