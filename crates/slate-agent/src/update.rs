@@ -173,6 +173,7 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
         ))
     })?;
     let pinned = assignment["pinned"].as_bool().unwrap_or(false);
+    keep_fleet_policy(cfg, assignment.get("state_policy").and_then(|v| v.as_str()));
 
     let result = pass(cfg, &mut state, &http, &trusted, target, pinned, dry_run, progress);
     let fetched = http.received.load(std::sync::atomic::Ordering::Relaxed);
@@ -577,6 +578,35 @@ fn pass(
         apply: Some(apply_stats),
         shadowed,
     })
+}
+
+/// Keep the fleet's state policy for this machine where `slate state
+/// apply` finds it, or remove it when the fleet no longer assigns one. A
+/// policy that does not parse is not kept (the previous one stays), and
+/// failures are logged: they must not stop an update.
+fn keep_fleet_policy(cfg: &Config, text: Option<&str>) {
+    let path = cfg.fleet_policy_path();
+    match text {
+        Some(t) => {
+            if std::fs::read_to_string(&path).is_ok_and(|old| old == t) {
+                return;
+            }
+            if let Err(e) = slate_state::Policy::parse(t, Path::new("the fleet's state policy")) {
+                tracing::warn!("not keeping the fleet's state policy: {e}");
+                return;
+            }
+            if let Err(e) = write_atomic(&path, t.as_bytes()) {
+                tracing::warn!("cannot keep the fleet's state policy: {e}");
+            }
+        }
+        None => {
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("cannot remove {}: {e}", path.display());
+                }
+            }
+        }
+    }
 }
 
 /// The state policy that will apply to the new slot: the fleet's copy,

@@ -72,6 +72,10 @@ pub struct Assignment {
     pub pinned: bool,
     /// Which fleet rule decided.
     pub rule: String,
+    /// The state policy the fleet assigns these machines (TOML text), when
+    /// it overrides the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_policy: Option<String>,
 }
 
 /// The last update pass in a report. Absent fields stay absent when
@@ -265,6 +269,7 @@ pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assig
                     target: super::config::Target {
                         channel: only.clone(),
                         pin: None,
+                        state_policy: None,
                     },
                     rule: "only channel".into(),
                 },
@@ -302,6 +307,7 @@ pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assig
         snapshot: snapshot.to_hex(),
         pinned: target.pin.is_some(),
         rule,
+        state_policy: target.state_policy.map(|p| p.text),
     })
 }
 
