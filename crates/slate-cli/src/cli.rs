@@ -358,6 +358,9 @@ pub enum StateCommand {
         /// Agent configuration: server, machine token and identity for `server` and `dynamic` paths.
         #[arg(long, value_name = "AGENT.toml", env = "SLATE_AGENT_CONFIG")]
         config: Option<PathBuf>,
+        /// Machine token file, instead of AGENT.toml's token_file (in the initramfs: on the state partition).
+        #[arg(long, value_name = "FILE", requires = "config")]
+        token_file: Option<PathBuf>,
         #[command(flatten)]
         out: OutputArg,
     },

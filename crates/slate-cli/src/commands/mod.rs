@@ -128,13 +128,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 state_dir,
                 state_dev,
                 config,
+                token_file,
                 out,
             } => state::apply(
                 &root,
                 policy.policy.as_deref(),
-                state_dir,
-                state_dev,
+                (state_dir, state_dev),
                 config.as_deref(),
+                token_file,
                 out.json,
             ),
             StateCommand::Audit {

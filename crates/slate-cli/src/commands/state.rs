@@ -107,12 +107,15 @@ fn print_report(r: &apply::Report, as_json: bool) -> Result<()> {
 pub fn apply(
     root: &Path,
     policy: Option<&Path>,
-    state_dir: Option<PathBuf>,
-    state_dev: Option<PathBuf>,
+    (state_dir, state_dev): (Option<PathBuf>, Option<PathBuf>),
     config: Option<&Path>,
+    token_file: Option<PathBuf>,
     as_json: bool,
 ) -> Result<ExitCode> {
-    let cfg = load_config(config)?;
+    let mut cfg = load_config(config)?;
+    if let (Some(c), Some(t)) = (&mut cfg, token_file) {
+        c.token_file = Some(t);
+    }
     let policy = load_policy(root, policy, cfg.as_ref())?;
     let server = cfg.as_ref().map(ServerState::new).transpose()?;
     let machine = server.as_ref().map(|s| s.machine.clone());
