@@ -450,6 +450,14 @@ fn pass(
     }
     drop(reserve_mount);
 
+    // The boot partition must take the new kernel and initrd beside the
+    // running slot's, which are never touched: refuse before anything is
+    // fetched or written.
+    let boot_files = BootFiles::open(cfg)?;
+    if cfg.bootloader != Bootloader::None {
+        boot::check_room(&boot_files.path, &reserve, boot::kernel_bytes(&new_m))?;
+    }
+
     progress.start("fetch", fetch_bytes);
     remote.fetch(&index, &ranges, &cache, cfg.connections, progress)?;
     progress.finish();
@@ -501,7 +509,7 @@ fn pass(
     write_atomic(&manifest_path(&cfg.state_dir, &target_hex), &manifest_bytes)?;
     write_atomic(&record_path(&cfg.state_dir, &target_hex), &snap.encode())?;
     let has_kernel = if cfg.bootloader != Bootloader::None {
-        boot::install_kernel(&cfg.boot_dir, &reserve, &mounted.path)?
+        boot::install_kernel(&boot_files.path, &reserve, &mounted.path)?
     } else {
         false
     };
@@ -521,7 +529,7 @@ fn pass(
             a,
             &id,
             &s,
-            cfg.boot_dir.join("slate").join(a).join("vmlinuz").exists(),
+            boot_files.path.join("slate").join(a).join("vmlinuz").exists(),
         ))
     });
     let first_install = state.active.is_none();
@@ -537,15 +545,15 @@ fn pass(
     state.save(&cfg.state_dir)?;
     if first_install {
         // The first snapshot on a machine is the one it boots: nothing to fall back to.
-        boot::switch(cfg.bootloader, &cfg.boot_dir, &entry, None, cfg.boot_tries)?;
-        boot::mark_good(cfg.bootloader, &cfg.boot_dir, &reserve)?;
+        boot::switch(cfg.bootloader, &boot_files.path, &entry, None, cfg.boot_tries)?;
+        boot::mark_good(cfg.bootloader, &boot_files.path, &reserve)?;
         state.active = Some(reserve.clone());
         state.known_good = vec![reserve.clone()];
     } else {
         // The switch: the last step, after the slot and its record are durable.
         boot::switch(
             cfg.bootloader,
-            &cfg.boot_dir,
+            &boot_files.path,
             &entry,
             other_entry.as_ref(),
             cfg.boot_tries,
@@ -654,6 +662,40 @@ fn shadowed_state(cfg: &Config, tree: &Path, old: &Manifest, new: &Manifest) -> 
     }
 }
 
+/// Where the bootloader's files are: `boot_dir`, inside the boot partition
+/// when AGENT.toml names one (`boot_device`, mounted while this lives).
+pub struct BootFiles {
+    /// The directory.
+    pub path: std::path::PathBuf,
+    _mounted: Option<slot::Mounted>,
+}
+
+impl BootFiles {
+    /// Mount the boot partition if there is one.
+    pub fn open(cfg: &Config) -> Result<BootFiles> {
+        if cfg.bootloader == Bootloader::None {
+            return Ok(BootFiles {
+                path: cfg.boot_dir.clone(),
+                _mounted: None,
+            });
+        }
+        match &cfg.boot_device {
+            None => Ok(BootFiles {
+                path: cfg.boot_dir.clone(),
+                _mounted: None,
+            }),
+            Some(dev) => {
+                let m = slot::mount_boot(dev, &cfg.state_dir)?;
+                let rel = cfg.boot_dir.strip_prefix("/").unwrap_or(&cfg.boot_dir);
+                Ok(BootFiles {
+                    path: m.path.join(rel),
+                    _mounted: Some(m),
+                })
+            }
+        }
+    }
+}
+
 /// Counts the bytes a batch's sources copied locally.
 struct CountingSources<'a> {
     inner: Sources<'a>,
@@ -731,7 +773,7 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
             format!("slot {booted} is good")
         }
     };
-    boot::mark_good(cfg.bootloader, &cfg.boot_dir, &booted)?;
+    boot::mark_good(cfg.bootloader, &BootFiles::open(cfg)?.path, &booted)?;
     state.active = Some(booted.clone());
     if !state.known_good.contains(&booted) {
         state.known_good.push(booted.clone());
@@ -759,7 +801,7 @@ pub fn rollback(cfg: &Config) -> Result<String> {
             "slot {target} holds no complete snapshot; nothing to roll back to"
         )));
     }
-    boot::rollback_to(cfg.bootloader, &cfg.boot_dir, &target)?;
+    boot::rollback_to(cfg.bootloader, &BootFiles::open(cfg)?.path, &target)?;
     state.pending = None;
     state.active = Some(target.clone());
     state.boot_result = Some("rolled-back".into());
