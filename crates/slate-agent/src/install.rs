@@ -118,9 +118,11 @@ pub fn layout(disk_bytes: u64, firmware: Firmware, slot_bytes: u64) -> Result<Ve
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| Error::Local(format!("cannot run {what}: {e} (is it installed? see scripts/setup.sh)")))?;
+    let out = cmd.output().map_err(|e| {
+        Error::Local(format!(
+            "cannot run {what}: {e} (is it installed? see scripts/setup.sh)"
+        ))
+    })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.trim().lines().last().unwrap_or("no message").to_string();
@@ -187,7 +189,9 @@ fn check_not_in_use(disk: &Path) -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     for l in mounts.lines() {
         let mut f = l.split_whitespace();
-        let (Some(src), Some(at)) = (f.next(), f.next()) else { continue };
+        let (Some(src), Some(at)) = (f.next(), f.next()) else {
+            continue;
+        };
         let rest = src.strip_prefix(name.as_str());
         if rest.is_some_and(|r| r.is_empty() || r.trim_start_matches('p').bytes().all(|b| b.is_ascii_digit())) {
             return Err(Error::Local(format!(
@@ -287,14 +291,14 @@ fn machine_config(t: &Config, firmware: Firmware, keys: &[String], has_token: bo
     if let Some(m) = &t.machine_id {
         root.insert("machine_id".into(), Value::String(m.clone()));
     }
-    root.insert("kernel_cmdline".into(), Value::String(machine_cmdline(&t.kernel_cmdline)));
+    root.insert(
+        "kernel_cmdline".into(),
+        Value::String(machine_cmdline(&t.kernel_cmdline)),
+    );
     root.insert("connections".into(), Value::Integer(t.connections as i64));
     root.insert("timeout_secs".into(), Value::Integer(t.timeout_secs as i64));
     if has_token {
-        root.insert(
-            "token_file".into(),
-            Value::String(format!("{MACHINE_STATE_DIR}/token")),
-        );
+        root.insert("token_file".into(), Value::String(format!("{MACHINE_STATE_DIR}/token")));
     }
     let mut slots = toml::Table::new();
     slots.insert("a".into(), Value::String("/dev/disk/by-partlabel/slate-a".into()));
@@ -303,7 +307,12 @@ fn machine_config(t: &Config, firmware: Firmware, keys: &[String], has_token: bo
     if !t.labels.is_empty() {
         root.insert(
             "labels".into(),
-            Value::Table(t.labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()),
+            Value::Table(
+                t.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
         );
     }
     let body = toml::to_string(&root).map_err(|e| Error::Local(format!("cannot write AGENT.toml: {e}")))?;
@@ -338,8 +347,22 @@ const GRUB_EARLY_CFG: &str = "search --no-floppy --label slate-boot --set=root\n
 /// Modules built into GRUB's core image (it must read the boot partition
 /// and run slate.cfg without loading anything else).
 const GRUB_MODULES: &[&str] = &[
-    "biosdisk", "part_gpt", "ext2", "search", "search_label", "normal", "configfile", "linux", "echo", "test",
-    "loadenv", "serial", "terminal", "ls", "cat", "gzio",
+    "biosdisk",
+    "part_gpt",
+    "ext2",
+    "search",
+    "search_label",
+    "normal",
+    "configfile",
+    "linux",
+    "echo",
+    "test",
+    "loadenv",
+    "serial",
+    "terminal",
+    "ls",
+    "cat",
+    "gzio",
 ];
 
 fn install_grub(disk: &Path, boot: &Path, work: &Path) -> Result<()> {
@@ -444,7 +467,8 @@ pub fn install(o: &InstallOptions<'_>, progress: &dyn slate_repo::progress::Prog
     let token = o.template.token()?;
     let mut keys = Vec::new();
     for k in &o.template.trust {
-        let data = std::fs::read(k).map_err(|e| Error::Config(format!("cannot read trusted key {}: {e}", k.display())))?;
+        let data =
+            std::fs::read(k).map_err(|e| Error::Config(format!("cannot read trusted key {}: {e}", k.display())))?;
         let name = k
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -491,7 +515,9 @@ pub fn install(o: &InstallOptions<'_>, progress: &dyn slate_repo::progress::Prog
     match o.firmware {
         Firmware::Bios => mkfs_ext4(&boot_loop.dev, "slate-boot")?,
         Firmware::Uefi => run(
-            Command::new("mkfs.fat").args(["-F", "32", "-n", "SLATE-ESP"]).arg(&boot_loop.dev),
+            Command::new("mkfs.fat")
+                .args(["-F", "32", "-n", "SLATE-ESP"])
+                .arg(&boot_loop.dev),
             "mkfs.fat",
         )?,
     };

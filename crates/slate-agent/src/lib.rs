@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod install;
+pub mod prepare;
 pub mod pull;
 pub mod remote;
 pub mod serverstate;

@@ -424,7 +424,10 @@ impl Policy {
     /// under `root` has the directory that holds them (`slate prepare`
     /// makes /etc/slate).
     pub fn add_slate_own_state(&mut self, root: &Path) -> Result<()> {
-        let own = [("/var/lib/slate", EntryType::Dir), ("/etc/slate/agent.toml", EntryType::File)];
+        let own = [
+            ("/var/lib/slate", EntryType::Dir),
+            ("/etc/slate/agent.toml", EntryType::File),
+        ];
         for (path, kind) in own {
             let rel = &path[1..];
             let kept = self
