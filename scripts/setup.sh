@@ -3,7 +3,8 @@
 # Debian 12 machine. Idempotent; run as root (or with sudo available).
 set -euo pipefail
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-PKGS=(build-essential pkg-config ca-certificates python3 debootstrap attr acl zstd rsync e2fsprogs util-linux time grub-common)
+PKGS=(build-essential pkg-config ca-certificates python3 debootstrap attr acl zstd rsync e2fsprogs util-linux time grub-common
+      gdisk dosfstools mtools grub-pc-bin systemd-boot-efi ovmf)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -17,5 +18,13 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: installing Debian's Rust toolchain (cargo)" >&2
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends cargo rustc >/dev/null
+fi
+# qemu for the boot tests. Debian 12's qemu-system-x86 needs its own
+# qemu-utils, not the newer backport some images carry.
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+    echo "setup: installing qemu-system-x86" >&2
+    [ ${#missing[@]} -gt 0 ] || $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
+        qemu-system-x86 qemu-utils/bookworm >/dev/null
 fi
 echo "setup: ok ($(cargo --version))" >&2

@@ -101,9 +101,9 @@ pub fn layout(disk_bytes: u64, firmware: Firmware, slot_bytes: u64) -> Result<Ve
             "the disk holds {} MiB; this layout needs at least {} MiB (boot {} MiB, two slots of {} MiB, state {} MiB): \
              use a larger disk or a smaller --slot-size",
             disk_bytes >> 20,
-            need * SECTOR >> 20,
+            (need * SECTOR) >> 20,
             BOOT_SIZE >> 20,
-            slot * SECTOR >> 20,
+            (slot * SECTOR) >> 20,
             MIN_STATE_SIZE >> 20
         )));
     }
@@ -396,8 +396,15 @@ fn install_grub(disk: &Path, boot: &Path, work: &Path) -> Result<()> {
     )?;
     let map = work.join("device.map");
     write_file(&map, format!("(hd0) {}\n", disk.display()).as_bytes(), 0o644)?;
+    // grub-pc-bin ships it here; grub-pc (which also takes over the
+    // installing machine's own bootloader) links it into the PATH.
+    let setup = if src.join("grub-bios-setup").is_file() {
+        src.join("grub-bios-setup")
+    } else {
+        PathBuf::from("grub-bios-setup")
+    };
     run(
-        Command::new("grub-bios-setup")
+        Command::new(setup)
             .arg("--skip-fs-probe")
             .arg("--directory")
             .arg(&dst)

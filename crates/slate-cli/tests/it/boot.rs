@@ -66,7 +66,7 @@ fn ready(firmware: &str) -> Option<PathBuf> {
     };
     let mut need = vec!["qemu-system-x86_64", "sgdisk", "losetup", "unshare"];
     need.extend(match firmware {
-        "bios" => ["grub-mkimage", "grub-bios-setup"],
+        "bios" => ["grub-mkimage", "mkfs.ext4"],
         _ => ["mcopy", "mkfs.fat"],
     });
     for c in need {
@@ -74,6 +74,10 @@ fn ready(firmware: &str) -> Option<PathBuf> {
             eprintln!("skipped: {c} is not installed (scripts/setup.sh installs it)");
             return None;
         }
+    }
+    if firmware == "bios" && !Path::new("/usr/lib/grub/i386-pc/grub-bios-setup").exists() && !have("grub-bios-setup") {
+        eprintln!("skipped: grub-bios-setup is not installed (grub-pc-bin)");
+        return None;
     }
     if firmware == "uefi" && !Path::new("/usr/share/OVMF/OVMF_CODE.fd").exists() {
         eprintln!("skipped: OVMF is not installed");
