@@ -20,7 +20,7 @@ use slate_repo::progress::Progress;
 use crate::cache::{self, CachedFile, FileCache, Stamp};
 use crate::error::{local, Error, Result};
 use crate::format::{seal_blob, BlobEntry, Snapshot, SnapshotRoot, FORMAT_VERSION};
-use crate::repo::{now, HomeRepo};
+use crate::repo::{now_ns, HomeRepo};
 
 /// Raw bytes read per parallel batch.
 const BATCH_BYTES: usize = 32 << 20;
@@ -49,8 +49,8 @@ pub struct BackupOptions {
 pub struct BackupStats {
     /// The new snapshot's id.
     pub snapshot: String,
-    /// When it started (Unix seconds).
-    pub time: i64,
+    /// When it started (Unix nanoseconds).
+    pub time_ns: i64,
     /// Regular files in the snapshot (hard links counted once).
     pub files: u64,
     /// Their bytes.
@@ -301,7 +301,7 @@ fn store_bytes(repo: &mut HomeRepo, packer: &mut PackWriter, data: &[u8], level:
 
 /// Back up `opts.paths` into `repo`.
 pub fn backup(repo: &mut HomeRepo, opts: &BackupOptions, progress: &dyn Progress) -> Result<BackupStats> {
-    let started = now();
+    let started = now_ns();
     let cache_path = repo.cache_dir.join("files");
     let old_cache = cache::load(&cache_path);
     let mut new_cache = FileCache::with_capacity(old_cache.len());
@@ -315,7 +315,7 @@ pub fn backup(repo: &mut HomeRepo, opts: &BackupOptions, progress: &dyn Progress
         new_chunks: 0,
     };
     let mut stats = BackupStats {
-        time: started,
+        time_ns: started,
         ..Default::default()
     };
     let mut roots = Vec::new();
@@ -426,7 +426,7 @@ pub fn backup(repo: &mut HomeRepo, opts: &BackupOptions, progress: &dyn Progress
     packer.flush(repo)?;
     let snap = Snapshot {
         version: FORMAT_VERSION,
-        time: started,
+        time_ns: started,
         host: opts.host.clone(),
         user: opts.user.clone(),
         roots,

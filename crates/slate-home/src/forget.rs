@@ -132,10 +132,14 @@ pub fn forget(repo: &mut HomeRepo, policy: &KeepPolicy, prune_after: bool) -> Re
                 s.user.clone(),
                 s.roots.iter().map(|r| r.path.clone()).collect(),
             );
-            groups.entry(key).or_default().push((name.clone(), s.time));
+            groups
+                .entry(key)
+                .or_default()
+                .push((name.clone(), s.time_ns.div_euclid(1_000_000_000)));
         }
         for (_, mut members) in groups {
-            members.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+            // `snapshots()` lists oldest first; newest first here.
+            members.reverse();
             let times: Vec<i64> = members.iter().map(|m| m.1).collect();
             for (keep, (name, _)) in apply_policy(&times, policy).into_iter().zip(members) {
                 if keep {

@@ -143,8 +143,8 @@ pub struct SnapshotRoot {
 pub struct Snapshot {
     /// Format version.
     pub version: u32,
-    /// When the backup started (Unix seconds).
-    pub time: i64,
+    /// When the backup started (Unix nanoseconds).
+    pub time_ns: i64,
     /// The machine's host name.
     pub host: String,
     /// The user the repository belongs to.

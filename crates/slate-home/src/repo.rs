@@ -63,6 +63,14 @@ pub struct HomeRepo {
     pub cache_dir: PathBuf,
 }
 
+/// Nanoseconds since the epoch now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
 /// A random object name: 32 hex digits.
 pub fn random_name() -> String {
     hex::encode(random::<16>())
@@ -74,6 +82,11 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
 /// Create a repository for `keys` on `backend`.
@@ -217,7 +230,7 @@ impl HomeRepo {
                 Ok((o.name.clone(), open_json(&self.keys, kind::SNAPSHOT, &o.name, &sealed)?))
             })
             .collect::<Result<_>>()?;
-        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        out.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
         Ok(out)
     }
 

@@ -4,6 +4,7 @@ mod agent;
 mod apply;
 mod cli;
 mod fidelity;
+mod home;
 mod nasty;
 mod safety;
 mod selftest;
