@@ -3,7 +3,7 @@
 # Debian 12 machine. Idempotent; run as root (or with sudo available).
 set -euo pipefail
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-PKGS=(build-essential pkg-config ca-certificates python3 debootstrap attr acl zstd rsync e2fsprogs util-linux time grub-common)
+PKGS=(build-essential pkg-config ca-certificates python3 debootstrap attr acl zstd rsync e2fsprogs util-linux time grub-common restic git)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
