@@ -20,7 +20,7 @@ use slate_repo::progress::Progress;
 use crate::cache::{self, CachedFile, FileCache, Stamp};
 use crate::error::{local, Error, Result};
 use crate::format::{seal_blob, BlobEntry, Snapshot, SnapshotRoot, FORMAT_VERSION};
-use crate::repo::{now_ns, HomeRepo};
+use crate::repo::{now_ns, HomeRepo, PackUpload};
 
 /// Raw bytes read per parallel batch.
 const BATCH_BYTES: usize = 32 << 20;
@@ -123,6 +123,10 @@ struct PieceReader<'a> {
     next_job: usize,
     current: Option<(usize, Box<dyn Read + Send>)>,
     carry: Vec<u8>,
+    /// Data bytes each file should hold (its size, or its extents' total).
+    expected: Vec<u64>,
+    /// Bytes read so far from the current file.
+    consumed: u64,
 }
 
 impl PieceReader<'_> {
@@ -157,23 +161,19 @@ impl PieceReader<'_> {
             let job = *job;
             let mut data = std::mem::take(&mut self.carry);
             let start = data.len();
-            data.resize(WINDOW.max(start + (1 << 20)), 0);
-            let mut filled = start;
-            let mut eof = false;
-            while filled < data.len() {
-                match reader.read(&mut data[filled..]) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        return Err(local(format!("cannot read {}", self.jobs[job].source.display()), e));
-                    }
-                }
-            }
-            data.truncate(filled);
+            // What the file should still hold (at most a window), plus one
+            // byte: a short read then means the end of the file.
+            let remaining = self.expected[job].saturating_sub(self.consumed);
+            let want = remaining.min(WINDOW as u64) + 1;
+            data.reserve_exact(want as usize);
+            let n = reader
+                .by_ref()
+                .take(want)
+                .read_to_end(&mut data)
+                .map_err(|e| local(format!("cannot read {}", self.jobs[job].source.display()), e))?;
+            let eof = (n as u64) < want;
+            let filled = data.len();
+            self.consumed += (filled - start) as u64;
             let mut cuts = self.chunker.cut(&data);
             if !eof {
                 // The last cut may only end because the window did: carry
@@ -184,7 +184,9 @@ impl PieceReader<'_> {
                 }
             } else {
                 self.current = None;
+                self.consumed = 0;
             }
+            data.shrink_to_fit();
             bytes += data.len();
             out.push(Piece {
                 job,
@@ -206,6 +208,33 @@ struct PackWriter {
     packs: u64,
     added: u64,
     new_chunks: u64,
+    /// Full packs go to the upload thread, which stores them while the
+    /// next ones fill (two at most wait, bounding memory).
+    uploads: std::sync::mpsc::SyncSender<PackUpload>,
+    uploader: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Drop for PackWriter {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// Start the thread that stores packs in order, stopping at the first error.
+fn start_uploader(
+    backend: std::sync::Arc<dyn crate::backend::Backend>,
+) -> (
+    std::sync::mpsc::SyncSender<PackUpload>,
+    std::thread::JoinHandle<Result<()>>,
+) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<PackUpload>(1);
+    let handle = std::thread::spawn(move || {
+        for upload in rx {
+            upload.store(backend.as_ref())?;
+        }
+        Ok(())
+    });
+    (tx, handle)
 }
 
 impl PackWriter {
@@ -237,11 +266,27 @@ impl PackWriter {
         if self.blobs.is_empty() {
             return Ok(());
         }
-        repo.store_pack(&self.buf, std::mem::take(&mut self.blobs))?;
-        self.buf.clear();
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.target + (1 << 20)));
+        let upload = repo.seal_pack(data, std::mem::take(&mut self.blobs));
         self.pending.clear();
         self.packs += 1;
+        if self.uploads.send(upload).is_err() {
+            // The uploader stopped on an error, which finish() returns.
+            return self.finish();
+        }
         Ok(())
+    }
+
+    /// Wait for every upload; the first error if one failed.
+    fn finish(&mut self) -> Result<()> {
+        let (dead, _) = std::sync::mpsc::sync_channel(1);
+        drop(std::mem::replace(&mut self.uploads, dead));
+        match self.uploader.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(Error::Storage("the upload thread failed".into()))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -305,7 +350,10 @@ pub fn backup(repo: &mut HomeRepo, opts: &BackupOptions, progress: &dyn Progress
     let cache_path = repo.cache_dir.join("files");
     let old_cache = cache::load(&cache_path);
     let mut new_cache = FileCache::with_capacity(old_cache.len());
+    let (uploads, uploader) = start_uploader(repo.backend.clone());
     let mut packer = PackWriter {
+        uploads,
+        uploader: Some(uploader),
         buf: Vec::with_capacity(opts.pack_target + (1 << 20)),
         blobs: Vec::new(),
         pending: HashSet::new(),
@@ -360,6 +408,14 @@ pub fn backup(repo: &mut HomeRepo, opts: &BackupOptions, progress: &dyn Progress
             next_job: 0,
             current: None,
             carry: Vec::new(),
+            expected: jobs
+                .iter()
+                .map(|j| match &j.extents {
+                    None => j.stamp.size,
+                    Some(x) => x.iter().map(|e| e.len).sum(),
+                })
+                .collect(),
+            consumed: 0,
         };
         let mut chunks_of: Vec<Vec<ChunkRef>> = vec![Vec::new(); jobs.len()];
         let mut batch = reader.next_batch()?;
@@ -424,6 +480,7 @@ pub fn backup(repo: &mut HomeRepo, opts: &BackupOptions, progress: &dyn Progress
         });
     }
     packer.flush(repo)?;
+    packer.finish()?;
     let snap = Snapshot {
         version: FORMAT_VERSION,
         time_ns: started,

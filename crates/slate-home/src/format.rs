@@ -193,9 +193,20 @@ pub fn open_json<T: for<'de> Deserialize<'de>>(keys: &Keys, kind: &str, name: &s
 
 /// Seal a chunk as a blob: a flag byte (0 stored, 1 zstd) then the bytes.
 pub fn seal_blob(keys: &Keys, id: &ChunkId, data: &[u8], level: i32) -> Vec<u8> {
-    let compressed = zstd::bulk::compress(data, level)
-        .ok()
-        .filter(|c| c.len() + 64 < data.len());
+    // One compression context per thread: making one per chunk costs more
+    // than compressing a small chunk.
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let compressed = COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l) != Some(level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        c.as_mut()?.1.compress(data).ok()
+    });
+    let compressed = compressed.filter(|c| c.len() + 64 < data.len());
     let mut plain = Vec::with_capacity(1 + compressed.as_ref().map_or(data.len(), Vec::len));
     match compressed {
         Some(c) => {
@@ -223,7 +234,21 @@ pub fn open_blob(keys: &Keys, id: &ChunkId, raw_len: u32, sealed: &[u8], pack: &
         .ok_or_else(|| tampered("fails authentication"))?;
     let data = match plain.split_first() {
         Some((0, d)) => d.to_vec(),
-        Some((1, c)) => zstd::bulk::decompress(c, raw_len as usize).map_err(|_| tampered("does not decompress"))?,
+        Some((1, c)) => {
+            thread_local! {
+                static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                    const { std::cell::RefCell::new(None) };
+            }
+            DECOMPRESSOR
+                .with(|d| {
+                    let mut d = d.borrow_mut();
+                    if d.is_none() {
+                        *d = zstd::bulk::Decompressor::new().ok();
+                    }
+                    d.as_mut()?.decompress(c, raw_len as usize).ok()
+                })
+                .ok_or_else(|| tampered("does not decompress"))?
+        }
         _ => return Err(tampered("has an unknown encoding")),
     };
     if data.len() != raw_len as usize || keys.chunk_id(&data) != *id {

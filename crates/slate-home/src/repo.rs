@@ -50,7 +50,7 @@ pub struct PackRecord {
 /// An open repository.
 pub struct HomeRepo {
     /// Where the objects are.
-    pub backend: Box<dyn Backend>,
+    pub backend: std::sync::Arc<dyn Backend>,
     /// Its keys.
     pub keys: Keys,
     /// Its config.
@@ -119,7 +119,7 @@ impl HomeRepo {
         std::fs::create_dir_all(cache_dir.join("index"))
             .map_err(|e| local(format!("cannot create the cache {}", cache_dir.display()), e))?;
         let mut repo = HomeRepo {
-            backend,
+            backend: backend.into(),
             keys,
             config,
             packs: Vec::new(),
@@ -207,17 +207,32 @@ impl HomeRepo {
         });
     }
 
-    /// Store a pack and then its index; returns the index's name.
+    /// Store a pack and then its index.
     pub fn store_pack(&mut self, data: &[u8], blobs: Vec<BlobEntry>) -> Result<()> {
-        let pack = blake3::hash(data).to_hex().to_string();
-        self.backend.put(kind::PACK, &pack, data)?;
-        let idx = PackIndex { pack, blobs };
-        let name = random_name();
-        let sealed = self.keys.seal(&format::object_ad(kind::INDEX, &name), &idx.encode());
-        self.backend.put(kind::INDEX, &name, &sealed)?;
-        let _ = write_atomic(&self.cache_dir.join("index").join(&name), &sealed);
-        self.add_index(name, idx);
-        Ok(())
+        let upload = self.seal_pack(data.to_vec(), blobs);
+        upload.store(self.backend.as_ref())
+    }
+
+    /// Name a pack, seal its index and add it to the in-memory index; the
+    /// caller stores the returned upload (pack first, then index).
+    pub fn seal_pack(&mut self, data: Vec<u8>, blobs: Vec<BlobEntry>) -> PackUpload {
+        let pack = blake3::hash(&data).to_hex().to_string();
+        let idx = PackIndex {
+            pack: pack.clone(),
+            blobs,
+        };
+        let index_name = random_name();
+        let sealed_index = self
+            .keys
+            .seal(&format::object_ad(kind::INDEX, &index_name), &idx.encode());
+        self.add_index(index_name.clone(), idx);
+        PackUpload {
+            pack,
+            data,
+            index_name,
+            sealed_index,
+            cache_dir: self.cache_dir.join("index"),
+        }
     }
 
     /// Every snapshot, oldest first, with its name.
@@ -310,6 +325,30 @@ impl HomeRepo {
         let data = parts.concat();
         slate_core::manifest::decode(&data)
             .map_err(|e| Error::Tampered(format!("a snapshot's manifest is malformed: {e}")))
+    }
+}
+
+/// A sealed pack and its index, ready to store.
+pub struct PackUpload {
+    /// The pack's name.
+    pub pack: String,
+    /// Its bytes.
+    pub data: Vec<u8>,
+    /// The index object's name.
+    pub index_name: String,
+    /// The sealed index.
+    pub sealed_index: Vec<u8>,
+    cache_dir: PathBuf,
+}
+
+impl PackUpload {
+    /// Store the pack, then its index (so an index never names a pack the
+    /// storage lacks), then keep a copy of the index in the local cache.
+    pub fn store(&self, backend: &dyn Backend) -> Result<()> {
+        backend.put(kind::PACK, &self.pack, &self.data)?;
+        backend.put(kind::INDEX, &self.index_name, &self.sealed_index)?;
+        let _ = write_atomic(&self.cache_dir.join(&self.index_name), &self.sealed_index);
+        Ok(())
     }
 }
 
