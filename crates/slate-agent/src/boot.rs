@@ -369,6 +369,61 @@ pub fn simulate_boot(kind: Bootloader, boot: &Path) -> Result<Option<String>> {
     }
 }
 
+/// The newest kernel of a tree and its initrd: (`vmlinuz-V`, `initrd.img-V`).
+fn newest_kernel(names: impl Iterator<Item = String>) -> Option<(String, String)> {
+    let mut kernels: Vec<String> = names.filter(|n| n.starts_with("vmlinuz-")).collect();
+    kernels.sort();
+    let k = kernels.pop()?;
+    let initrd = format!("initrd.img-{}", &k["vmlinuz-".len()..]);
+    Some((k, initrd))
+}
+
+/// Bytes the kernel and initrd of the tree described by `m` take in
+/// BOOT/slate/<slot>/ (0 when it has no kernel).
+pub fn kernel_bytes(m: &slate_core::manifest::Manifest) -> u64 {
+    let names = m
+        .entries
+        .iter()
+        .filter(|e| e.path.starts_with(b"boot/") && !e.path[5..].contains(&b'/'))
+        .map(|e| String::from_utf8_lossy(&e.path[5..]).into_owned());
+    let Some((k, i)) = newest_kernel(names) else { return 0 };
+    [k, i]
+        .iter()
+        .filter_map(|n| m.find(format!("boot/{n}").as_bytes()))
+        .filter_map(|idx| m.file_data(idx).map(|f| f.size))
+        .sum()
+}
+
+/// Refuse when the boot partition cannot take `bytes` more for `slot`: its
+/// current files are replaced one by one (each written beside and renamed),
+/// so what they hold counts as free, less the largest of them.
+pub fn check_room(boot: &Path, slot: &str, bytes: u64) -> Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    std::fs::create_dir_all(boot).map_err(|e| Error::Local(format!("cannot create {}: {e}", boot.display())))?;
+    let st = rustix::fs::statvfs(boot).map_err(|e| Error::Local(format!("cannot check {}: {e}", boot.display())))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let dir = boot.join("slate").join(slot);
+    let sizes: Vec<u64> = ["vmlinuz", "initrd.img"]
+        .iter()
+        .filter_map(|n| std::fs::metadata(dir.join(n)).ok().map(|m| m.len()))
+        .collect();
+    let reclaimed = sizes.iter().sum::<u64>() - sizes.iter().max().copied().unwrap_or(0);
+    // Some slack for directory blocks and the filesystem's rounding.
+    let need = bytes + (1 << 20);
+    if free + reclaimed < need {
+        return Err(Error::Local(format!(
+            "the boot partition {} has {} MiB free, the new kernel and initrd of slot {slot} need {} MiB; \
+             nothing was changed (the running slot's files are kept): make room or use a larger boot partition",
+            boot.display(),
+            (free + reclaimed) >> 20,
+            need.div_ceil(1 << 20)
+        )));
+    }
+    Ok(())
+}
+
 /// Copy the kernel and initrd of the tree at `root` into BOOT/slate/<slot>/;
 /// returns whether the tree has a kernel.
 pub fn install_kernel(boot: &Path, slot: &str, root: &Path) -> Result<bool> {
@@ -376,21 +431,15 @@ pub fn install_kernel(boot: &Path, slot: &str, root: &Path) -> Result<bool> {
     let Ok(rd) = std::fs::read_dir(&bootdir) else {
         return Ok(false);
     };
-    let mut kernels: Vec<String> = rd
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("vmlinuz-"))
-        .collect();
-    kernels.sort();
-    let Some(k) = kernels.pop() else { return Ok(false) };
-    let ver = &k["vmlinuz-".len()..];
+    let names = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+    let Some((k, initrd_name)) = newest_kernel(names) else { return Ok(false) };
     let dst = boot.join("slate").join(slot);
     let copy = |from: &Path, name: &str| -> Result<()> {
         let data = std::fs::read(from).map_err(|e| Error::Local(format!("cannot read {}: {e}", from.display())))?;
         write_atomic(&dst.join(name), &data)
     };
     copy(&bootdir.join(&k), "vmlinuz")?;
-    let initrd = bootdir.join(format!("initrd.img-{ver}"));
+    let initrd = bootdir.join(initrd_name);
     if initrd.exists() {
         copy(&initrd, "initrd.img")?;
     }

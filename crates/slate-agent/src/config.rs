@@ -52,6 +52,7 @@ struct Raw {
     #[serde(default = "default_timeout")]
     timeout_secs: u64,
     token_file: Option<PathBuf>,
+    boot_device: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +117,9 @@ pub struct Config {
     /// The file holding this machine's token (`slate fleet enroll`), sent
     /// as `Authorization: Bearer` on every request.
     pub token_file: Option<PathBuf>,
+    /// The boot partition (the /boot of GRUB, or the ESP), mounted by the
+    /// agent while it writes boot entries; `boot_dir` is then relative to it.
+    pub boot_device: Option<PathBuf>,
 }
 
 /// Parse a size like `8G`, `512M`, `1073741824`.
@@ -194,6 +198,7 @@ impl Config {
             connections: raw.connections.clamp(1, 16),
             timeout_secs: raw.timeout_secs.clamp(1, 3600),
             token_file: raw.token_file,
+            boot_device: raw.boot_device,
         })
     }
 
@@ -221,6 +226,12 @@ impl Config {
             )));
         }
         Ok(Some(token.to_string()))
+    }
+
+    /// Where the agent keeps the state policy the fleet assigned to this
+    /// machine; it overrides the image's /etc/slate/state.toml.
+    pub fn fleet_policy_path(&self) -> PathBuf {
+        self.state_dir.join("state-policy.toml")
     }
 
     /// An HTTP client for this machine's servers, sending its token.

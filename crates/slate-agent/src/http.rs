@@ -1,5 +1,6 @@
 //! The agent's HTTP client: server failover, bounded downloads, ranged
-//! reads checked against what was asked.
+//! reads checked against what was asked, uploads and deletes of private
+//! data, and errors that say what to do when the machine token is refused.
 
 use std::io::Read;
 use std::time::Duration;
@@ -18,6 +19,34 @@ pub struct Http {
     pub received: std::sync::atomic::AtomicU64,
     /// The machine's token, sent as `Authorization: Bearer` when set.
     token: Option<String>,
+}
+
+/// What a PUT did (`docs/format/http.md`: 201, 204, 412).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Stored; there was nothing of that name (201).
+    Created,
+    /// Stored over the previous version (204).
+    Replaced,
+    /// A create-only PUT found it there already; nothing changed (412).
+    AlreadyExists,
+}
+
+/// The error for a refused machine token, if `status` is one: 401 (no
+/// token, or one the server does not accept) or 403 (another machine's).
+pub fn auth_error(server: &str, status: reqwest::StatusCode, what: &str) -> Option<Error> {
+    match status {
+        reqwest::StatusCode::UNAUTHORIZED => Some(Error::Config(format!(
+            "server {server} refused {what}: the machine token is missing or not accepted; \
+             run `slate fleet enroll MACHINE` on the server and write the token to the file \
+             AGENT.toml's token_file names"
+        ))),
+        reqwest::StatusCode::FORBIDDEN => Some(Error::Config(format!(
+            "server {server} refused {what}: the machine token belongs to another machine; \
+             write this machine's own token (from `slate fleet enroll MACHINE`) to its token_file"
+        ))),
+        _ => None,
+    }
 }
 
 fn offline(e: &reqwest::Error) -> bool {
@@ -77,6 +106,9 @@ impl Http {
 
     fn body(&self, what: &str, resp: reqwest::blocking::Response, expect_len: Option<u64>) -> Result<Vec<u8>> {
         let status = resp.status();
+        if let Some(e) = auth_error(self.server(), status, what) {
+            return Err(e);
+        }
         if !status.is_success() {
             let msg = resp
                 .json::<serde_json::Value>()
@@ -213,6 +245,40 @@ impl Http {
         };
         let body = self.body(path, resp, Some(b - a + 1))?;
         Ok(Some((body, total)))
+    }
+
+    /// PUT `body` at `path`; with `create_only`, only if nothing is there
+    /// yet (`If-None-Match: *`), else [`PutOutcome::AlreadyExists`].
+    pub fn put(&self, path: &str, body: &[u8], create_only: bool) -> Result<PutOutcome> {
+        let resp = self.send(|base| {
+            let req = self.client.put(format!("{base}{path}")).body(body.to_vec());
+            if create_only {
+                req.header(reqwest::header::IF_NONE_MATCH, "*")
+            } else {
+                req
+            }
+        })?;
+        match resp.status() {
+            reqwest::StatusCode::CREATED => Ok(PutOutcome::Created),
+            reqwest::StatusCode::NO_CONTENT | reqwest::StatusCode::OK => Ok(PutOutcome::Replaced),
+            reqwest::StatusCode::PRECONDITION_FAILED if create_only => Ok(PutOutcome::AlreadyExists),
+            _ => self.body(path, resp, None).and_then(|_| {
+                Err(Error::Server(format!(
+                    "server {} answered an upload of {path} with something other than 201, 204 or 412",
+                    self.server()
+                )))
+            }),
+        }
+    }
+
+    /// DELETE `path`; false when there was nothing (404).
+    pub fn delete(&self, path: &str) -> Result<bool> {
+        let resp = self.send(|base| self.client.delete(format!("{base}{path}")))?;
+        match resp.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(false),
+            s if s.is_success() => Ok(true),
+            _ => self.body(path, resp, None).map(|_| true),
+        }
     }
 
     /// POST JSON, return the JSON answer (or null for 204).

@@ -8,7 +8,8 @@
 //! redoes nothing), rewrites only the changed entries of the reserve slot,
 //! syncs, flips the bootloader with boot counting, records its state
 //! atomically and reports back. [`boot`] drives GRUB and BLS boot counting;
-//! [`pull`] mirrors a channel into another repository.
+//! [`pull`] mirrors a channel into another repository; [`serverstate`]
+//! keeps this machine's state blobs on the server.
 
 pub mod apply;
 pub mod boot;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod identity;
 pub mod pull;
 pub mod remote;
+pub mod serverstate;
 pub mod slot;
 pub mod sources;
 pub mod state;

@@ -91,6 +91,21 @@ fn mount(dev: &Path, at: &Path, image: bool, read_only: bool) -> Result<Mounted>
     })
 }
 
+/// Mount the boot partition `dev` (ext4 for GRUB, FAT for an ESP: mount(8)
+/// tells) at `STATE_DIR/mnt/boot` while the returned value lives.
+pub fn mount_boot(dev: &Path, state_dir: &Path) -> Result<Mounted> {
+    let at = state_dir.join("mnt").join("boot");
+    std::fs::create_dir_all(&at).map_err(|e| Error::Local(format!("cannot create {}: {e}", at.display())))?;
+    run(
+        Command::new("mount").arg(dev).arg(&at),
+        &format!("mount the boot partition {}", dev.display()),
+    )?;
+    Ok(Mounted {
+        path: at,
+        mounted: true,
+    })
+}
+
 fn format(dev: &Path, label: &str) -> Result<()> {
     run(
         Command::new("mkfs.ext4")

@@ -40,6 +40,9 @@ pub struct LastPass {
     pub at: i64,
     /// The snapshot it aimed at.
     pub target: Option<String>,
+    /// Paths where kept state hides a change of the snapshot written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadowed: Vec<String>,
 }
 
 /// The whole agent state.

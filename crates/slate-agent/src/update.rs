@@ -39,6 +39,11 @@ pub struct Outcome {
     pub bytes_local: u64,
     /// In-place update figures.
     pub apply: Option<apply::ApplyStats>,
+    /// Paths where state kept on this machine or the server (the state
+    /// policy's server, local and backup paths) hides a file the new
+    /// snapshot changes: the new version will not be seen.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadowed: Vec<slate_state::audit::Shadow>,
 }
 
 /// Serialise agent passes on one machine.
@@ -82,9 +87,44 @@ fn local_snapshot(state_dir: &Path, id: &str) -> Option<(Snapshot, Vec<u8>)> {
     (Id32::hash(&bytes) == snap.manifest.hash).then_some((snap, bytes))
 }
 
+/// The manifest of a snapshot this machine holds (a slot's, checked
+/// against its record), by full id or unique prefix.
+pub fn held_manifest(cfg: &Config, spec: &str) -> Result<(String, Manifest)> {
+    let dir = cfg.state_dir.join("manifests");
+    let mut ids: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| n.starts_with(spec) && n.len() == 64)
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    let id = match ids.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            return Err(Error::Local(format!(
+                "this machine holds no snapshot {spec} (its slots' manifests are in {})",
+                dir.display()
+            )))
+        }
+        _ => {
+            return Err(Error::Local(format!(
+                "{spec} names more than one snapshot this machine holds; give more digits"
+            )))
+        }
+    };
+    let (_, bytes) = local_snapshot(&cfg.state_dir, &id)
+        .ok_or_else(|| Error::Local(format!("the agent's copy of snapshot {id} is damaged or incomplete")))?;
+    Ok((id.clone(), decode_manifest(&bytes, &id)?))
+}
+
 fn decode_manifest(bytes: &[u8], id: &str) -> Result<Manifest> {
     manifest::decode(bytes).map_err(|e| Error::Untrusted(format!("manifest of snapshot {id}: {e}")))
 }
+
+/// Most shadowed paths a report lists (the server refuses longer lists).
+const MAX_SHADOWED_REPORTED: usize = 256;
 
 /// Send the machine's report; failures are logged, not fatal.
 fn report(http: &Http, who: &Identity, state: &State) {
@@ -96,7 +136,8 @@ fn report(http: &Http, who: &Identity, state: &State) {
         "slots": {"a": state.a.snapshot, "b": state.b.snapshot},
         "pending": state.pending,
         "last_update": state.last_pass.as_ref().map(|p| serde_json::json!({
-            "result": p.result, "message": p.message, "bytes_fetched": p.bytes_fetched, "at": p.at})),
+            "result": p.result, "message": p.message, "bytes_fetched": p.bytes_fetched, "at": p.at,
+            "shadowed": p.shadowed.iter().take(MAX_SHADOWED_REPORTED).collect::<Vec<_>>()})),
         "boot": state.boot_result.as_ref().map(|r| serde_json::json!({
             "result": r, "slot": state.active, "snapshot": state.active.as_deref().and_then(|a| state.slot(a).snapshot.clone())})),
     });
@@ -132,6 +173,7 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
         ))
     })?;
     let pinned = assignment["pinned"].as_bool().unwrap_or(false);
+    keep_fleet_policy(cfg, assignment.get("state_policy").and_then(|v| v.as_str()));
 
     let result = pass(cfg, &mut state, &http, &trusted, target, pinned, dry_run, progress);
     let fetched = http.received.load(std::sync::atomic::Ordering::Relaxed);
@@ -147,6 +189,7 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
                 bytes_fetched: fetched,
                 at: now(),
                 target: Some(target_hex.clone()),
+                shadowed: Vec::new(),
             });
             // Best effort: the error itself is what the caller must see.
             let _ = state.save(&cfg.state_dir);
@@ -160,6 +203,7 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
         bytes_fetched: fetched,
         at: now(),
         target: Some(target_hex),
+        shadowed: outcome.shadowed.iter().map(|s| s.path.clone()).collect(),
     });
     state.save(&cfg.state_dir)?;
     report(&http, &who, &state);
@@ -406,6 +450,14 @@ fn pass(
     }
     drop(reserve_mount);
 
+    // The boot partition must take the new kernel and initrd beside the
+    // running slot's, which are never touched: refuse before anything is
+    // fetched or written.
+    let boot_files = BootFiles::open(cfg)?;
+    if cfg.bootloader != Bootloader::None {
+        boot::check_room(&boot_files.path, &reserve, boot::kernel_bytes(&new_m))?;
+    }
+
     progress.start("fetch", fetch_bytes);
     remote.fetch(&index, &ranges, &cache, cfg.connections, progress)?;
     progress.finish();
@@ -457,9 +509,13 @@ fn pass(
     write_atomic(&manifest_path(&cfg.state_dir, &target_hex), &manifest_bytes)?;
     write_atomic(&record_path(&cfg.state_dir, &target_hex), &snap.encode())?;
     let has_kernel = if cfg.bootloader != Bootloader::None {
-        boot::install_kernel(&cfg.boot_dir, &reserve, &mounted.path)?
+        boot::install_kernel(&boot_files.path, &reserve, &mounted.path)?
     } else {
         false
+    };
+    let shadowed = match &active_m {
+        Some(old) => shadowed_state(cfg, &mounted.path, old, &new_m),
+        None => Vec::new(),
     };
     drop(mounted);
     drop(active_mount);
@@ -473,7 +529,7 @@ fn pass(
             a,
             &id,
             &s,
-            cfg.boot_dir.join("slate").join(a).join("vmlinuz").exists(),
+            boot_files.path.join("slate").join(a).join("vmlinuz").exists(),
         ))
     });
     let first_install = state.active.is_none();
@@ -489,15 +545,15 @@ fn pass(
     state.save(&cfg.state_dir)?;
     if first_install {
         // The first snapshot on a machine is the one it boots: nothing to fall back to.
-        boot::switch(cfg.bootloader, &cfg.boot_dir, &entry, None, cfg.boot_tries)?;
-        boot::mark_good(cfg.bootloader, &cfg.boot_dir, &reserve)?;
+        boot::switch(cfg.bootloader, &boot_files.path, &entry, None, cfg.boot_tries)?;
+        boot::mark_good(cfg.bootloader, &boot_files.path, &reserve)?;
         state.active = Some(reserve.clone());
         state.known_good = vec![reserve.clone()];
     } else {
         // The switch: the last step, after the slot and its record are durable.
         boot::switch(
             cfg.bootloader,
-            &cfg.boot_dir,
+            &boot_files.path,
             &entry,
             other_entry.as_ref(),
             cfg.boot_tries,
@@ -528,7 +584,116 @@ fn pass(
         requests,
         bytes_local: local_bytes,
         apply: Some(apply_stats),
+        shadowed,
     })
+}
+
+/// Keep the fleet's state policy for this machine where `slate state
+/// apply` finds it, or remove it when the fleet no longer assigns one. A
+/// policy that does not parse is not kept (the previous one stays), and
+/// failures are logged: they must not stop an update.
+fn keep_fleet_policy(cfg: &Config, text: Option<&str>) {
+    let path = cfg.fleet_policy_path();
+    match text {
+        Some(t) => {
+            if std::fs::read_to_string(&path).is_ok_and(|old| old == t) {
+                return;
+            }
+            if let Err(e) = slate_state::Policy::parse(t, Path::new("the fleet's state policy")) {
+                tracing::warn!("not keeping the fleet's state policy: {e}");
+                return;
+            }
+            if let Err(e) = write_atomic(&path, t.as_bytes()) {
+                tracing::warn!("cannot keep the fleet's state policy: {e}");
+            }
+        }
+        None => {
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("cannot remove {}: {e}", path.display());
+                }
+            }
+        }
+    }
+}
+
+/// The state policy that will apply to the new slot: the fleet's copy,
+/// else the new tree's /etc/slate/state.toml (rwtab/statetab imports read
+/// from the new tree); `None` when there is none.
+fn policy_for(cfg: &Config, tree: &Path) -> Result<Option<slate_state::Policy>> {
+    let fleet = cfg.fleet_policy_path();
+    let path = if fleet.is_file() {
+        fleet
+    } else {
+        let p = tree.join("etc/slate/state.toml");
+        if !p.is_file() {
+            return Ok(None);
+        }
+        p
+    };
+    let mut policy = slate_state::Policy::load(&path).map_err(|e| Error::Local(e.to_string()))?;
+    policy.import_tabs(tree).map_err(|e| Error::Local(e.to_string()))?;
+    Ok(Some(policy))
+}
+
+/// Paths whose kept state hides a change from `old` to `new`: the /etc
+/// merge problem made visible. A policy that cannot be read is logged and
+/// yields nothing: it must not stop an update (the new image may fix it).
+fn shadowed_state(cfg: &Config, tree: &Path, old: &Manifest, new: &Manifest) -> Vec<slate_state::audit::Shadow> {
+    match policy_for(cfg, tree) {
+        Ok(Some(p)) => {
+            let found = slate_state::audit::shadows(&p, old, new);
+            for s in &found {
+                tracing::info!(
+                    "{} ({}) is hidden by {} state kept at {}: the new snapshot's version will not be seen",
+                    s.path,
+                    s.change,
+                    s.state.name(),
+                    s.declared
+                );
+            }
+            found
+        }
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::warn!("cannot read the state policy of the new snapshot: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Where the bootloader's files are: `boot_dir`, inside the boot partition
+/// when AGENT.toml names one (`boot_device`, mounted while this lives).
+pub struct BootFiles {
+    /// The directory.
+    pub path: std::path::PathBuf,
+    _mounted: Option<slot::Mounted>,
+}
+
+impl BootFiles {
+    /// Mount the boot partition if there is one.
+    pub fn open(cfg: &Config) -> Result<BootFiles> {
+        if cfg.bootloader == Bootloader::None {
+            return Ok(BootFiles {
+                path: cfg.boot_dir.clone(),
+                _mounted: None,
+            });
+        }
+        match &cfg.boot_device {
+            None => Ok(BootFiles {
+                path: cfg.boot_dir.clone(),
+                _mounted: None,
+            }),
+            Some(dev) => {
+                let m = slot::mount_boot(dev, &cfg.state_dir)?;
+                let rel = cfg.boot_dir.strip_prefix("/").unwrap_or(&cfg.boot_dir);
+                Ok(BootFiles {
+                    path: m.path.join(rel),
+                    _mounted: Some(m),
+                })
+            }
+        }
+    }
 }
 
 /// Counts the bytes a batch's sources copied locally.
@@ -608,7 +773,7 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
             format!("slot {booted} is good")
         }
     };
-    boot::mark_good(cfg.bootloader, &cfg.boot_dir, &booted)?;
+    boot::mark_good(cfg.bootloader, &BootFiles::open(cfg)?.path, &booted)?;
     state.active = Some(booted.clone());
     if !state.known_good.contains(&booted) {
         state.known_good.push(booted.clone());
@@ -636,7 +801,7 @@ pub fn rollback(cfg: &Config) -> Result<String> {
             "slot {target} holds no complete snapshot; nothing to roll back to"
         )));
     }
-    boot::rollback_to(cfg.bootloader, &cfg.boot_dir, &target)?;
+    boot::rollback_to(cfg.bootloader, &BootFiles::open(cfg)?.path, &target)?;
     state.pending = None;
     state.active = Some(target.clone());
     state.boot_result = Some("rolled-back".into());

@@ -20,6 +20,17 @@ pub struct RepoArg {
     pub repo: PathBuf,
 }
 
+/// The fleet database a command works on, as `slate serve` finds it.
+#[derive(Args, Debug, Clone)]
+pub struct DbArg {
+    /// Repository directory (its fleet database is REPO/fleet.db).
+    #[arg(long, env = "SLATE_REPO", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// SQLite database, when slate serve runs with --db.
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+}
+
 /// Output options shared by inspecting commands.
 #[derive(Args, Debug, Clone, Copy)]
 pub struct OutputArg {
@@ -183,9 +194,21 @@ pub enum Command {
         /// Fleet file: which machine runs which channel (see docs/fleet.md).
         #[arg(long, value_name = "FLEET.toml")]
         fleet: Option<PathBuf>,
-        /// SQLite database for machine reports (default: REPO/fleet.db).
+        /// SQLite database for machine reports and tokens (default: REPO/fleet.db).
         #[arg(long, value_name = "FILE")]
         db: Option<PathBuf>,
+        /// Directory of per-machine state blobs (default: REPO/state).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Directory of home repositories (default: REPO/home).
+        #[arg(long, value_name = "DIR")]
+        home_dir: Option<PathBuf>,
+        /// Largest state blob, e.g. 1M (K, M, G are powers of 1024).
+        #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = slate_server::blobs::parse_size)]
+        state_limit: u64,
+        /// Most state bytes one machine may keep, e.g. 64M.
+        #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = slate_server::blobs::parse_size)]
+        state_quota: u64,
         /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
         #[arg(long, value_name = "F", requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -193,7 +216,7 @@ pub enum Command {
         #[arg(long, value_name = "F", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
-    /// The fleet as the server sees it.
+    /// The fleet as the server sees it; machine tokens.
     Fleet {
         #[command(subcommand)]
         command: FleetCommand,
@@ -250,6 +273,11 @@ pub enum Command {
         )]
         config: PathBuf,
     },
+    /// The read-only root and its declared state (see docs/state.md).
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Mirror a channel from a server into a local repository.
     Pull {
         /// Server URL, e.g. http://slate.example:8470.
@@ -277,6 +305,122 @@ pub enum FleetCommand {
         /// Server URL.
         #[arg(long, value_name = "URL")]
         server: String,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Issue MACHINE's token (printed alone on stdout) for AGENT.toml's token_file.
+    Enroll {
+        /// Machine id, as the agent identifies itself (e.g. lab-07, dmi:UUID, mac:aa:bb:cc:dd:ee:ff).
+        machine: String,
+        #[command(flatten)]
+        db: DbArg,
+        /// Replace the token of an enrolled machine (the old one stops working at once).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Remove MACHINE's token: its requests are refused from now on.
+    Revoke {
+        /// Machine id.
+        machine: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// List enrolled machines and when their tokens were issued (never the tokens).
+    Tokens {
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+/// Where a state command finds its policy.
+#[derive(Args, Debug, Clone)]
+pub struct PolicyArg {
+    /// State policy (TOML, or an rwtab/statetab file); default: the fleet's
+    /// copy in the agent's state directory, else ROOT/etc/slate/state.toml.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StateCommand {
+    /// Mount the root read-only and set up every declared path under it (idempotent).
+    Apply {
+        /// The root: the new root before switch_root, or / on a running system.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Directory that keeps `local` and `backup` paths across reboots.
+        #[arg(long, value_name = "DIR", conflicts_with = "state_dev")]
+        state_dir: Option<PathBuf>,
+        /// Block device that keeps `local` and `backup` paths (mounted for the run).
+        #[arg(long, value_name = "DEV")]
+        state_dev: Option<PathBuf>,
+        /// Agent configuration: server, machine token and identity for `server` and `dynamic` paths.
+        #[arg(long, value_name = "AGENT.toml", env = "SLATE_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Machine token file, instead of AGENT.toml's token_file (in the initramfs: on the state partition).
+        #[arg(long, value_name = "FILE", requires = "config")]
+        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// List what a root holds that the snapshot it came from does not, and that the policy does not declare.
+    Audit {
+        /// The root to audit.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Repository holding the snapshot (else the agent's copies of its slots' manifests).
+        #[arg(long, env = "SLATE_REPO", value_name = "DIR")]
+        repo: Option<PathBuf>,
+        /// Agent configuration, to find the snapshot's manifest the agent keeps.
+        #[arg(long, value_name = "AGENT.toml", env = "SLATE_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Compare sizes and times only, without reading file contents.
+        #[arg(long)]
+        quick: bool,
+        #[command(flatten)]
+        out: OutputArg,
+        /// The snapshot the root came from (id, prefix, CHANNEL or CHANNEL~N).
+        snapshot: String,
+    },
+    /// Upload `server` paths the machine has created and the server does not have yet.
+    Upload {
+        /// The running root.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Agent configuration: server and machine token.
+        #[arg(
+            long,
+            value_name = "AGENT.toml",
+            env = "SLATE_AGENT_CONFIG",
+            default_value = "/etc/slate/agent.toml"
+        )]
+        config: PathBuf,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Print the effective policy: every declared path and its state (the `backup` list included).
+    Show {
+        /// The root whose /etc/slate/state.toml (and rwtab/statetab) to read.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Agent configuration, for the fleet's copy of the policy.
+        #[arg(long, value_name = "AGENT.toml", env = "SLATE_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only the `backup` paths, one per line.
+        #[arg(long)]
+        backup: bool,
         #[command(flatten)]
         out: OutputArg,
     },

@@ -195,7 +195,8 @@ impl Http {
     pub fn new(servers: &[String], token: Option<String>, timeout_secs: u64, repo_id: &str) -> Result<Http> {
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(timeout_secs.min(10)))
-            .timeout(Duration::from_secs(timeout_secs.max(60)))
+            // A whole request may move a 24 MiB pack over a slow link.
+            .timeout(Duration::from_secs(timeout_secs.max(600)))
             .build()
             .map_err(|e| Error::Invalid(format!("cannot set up an HTTP client: {e}")))?;
         Ok(Http {

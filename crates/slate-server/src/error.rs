@@ -22,9 +22,23 @@ pub enum ApiError {
     /// The method is not served at this path (405).
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// No usable credentials: no `Authorization: Bearer` token, a
+    /// malformed one, or one the server does not know (401, with
+    /// `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The credentials are valid but do not allow this (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request body is over the limit (413).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A precondition (`If-None-Match: *`) does not hold (412).
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// There is no room to store the body: full disk or quota (507).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// The handler did not answer in time (503).
     #[error("the request timed out")]
     Timeout,
@@ -45,7 +59,11 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -65,10 +83,19 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Internal(cause) => tracing::error!("{cause:#}"),
             ApiError::Timeout => tracing::warn!("request timed out"),
+            ApiError::InsufficientStorage(m) => tracing::warn!("{m}"),
             // Client errors are the client's; note them for debugging only.
             other => tracing::debug!("{status}: {other}"),
         }
-        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        let mut resp = (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 §11.6.1: a 401 names the scheme the client must use.
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
 }
 

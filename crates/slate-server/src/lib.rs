@@ -1,6 +1,8 @@
 //! slate-server: `slate serve`. The repository's objects and channels over
 //! HTTP, for agents and for any cache or CDN in front, and the fleet API
 //! (assignments, reports, the machines table) over a small store trait.
+//! Machines enrolled with a token ([`auth`]) keep private state blobs and
+//! encrypted home repositories on it ([`private`], over [`blobs`]).
 //! The protocol is `docs/format/http.md`; the fleet file `docs/fleet.md`.
 //!
 //! [`app`] builds the router from an [`AppState`]; it is what the tests
@@ -9,9 +11,12 @@
 //! shared with the CLI and with future backends), so handlers call them
 //! through `tokio::task::spawn_blocking`, never on the async workers.
 
+pub mod auth;
+pub mod blobs;
 pub mod error;
 pub mod fleet;
 pub mod objects;
+pub mod private;
 pub mod range;
 pub mod server;
 
@@ -19,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,13 +34,17 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+pub use blobs::PrivateStorage;
 pub use error::{ApiError, ApiResult};
-pub use fleet::{FleetConfig, FleetStore, SqliteStore};
+pub use fleet::{FleetConfig, FleetStore, SqliteStore, TokenStore};
 
-/// Largest request body accepted (fleet requests are a few hundred bytes).
+/// Largest request body accepted (fleet requests are a few hundred bytes);
+/// state and home uploads have limits of their own.
 pub const BODY_LIMIT: usize = 64 << 10;
 /// How long a handler may take to produce its response headers. Streaming
 /// a body afterwards is not limited: a pack to a slow link takes its time.
+/// Uploads (PUT) are not limited either: their bodies are read with an idle
+/// timeout ([`private::BODY_IDLE_TIMEOUT`]) instead.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every handler shares; cheap to clone.
@@ -46,16 +56,30 @@ pub struct AppState {
     pub fleet: Arc<FleetConfig>,
     /// The machines table.
     pub store: Arc<dyn FleetStore>,
+    /// The machines' tokens (the same database as `store`).
+    pub tokens: Arc<dyn TokenStore>,
+    /// Machine state and home repositories; `None` serves neither (404).
+    pub private: Option<Arc<PrivateStorage>>,
 }
 
 impl AppState {
-    /// State over a repository, fleet rules and a store.
-    pub fn new(repo: Repo, fleet: FleetConfig, store: impl FleetStore + 'static) -> Self {
+    /// State over a repository, fleet rules and a store (machines and
+    /// tokens), keeping no private data until [`AppState::with_private`].
+    pub fn new<S: FleetStore + TokenStore + 'static>(repo: Repo, fleet: FleetConfig, store: S) -> Self {
+        let store = Arc::new(store);
         AppState {
             repo: Arc::new(repo),
             fleet: Arc::new(fleet),
-            store: Arc::new(store),
+            store: store.clone(),
+            tokens: store,
+            private: None,
         }
+    }
+
+    /// Keep machine state and home repositories in `private`.
+    pub fn with_private(mut self, private: PrivateStorage) -> Self {
+        self.private = Some(Arc::new(private));
+        self
     }
 }
 
@@ -70,6 +94,23 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/fleet/assignment", post(fleet::api::assignment))
         .route("/v1/fleet/report", post(fleet::api::report))
         .route("/v1/fleet/machines", get(fleet::api::machines))
+        .route("/v1/state/{machine}/", get(private::state_list))
+        .route(
+            "/v1/state/{machine}/{name}",
+            get(private::state_get)
+                .put(private::state_put)
+                .delete(private::state_delete)
+                // Bodies are limited by the handlers (--state-limit).
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/home/{repo}/{kind}/", get(private::home_list))
+        .route(
+            "/v1/home/{repo}/{kind}/{name}",
+            get(private::home_get)
+                .put(private::home_put)
+                .delete(private::home_delete)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -92,6 +133,11 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn timeout(req: Request, next: Next) -> Response {
+    if req.method() == Method::PUT {
+        // An upload's handler answers after the whole body: its time grows
+        // with the size and the link. Its reads have an idle timeout.
+        return next.run(req).await;
+    }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError::Timeout.into_response(),
@@ -102,5 +148,7 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal(anyhow::anyhow!("a request handler panicked")).into_response()
 }
 
+#[cfg(test)]
+mod private_tests;
 #[cfg(test)]
 mod tests;

@@ -87,6 +87,15 @@ pub fn update(config: &Path, as_json: bool, dry_run: bool) -> Result<ExitCode> {
             ));
         }
         eprintln!("{line}");
+        for sh in &outcome.shadowed {
+            eprintln!(
+                "slate: warning: {} ({} in the new snapshot) is hidden by {} state kept at {}",
+                sh.path,
+                sh.change,
+                sh.state.name(),
+                sh.declared
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

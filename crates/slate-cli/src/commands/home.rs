@@ -76,14 +76,17 @@ pub fn run(cmd: HomeCommand) -> Result<ExitCode> {
 }
 
 /// The directories a backup without PATH arguments covers: the state
-/// policy's `backup` list. This is the one place that source is read.
+/// policy's `backup` entries. This is the one place that list is read.
 pub fn policy_backup_paths() -> Result<Vec<PathBuf>> {
-    if Path::new(STATE_POLICY).exists() {
-        bail!(
-            "{STATE_POLICY} exists but its backup list is not read by this version of slate home; give the directories to back up"
-        );
+    let policy = Path::new(STATE_POLICY);
+    if !policy.exists() {
+        bail!("no paths given (the state policy's backup list arrives with `slate state`: {STATE_POLICY} is absent)");
     }
-    bail!("no paths given (the state policy's backup list arrives with `slate state`)")
+    let paths = slate_state::policy::Policy::load(policy)?.backup_paths();
+    if paths.is_empty() {
+        bail!("no paths given and the state policy {STATE_POLICY} declares no `backup` paths; give the directories to back up");
+    }
+    Ok(paths.into_iter().map(PathBuf::from).collect())
 }
 
 /// Everything a command needs to reach the repository.

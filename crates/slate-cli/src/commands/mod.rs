@@ -14,6 +14,8 @@ mod keygen;
 mod log;
 mod ls;
 mod serve;
+mod state;
+mod tokens;
 mod verify;
 
 use std::path::Path;
@@ -22,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use slate_repo::Repo;
 
-use crate::cli::{Cli, Command, FleetCommand};
+use crate::cli::{Cli, Command, FleetCommand, StateCommand};
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -86,6 +88,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             fleet,
             db,
+            state_dir,
+            home_dir,
+            state_limit,
+            state_quota,
             tls_cert,
             tls_key,
         } => serve::run(
@@ -93,15 +99,77 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             &listen,
             fleet.as_deref(),
             db.as_deref(),
+            &serve::Private {
+                state_dir,
+                home_dir,
+                state_limit,
+                state_quota,
+            },
             tls_cert.zip(tls_key),
         ),
-        Command::Fleet {
-            command: FleetCommand::Status { server, out },
-        } => fleet::status(&server, out.json),
+        Command::Fleet { command } => match command {
+            FleetCommand::Status { server, out } => fleet::status(&server, out.json),
+            FleetCommand::Enroll {
+                machine,
+                db,
+                force,
+                out,
+            } => tokens::enroll(&machine, &db, force, out.json),
+            FleetCommand::Revoke { machine, db } => tokens::revoke(&machine, &db),
+            FleetCommand::Tokens { db, out } => tokens::list(&db, out.json),
+        },
         Command::Update { config, json, dry_run } => agent::update(&config, json, dry_run),
         Command::Status { config, out } => agent::status(&config, out.json),
         Command::BootOk { config } => agent::boot_ok(&config),
         Command::Rollback { config } => agent::rollback(&config),
+        Command::State { command } => match command {
+            StateCommand::Apply {
+                root,
+                policy,
+                state_dir,
+                state_dev,
+                config,
+                token_file,
+                out,
+            } => state::apply(
+                &root,
+                policy.policy.as_deref(),
+                (state_dir, state_dev),
+                config.as_deref(),
+                token_file,
+                out.json,
+            ),
+            StateCommand::Audit {
+                root,
+                policy,
+                repo,
+                config,
+                quick,
+                out,
+                snapshot,
+            } => state::audit(
+                &root,
+                policy.policy.as_deref(),
+                repo.as_deref(),
+                config.as_deref(),
+                &snapshot,
+                quick,
+                out.json,
+            ),
+            StateCommand::Upload {
+                root,
+                policy,
+                config,
+                out,
+            } => state::upload(&root, policy.policy.as_deref(), &config, out.json),
+            StateCommand::Show {
+                root,
+                policy,
+                config,
+                backup,
+                out,
+            } => state::show(&root, policy.policy.as_deref(), config.as_deref(), backup, out.json),
+        },
         Command::Pull {
             from,
             channel,

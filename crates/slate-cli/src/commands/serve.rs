@@ -4,13 +4,27 @@
 //! repository, a bad FLEET.toml, an unusable database or certificate, the
 //! address in use) fails here with one line before anything is served;
 //! the line "serving REPO on URL" on stderr says the socket is listening.
+//! Machine state and home repositories are kept in REPO/state and
+//! REPO/home unless `--state-dir`/`--home-dir` say otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
 use slate_server::fleet::sqlite;
-use slate_server::{AppState, FleetConfig};
+use slate_server::{AppState, FleetConfig, PrivateStorage};
+
+/// Where and how much private data the server keeps.
+pub struct Private {
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--home-dir`.
+    pub home_dir: Option<PathBuf>,
+    /// `--state-limit`, bytes.
+    pub state_limit: u64,
+    /// `--state-quota`, bytes.
+    pub state_quota: u64,
+}
 
 /// Run `slate serve`.
 pub fn run(
@@ -18,6 +32,7 @@ pub fn run(
     listen: &str,
     fleet: Option<&Path>,
     db: Option<&Path>,
+    private: &Private,
     tls: Option<(PathBuf, PathBuf)>,
 ) -> Result<ExitCode> {
     let repo = super::open(repo_path)?;
@@ -30,7 +45,22 @@ pub fn run(
         eprintln!("slate: warning: {w}");
     }
     let store = sqlite::open_default(repo_path, db)?;
-    let state = AppState::new(repo, fleet, store);
+    // Next to the default database, REPO/fleet.db.
+    let state_dir = private.state_dir.clone().unwrap_or_else(|| repo_path.join("state"));
+    let home_dir = private.home_dir.clone().unwrap_or_else(|| repo_path.join("home"));
+    for dir in [&state_dir, &home_dir] {
+        // Fail now, not on the first machine's upload.
+        if dir.exists() && !dir.is_dir() {
+            anyhow::bail!(
+                "{} is not a directory; name another with --state-dir/--home-dir",
+                dir.display()
+            );
+        }
+    }
+    let mut storage = PrivateStorage::local(&state_dir, &home_dir);
+    storage.state_limit = private.state_limit;
+    storage.state_quota = private.state_quota;
+    let state = AppState::new(repo, fleet, store).with_private(storage);
     let tls = tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     slate_server::server::run_blocking(state, listen, tls, |url| {
         eprintln!("serving {} on {url}", repo_path.display());

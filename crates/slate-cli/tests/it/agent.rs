@@ -152,6 +152,8 @@ struct Lab {
     /// Snapshot ids by name, in commit order.
     ids: Vec<(String, String)>,
     server: Option<Server>,
+    /// Rules put before the generated ones in FLEET.toml.
+    extra_fleet: String,
 }
 
 impl Lab {
@@ -167,6 +169,7 @@ impl Lab {
             key,
             ids: Vec::new(),
             server: None,
+            extra_fleet: String::new(),
         }
     }
 
@@ -208,7 +211,7 @@ impl Lab {
     /// Write the fleet file (`want = NAME` follows the head of `t/NAME`,
     /// `want = pin-NAME` is pinned to it) and start the server.
     fn serve(&mut self) -> String {
-        let mut fleet = String::new();
+        let mut fleet = self.extra_fleet.clone();
         for (name, id) in &self.ids {
             fleet.push_str(&format!(
                 "[[machine]]\nlabels = {{ want = \"{name}\" }}\nchannel = \"t/{name}\"\n\n\
@@ -1713,4 +1716,62 @@ fn pull_mirrors_a_channel_verified_and_incrementally() {
     assert!(!out.status.success(), "a pull with the wrong key succeeded");
     let err = one_error_line(&out);
     assert!(err.contains("untrusted"), "{err}");
+}
+
+#[test]
+fn an_update_names_the_kept_state_that_hides_its_changes() {
+    let (mut lab, mut m, _, _) = lab_with_machine(64 << 10);
+    // The fleet's policy for this group keeps /var/lib/slate-test and
+    // /etc/hostname locally; the next snapshot changes a file in the first.
+    let policy = "[[path]]\npath = \"/var/lib/slate-test\"\nstate = \"local\"\n\n\
+                  [[path]]\npath = \"/etc/hostname\"\nstate = \"backup\"\n\n\
+                  [[path]]\npath = \"/etc/os-release\"\nstate = \"ram\"\n";
+    std::fs::write(lab.path().join("group.toml"), policy).unwrap();
+    lab.extra_fleet =
+        "[[machine]]\nlabels = { want = \"b-kept\" }\nchannel = \"t/b\"\nstate_policy = \"group.toml\"\n\n".into();
+    m.via(&[&lab.restart()]);
+    m.target("b-kept");
+    let r = m.update();
+    assert_eq!(r["result"], "ok", "{r}");
+    assert_eq!(
+        std::fs::read_to_string(m.state_dir.join("state-policy.toml")).unwrap(),
+        policy,
+        "the agent keeps the fleet's policy for `slate state apply`"
+    );
+    let shadowed = r["shadowed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no shadowed list: {r}"));
+    assert_eq!(shadowed.len(), 1, "only persistent state hides anything: {r}");
+    assert_eq!(shadowed[0]["path"], "/var/lib/slate-test/version");
+    assert_eq!(shadowed[0]["declared"], "/var/lib/slate-test");
+    assert_eq!(shadowed[0]["state"], "local");
+    assert_eq!(shadowed[0]["change"], "content changed");
+    let st = m.status();
+    assert_eq!(st["last_pass"]["shadowed"][0], "/var/lib/slate-test/version", "{st}");
+    // The server shows it too.
+    let fleet = slate_ok(&["fleet", "status", "--json", "--server", &lab.url()]);
+    assert!(fleet.contains("/var/lib/slate-test/version"), "{fleet}");
+
+    // A group without a policy of its own: the image's applies again.
+    m.target("b");
+    m.update();
+    assert!(!m.state_dir.join("state-policy.toml").exists());
+
+    // A fleet file naming a broken policy stops the server at startup.
+    std::fs::write(
+        lab.path().join("group.toml"),
+        "[[path]]\npath = \"/x\"\nstate = \"cloud\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::support::slate_bin())
+        .args(["serve", "--repo", s(&lab.repo), "--listen", "127.0.0.1:0", "--fleet"])
+        .arg(lab.path().join("FLEET.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("state_policy") && err.contains("group.toml line 3"),
+        "{err}"
+    );
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crate::nasty::{build_nasty_tree, SPARSE_FILES};
-use crate::support::{is_root, s, scratch, slate_bin};
+use crate::support::{is_root, s, scratch, slate_bin, Server};
 use crate::treedigest::{assert_same_tree, assert_sparse_preserved};
 
 /// Run `slate home ARGS` with `env` set (and the passphrase variable unset unless given).
@@ -338,4 +338,254 @@ fn home_forget_and_prune() {
     ok(&m.args("restore", &["--target", s(&target), "latest"]), &[]);
     assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
     let _ = is_root();
+}
+
+// ---- Over HTTP, through a real `slate serve` on 127.0.0.1 ----
+
+/// A tmpfs of `size` on a fresh directory, detached on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = scratch();
+        let options = std::ffi::CString::new(format!("size={size},mode=0700")).unwrap();
+        rustix::mount::mount(
+            "tmpfs",
+            dir.path(),
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            Some(options.as_c_str()),
+        )
+        .expect("mount a tmpfs");
+        Tmpfs { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(self.dir.path(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// A machine enrolled on `repo`'s server: its AGENT.toml (pointing at `url`) and state dir.
+struct Machine {
+    dir: PathBuf,
+    config: String,
+}
+
+impl Machine {
+    fn enroll(root: &Path, repo: &Path, name: &str, url: &str) -> Machine {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = crate::support::slate(&["fleet", "enroll", name, "--repo", s(repo)]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(dir.join("token"), &out.stdout).unwrap();
+        let m = Machine {
+            config: s(&dir.join("agent.toml")).into(),
+            dir,
+        };
+        m.point_at(url);
+        m
+    }
+    fn point_at(&self, url: &str) {
+        let text = format!(
+            "server = {url:?}\ntrust = [\"/nonexistent/key.pub\"]\nstate_dir = {:?}\ntoken_file = {:?}\ntimeout_secs = 5\n\n[slots]\na = \"/nonexistent/a\"\nb = \"/nonexistent/b\"\n",
+            s(&self.dir.join("state")),
+            s(&self.dir.join("token")),
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+    fn args<'a>(&'a self, cmd: &'a str, key: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec![cmd, "--config", &self.config, "--key-file", key, "--user", "alice"];
+        v.extend_from_slice(rest);
+        v
+    }
+}
+
+#[test]
+fn home_crashed_laptop_walkthrough_over_http() {
+    let d = scratch();
+    let repo = d.path().join("server-repo");
+    crate::support::slate_ok(&["init", "--repo", s(&repo)]);
+    let server = Server::start(&["--repo", s(&repo)]);
+    let key = d.path().join("alice.key");
+    ok(&["keygen", s(&key)], &[]);
+    let key = s(&key).to_string();
+
+    // Machine 1: alice's laptop backs up her home.
+    let m1 = Machine::enroll(d.path(), &repo, "lt-17", &server.url);
+    let home1 = m1.dir.join("home/alice");
+    build_nasty_tree(&home1).unwrap();
+    std::fs::write(
+        home1.join("files/thesis-final-marker.tex"),
+        "chapter one marker text\n".repeat(100),
+    )
+    .unwrap();
+    ok(&m1.args("init", &key, &[]), &[]);
+    let snap = ok(&m1.args("backup", &key, &[s(&home1)]), &[]);
+    let home_json = std::fs::read_to_string(m1.dir.join("state/home.json")).unwrap();
+    assert!(home_json.contains(snap.trim()), "{home_json}");
+
+    // Without a token the server refuses; with a revoked one as well.
+    let no_token = Machine {
+        dir: m1.dir.clone(),
+        config: s(&m1.dir.join("anon.toml")).into(),
+    };
+    std::fs::write(
+        &no_token.config,
+        format!(
+            "server = {:?}\ntrust = [\"/k.pub\"]\nstate_dir = \"/nonexistent\"\n[slots]\na = \"/a\"\nb = \"/b\"\n",
+            server.url
+        ),
+    )
+    .unwrap();
+    let e = err(&no_token.args("snapshots", &key, &[]), &[]);
+    assert!(e.contains("token"), "{e}");
+
+    // The laptop is stolen. Machine 2, enrolled with its own token, restores.
+    let m2 = Machine::enroll(d.path(), &repo, "lt-23", &server.url);
+    let listing = ok(&m2.args("snapshots", &key, &[]), &[]);
+    assert!(listing.contains(&snap.trim()[..12]), "{listing}");
+    let target = m2.dir.join("root");
+    ok(&m2.args("restore", &key, &["--target", s(&target), "latest"]), &[]);
+    let home2 = target.join(home1.strip_prefix("/").unwrap());
+    assert_same_tree(&home1, &home2);
+    for rel in SPARSE_FILES {
+        assert_sparse_preserved(&home1, &home2, rel);
+    }
+    // Backups continue from machine 2 and send (almost) nothing new.
+    let v: serde_json::Value =
+        serde_json::from_str(ok(&m2.args("backup", &key, &["--json", s(&home2)]), &[]).trim()).unwrap();
+    assert!(
+        v["new_chunks"].as_u64().unwrap() <= 1,
+        "at most a manifest chunk is new: {v}"
+    );
+
+    // The server's files hold nothing in the clear.
+    let mut files = Vec::new();
+    all_files(&repo.join("home"), &mut files);
+    assert!(files.len() > 4);
+    for f in &files {
+        let data = std::fs::read(f).unwrap();
+        for needle in [
+            &b"thesis-final-marker"[..],
+            b"chapter one marker text",
+            b"alice",
+            b"sparse-64m",
+        ] {
+            assert!(
+                !data.windows(needle.len()).any(|w| w == needle),
+                "{} leaks {needle:?}",
+                f.display()
+            );
+        }
+    }
+}
+
+/// `n` MiB of incompressible bytes in `dir/name`.
+fn noise(dir: &Path, name: &str, n: usize, seed: u64) {
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..(n << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(name), data).unwrap();
+}
+
+#[test]
+fn home_server_vanishing_mid_backup_loses_nothing() {
+    let d = scratch();
+    let repo = d.path().join("server-repo");
+    crate::support::slate_ok(&["init", "--repo", s(&repo)]);
+    let server = Server::start(&["--repo", s(&repo)]);
+    let key = d.path().join("k");
+    ok(&["keygen", s(&key)], &[]);
+    let key = s(&key).to_string();
+    let m = Machine::enroll(d.path(), &repo, "lt-1", &server.url);
+    let home1 = m.dir.join("home");
+    noise(&home1, "a", 64, 7);
+    ok(&m.args("init", &key, &[]), &[]);
+    let args = m.args("backup", &key, &["--pack-size", "1048576", s(&home1)]);
+    let child = Command::new(slate_bin())
+        .arg("home")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let index_dir = std::fs::read_dir(repo.join("home"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("index");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_dir(&index_dir).map(|d| d.count()).unwrap_or(0) < 10 && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(server); // the server vanishes
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the backup finished before the server vanished");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("no backup server answered"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    // The timer's run is quiet about it and exits 0.
+    let out = home(&m.args("backup", &key, &["--quiet-offline", s(&home1)]), &[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("offline"));
+
+    // The server comes back (on another port): the backup completes and reuses what was sent.
+    let server = Server::start(&["--repo", s(&repo)]);
+    m.point_at(&server.url);
+    let v: serde_json::Value = serde_json::from_str(
+        ok(
+            &m.args("backup", &key, &["--json", "--pack-size", "1048576", s(&home1)]),
+            &[],
+        )
+        .trim(),
+    )
+    .unwrap();
+    assert!(v["added_bytes"].as_u64().unwrap() < (64 << 20) - (8 << 20), "{v}");
+    ok(&m.args("check", &key, &[]), &[]);
+    let target = m.dir.join("out");
+    ok(&m.args("restore", &key, &["--target", s(&target), "latest"]), &[]);
+    assert_same_tree(&home1, &target.join(home1.strip_prefix("/").unwrap()));
+}
+
+#[test]
+fn home_full_server_disk_gives_one_clear_error_and_loses_nothing() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let d = scratch();
+    let repo = d.path().join("server-repo");
+    crate::support::slate_ok(&["init", "--repo", s(&repo)]);
+    let disk = Tmpfs::mount("6m");
+    let server = Server::start(&["--repo", s(&repo), "--home-dir", s(disk.dir.path())]);
+    let key = d.path().join("k");
+    ok(&["keygen", s(&key)], &[]);
+    let key = s(&key).to_string();
+    let m = Machine::enroll(d.path(), &repo, "lt-1", &server.url);
+    let small = m.dir.join("small");
+    noise(&small, "a", 1, 3);
+    ok(&m.args("init", &key, &[]), &[]);
+    ok(&m.args("backup", &key, &[s(&small)]), &[]);
+    let big = m.dir.join("big");
+    noise(&big, "b", 16, 5);
+    let e = err(&m.args("backup", &key, &["--pack-size", "1048576", s(&big)]), &[]);
+    assert!(e.contains("out of disk space"), "{e}");
+    // What was stored before is intact.
+    ok(&m.args("check", &key, &[]), &[]);
+    let target = m.dir.join("out");
+    ok(&m.args("restore", &key, &["--target", s(&target), "latest"]), &[]);
+    assert_same_tree(&small, &target.join(small.strip_prefix("/").unwrap()));
 }

@@ -3,11 +3,13 @@
 mod agent;
 mod apply;
 mod cli;
+mod enroll;
 mod fidelity;
 mod home;
 mod nasty;
 mod safety;
 mod selftest;
 mod serve;
+mod state;
 mod support;
 mod treedigest;

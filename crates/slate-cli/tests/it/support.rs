@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 /// The `slate` binary under test.
 pub fn slate_bin() -> PathBuf {
@@ -70,4 +73,60 @@ pub fn corpus() -> Option<PathBuf> {
 /// Whether we run as root (needed for owners, devices, trusted xattrs).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// A running `slate serve`, killed and reaped on drop.
+pub struct Server {
+    /// The child process.
+    pub child: Child,
+    /// Its base URL.
+    pub url: String,
+    /// Its stderr so far.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Start `slate serve ARGS --listen 127.0.0.1:0` and wait for its URL.
+    pub fn start(args: &[&str]) -> Server {
+        let child = Command::new(slate_bin())
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("SLATE_REPO")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run slate serve");
+        let mut server = Server {
+            child,
+            url: String::new(),
+            log: Arc::new(Mutex::new(String::new())),
+        };
+        let pipe = server.child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = server.log.clone();
+        // Drain stderr for the server's whole life so it can never block.
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                log.lock().unwrap().push_str(&format!("{line}\n"));
+                if let Some(url) = line.split(" on ").nth(1).filter(|_| line.starts_with("serving ")) {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => server.url = url,
+            Err(_) => panic!("slate serve {args:?} did not start:\n{}", server.log.lock().unwrap()),
+        }
+        server
+    }
 }

@@ -72,6 +72,10 @@ pub struct Assignment {
     pub pinned: bool,
     /// Which fleet rule decided.
     pub rule: String,
+    /// The state policy the fleet assigns these machines (TOML text), when
+    /// it overrides the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_policy: Option<String>,
 }
 
 /// The last update pass in a report. Absent fields stay absent when
@@ -89,6 +93,10 @@ pub struct LastUpdate {
     /// When it ended, Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<u64>,
+    /// Paths where state the machine keeps hides a file the snapshot it
+    /// wrote changes (the state policy's server, local and backup paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadowed: Vec<String>,
 }
 
 /// The last boot in a report.
@@ -203,6 +211,12 @@ impl ReportRequest {
             if let Some(m) = &u.message {
                 check_text("last_update.message", m, 4096)?;
             }
+            if u.shadowed.len() > 256 {
+                return Err("last_update.shadowed lists more than 256 paths".into());
+            }
+            for p in &u.shadowed {
+                check_text("last_update.shadowed", p, 4096)?;
+            }
         }
         if let Some(b) = &self.boot {
             check_word("boot.result", &b.result)?;
@@ -255,6 +269,7 @@ pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assig
                     target: super::config::Target {
                         channel: only.clone(),
                         pin: None,
+                        state_policy: None,
                     },
                     rule: "only channel".into(),
                 },
@@ -292,6 +307,7 @@ pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assig
         snapshot: snapshot.to_hex(),
         pinned: target.pin.is_some(),
         rule,
+        state_policy: target.state_policy.map(|p| p.text),
     })
 }
 

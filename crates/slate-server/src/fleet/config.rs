@@ -51,6 +51,20 @@ pub struct Target {
     pub channel: String,
     /// An explicit snapshot to run instead of the head.
     pub pin: Option<SnapshotId>,
+    /// A state policy for these machines, overriding the image's
+    /// /etc/slate/state.toml (docs/state.md).
+    pub state_policy: Option<StatePolicy>,
+}
+
+/// A state policy named by the fleet file: its path as written (relative
+/// to FLEET.toml) and, once [`FleetConfig::load`] read and checked it, its
+/// text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePolicy {
+    /// The path as written in FLEET.toml.
+    pub file: String,
+    /// The policy's TOML, sent to the machines.
+    pub text: String,
 }
 
 /// One `[[machine]]` rule. Every matcher it gives must match.
@@ -130,6 +144,7 @@ struct RawFile {
 struct RawTarget {
     channel: Channel,
     snapshot: Option<Pin>,
+    state_policy: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +157,7 @@ struct RawRule {
     labels: Option<BTreeMap<String, String>>,
     channel: Channel,
     snapshot: Option<Pin>,
+    state_policy: Option<String>,
 }
 
 // Each checked value is a newtype deserialized through `TryFrom<String>`,
@@ -260,7 +276,35 @@ impl FleetConfig {
         })?;
         let mut c = Self::parse(&text, &path.display().to_string())?;
         c.path = Some(path.to_path_buf());
+        c.read_state_policies(path.parent().unwrap_or(Path::new(".")))?;
         Ok(c)
+    }
+
+    /// Read and check every state policy the rules name, relative to `dir`:
+    /// a bad policy stops the server at startup, never a machine at boot.
+    fn read_state_policies(&mut self, dir: &Path) -> Result<(), FleetFileError> {
+        let name = self.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let targets = self
+            .default
+            .iter_mut()
+            .map(|t| (0, t))
+            .chain(self.rules.iter_mut().map(|r| (r.line, &mut r.target)));
+        for (line, t) in targets {
+            let Some(sp) = &mut t.state_policy else { continue };
+            let file = dir.join(&sp.file);
+            let text = std::fs::read_to_string(&file).map_err(|source| FleetFileError::Read {
+                path: file.display().to_string(),
+                source,
+            })?;
+            slate_state::Policy::parse(&text, &file).map_err(|e| FleetFileError::Invalid {
+                path: name.clone(),
+                line,
+                column: 1,
+                message: format!("state_policy: {e}"),
+            })?;
+            sp.text = text;
+        }
+        Ok(())
     }
 
     /// Check the text of a fleet file; `name` is used in errors.
@@ -284,6 +328,10 @@ impl FleetConfig {
         let target = |t: RawTarget| Target {
             channel: t.channel.0,
             pin: t.snapshot.map(|p| p.0),
+            state_policy: t.state_policy.map(|file| StatePolicy {
+                file,
+                text: String::new(),
+            }),
         };
         let mut rules = Vec::new();
         for spanned in raw.machine {
@@ -330,6 +378,7 @@ impl FleetConfig {
                 target: target(RawTarget {
                     channel: r.channel,
                     snapshot: r.snapshot,
+                    state_policy: r.state_policy,
                 }),
             });
         }

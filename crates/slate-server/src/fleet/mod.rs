@@ -11,4 +11,4 @@ pub mod store;
 pub use config::{FleetConfig, FleetFileError};
 pub use machine::Machine;
 pub use sqlite::SqliteStore;
-pub use store::{FleetStore, MachineRow, ReportRecord, StoreError};
+pub use store::{Enrollment, FleetStore, MachineRow, ReportRecord, StoreError, TokenRow, TokenStore};

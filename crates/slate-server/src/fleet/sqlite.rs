@@ -1,12 +1,15 @@
 //! The fleet store in an embedded SQLite database (the default:
 //! `REPO/fleet.db`).
 //!
-//! One table, one row per machine:
+//! Two tables, one row per machine in each:
 //!
 //! ```text
 //! machines(id TEXT PRIMARY KEY, first_seen, last_seen INTEGER,  -- Unix seconds
 //!          hostname, channel, current, target, active_slot TEXT,
 //!          slots, last_update, boot, report TEXT)              -- JSON documents
+//! machine_tokens(machine TEXT PRIMARY KEY,                     -- since version 2
+//!                token_hash TEXT UNIQUE,                       -- BLAKE3 hex of the token
+//!                enrolled INTEGER)                             -- Unix seconds
 //! ```
 //!
 //! WAL mode lets `slate fleet status` (a reader) run while reports are
@@ -14,7 +17,8 @@
 //! rewrite of pages. `synchronous = NORMAL` may lose the last reports on a
 //! power cut but never corrupts the database: reports are repeated by every
 //! agent pass, so that is the right trade. The schema version is kept in
-//! `PRAGMA user_version`.
+//! `PRAGMA user_version`; [`MIGRATIONS`] brings an older database up to
+//! date, one version per step, each step in one transaction.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -22,12 +26,18 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::store::{FleetStore, MachineRow, ReportRecord, StoreError};
+use super::store::{Enrollment, FleetStore, MachineRow, ReportRecord, StoreError, TokenRow, TokenStore};
 
-/// The schema this code writes.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema this code writes: the number of [`MIGRATIONS`].
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const SCHEMA: &str = "
+/// `MIGRATIONS[v]` turns a database of schema version `v` into one of
+/// version `v + 1` (version 0 is an empty file). Steps are only ever
+/// appended: a released step never changes.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+
+/// Version 1: the machines table.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS machines (
     id          TEXT PRIMARY KEY NOT NULL,
     first_seen  INTEGER NOT NULL,
@@ -41,6 +51,15 @@ CREATE TABLE IF NOT EXISTS machines (
     last_update TEXT,
     boot        TEXT,
     report      TEXT
+) STRICT;
+";
+
+/// Version 2: machine tokens, by hash.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS machine_tokens (
+    machine    TEXT PRIMARY KEY NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    enrolled   INTEGER NOT NULL
 ) STRICT;
 ";
 
@@ -96,9 +115,15 @@ impl SqliteStore {
                 .into(),
             });
         }
-        conn.execute_batch(SCHEMA).map_err(err(&name, "creating tables"))?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(err(&name, "writing the schema version"))?;
+        for (from, step) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            // The step and the new version number commit together: a crash
+            // leaves the database at `from` or at `from + 1`, never between.
+            let batch = format!("BEGIN IMMEDIATE; {step} PRAGMA user_version = {}; COMMIT;", from + 1);
+            if let Err(e) = conn.execute_batch(&batch) {
+                let _ = conn.execute_batch("ROLLBACK;");
+                return Err(err(&name, "upgrading the schema")(e));
+            }
+        }
         Ok(SqliteStore {
             name,
             conn: Mutex::new(conn),
@@ -266,6 +291,69 @@ impl FleetStore for SqliteStore {
     }
 }
 
+impl TokenStore for SqliteStore {
+    fn enroll(&self, machine: &str, token_hash: &str, now: u64, replace: bool) -> Result<Enrollment, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(err(&self.name, "enrolling a machine"))?;
+        let had: bool = tx
+            .query_row("SELECT 1 FROM machine_tokens WHERE machine = ?1", [machine], |_| Ok(()))
+            .optional()
+            .map_err(err(&self.name, "enrolling a machine"))?
+            .is_some();
+        if had && !replace {
+            return Ok(Enrollment::AlreadyEnrolled);
+        }
+        tx.execute(
+            "INSERT INTO machine_tokens (machine, token_hash, enrolled) VALUES (?1, ?2, ?3)
+             ON CONFLICT(machine) DO UPDATE SET token_hash = excluded.token_hash, enrolled = excluded.enrolled",
+            params![machine, token_hash, now as i64],
+        )
+        .map_err(err(&self.name, "enrolling a machine"))?;
+        tx.commit().map_err(err(&self.name, "enrolling a machine"))?;
+        Ok(if had {
+            Enrollment::Replaced
+        } else {
+            Enrollment::Enrolled
+        })
+    }
+
+    fn revoke(&self, machine: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM machine_tokens WHERE machine = ?1", [machine])
+            .map_err(err(&self.name, "revoking a token"))?;
+        Ok(n > 0)
+    }
+
+    fn machine_for(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT machine FROM machine_tokens WHERE token_hash = ?1",
+                [token_hash],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err(&self.name, "looking up a token"))
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT machine, enrolled FROM machine_tokens ORDER BY machine")
+            .map_err(err(&self.name, "listing tokens"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(TokenRow {
+                    machine: r.get(0)?,
+                    enrolled: r.get::<_, i64>(1)?.max(0) as u64,
+                })
+            })
+            .and_then(|it| it.collect())
+            .map_err(err(&self.name, "listing tokens"));
+        rows
+    }
+}
+
 impl SqliteStore {
     /// The last report stored for `machine`, as received.
     pub fn last_report(&self, machine: &str) -> Result<Option<String>, StoreError> {
@@ -320,6 +408,89 @@ mod tests {
         assert_eq!((m1.first_seen, m1.last_seen), (100, 150));
         assert_eq!(s.last_report("m1").unwrap().as_deref(), Some("{}"));
         assert_eq!(s.last_report("nobody").unwrap(), None);
+    }
+
+    fn scratch_db() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("slate-fleetdb-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let path = dir.path().join("fleet.db");
+        (dir, path)
+    }
+
+    #[test]
+    fn tokens_enroll_replace_revoke() {
+        let (_dir, path) = scratch_db();
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.machine_for("h1").unwrap(), None);
+        assert_eq!(s.enroll("lab-07", "h1", 100, false).unwrap(), Enrollment::Enrolled);
+        assert_eq!(s.enroll("dmi:42", "h2", 101, false).unwrap(), Enrollment::Enrolled);
+        assert_eq!(s.machine_for("h1").unwrap().as_deref(), Some("lab-07"));
+        // Without replace, an enrolled machine keeps its token.
+        assert_eq!(
+            s.enroll("lab-07", "h3", 102, false).unwrap(),
+            Enrollment::AlreadyEnrolled
+        );
+        assert_eq!(s.machine_for("h1").unwrap().as_deref(), Some("lab-07"));
+        assert_eq!(s.machine_for("h3").unwrap(), None);
+        // A token hash belongs to one machine only.
+        assert!(s.enroll("other", "h2", 103, false).is_err());
+        drop(s);
+
+        // Another connection (the CLI) replaces the token; the first (the
+        // server's) sees it on its next query.
+        let server = SqliteStore::open(&path).unwrap();
+        let cli = SqliteStore::open(&path).unwrap();
+        assert_eq!(cli.enroll("lab-07", "h3", 104, true).unwrap(), Enrollment::Replaced);
+        assert_eq!(server.machine_for("h1").unwrap(), None);
+        assert_eq!(server.machine_for("h3").unwrap().as_deref(), Some("lab-07"));
+        assert_eq!(
+            server.tokens().unwrap(),
+            [
+                TokenRow {
+                    machine: "dmi:42".into(),
+                    enrolled: 101
+                },
+                TokenRow {
+                    machine: "lab-07".into(),
+                    enrolled: 104
+                },
+            ]
+        );
+        assert!(cli.revoke("dmi:42").unwrap());
+        assert!(!cli.revoke("dmi:42").unwrap());
+        assert_eq!(server.machine_for("h2").unwrap(), None);
+        assert_eq!(server.tokens().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn upgrades_a_version_1_database() {
+        let (_dir, path) = scratch_db();
+        {
+            // A database as the first release wrote it, with one machine.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO machines (id, first_seen, last_seen, hostname) VALUES ('m1', 5, 6, 'old')",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let v: i64 = s.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, 2);
+        let rows = s.machines().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].hostname.as_deref(), Some("old"));
+        assert_eq!((rows[0].first_seen, rows[0].last_seen), (5, 6));
+        assert_eq!(s.enroll("m1", "h", 7, false).unwrap(), Enrollment::Enrolled);
+        assert_eq!(s.machine_for("h").unwrap().as_deref(), Some("m1"));
+        drop(s);
+        // Opening again changes nothing.
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.tokens().unwrap().len(), 1);
     }
 
     #[test]

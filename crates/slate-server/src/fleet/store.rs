@@ -91,3 +91,43 @@ pub trait FleetStore: Send + Sync {
     /// Every machine, ordered by id.
     fn machines(&self) -> Result<Vec<MachineRow>, StoreError>;
 }
+
+/// One enrolled machine in [`TokenStore::tokens`]: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRow {
+    /// Machine id.
+    pub machine: String,
+    /// When its current token was issued, Unix seconds.
+    pub enrolled: u64,
+}
+
+/// What [`TokenStore::enroll`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrollment {
+    /// The machine had no token; it has one now.
+    Enrolled,
+    /// The machine's token was replaced (the old one no longer works).
+    Replaced,
+    /// The machine already has a token and `replace` was false: nothing changed.
+    AlreadyEnrolled,
+}
+
+/// The machines' tokens, kept as hashes only (see `crate::auth`): the
+/// database never holds anything a client could present. Another small
+/// synchronous trait, so the token table moves along with the machines
+/// table to another database.
+pub trait TokenStore: Send + Sync {
+    /// Give `machine` the token whose hash is `token_hash` (issued at `now`).
+    /// An enrolled machine keeps its token unless `replace` is set.
+    fn enroll(&self, machine: &str, token_hash: &str, now: u64, replace: bool) -> Result<Enrollment, StoreError>;
+
+    /// Remove `machine`'s token; false when it had none.
+    fn revoke(&self, machine: &str) -> Result<bool, StoreError>;
+
+    /// The machine a token hash belongs to, if any (an indexed lookup by
+    /// hash, so nothing compares secrets byte by byte).
+    fn machine_for(&self, token_hash: &str) -> Result<Option<String>, StoreError>;
+
+    /// Every enrolled machine, ordered by id.
+    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
+}

@@ -1,0 +1,115 @@
+//! `slate fleet enroll / revoke / tokens`: machine tokens in the fleet
+//! database that `slate serve` uses (`REPO/fleet.db`, or `--db`). The
+//! server reads the database on every request, so what these commands do
+//! takes effect at once, while it runs. Only a token's hash is stored: the
+//! token itself is printed once, by `enroll`, and never again.
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use serde_json::json;
+use slate_server::fleet::{sqlite, Enrollment, SqliteStore, TokenStore};
+
+use crate::cli::DbArg;
+use crate::output;
+
+/// Open the fleet database named by `--repo`/`--db`.
+fn open(db: &DbArg) -> Result<SqliteStore> {
+    let store = match (&db.repo, &db.db) {
+        (_, Some(file)) => SqliteStore::open(file)?,
+        (Some(repo), None) => {
+            // A typo in --repo must not create a fleet database somewhere
+            // that slate serve never reads.
+            super::open(repo)?;
+            sqlite::open_default(repo, None)?
+        }
+        (None, None) => bail!(
+            "no fleet database named: pass --repo REPO (the repository slate serve serves; \
+             or set SLATE_REPO) or --db FILE (its --db)"
+        ),
+    };
+    Ok(store)
+}
+
+fn check(machine: &str) -> Result<()> {
+    slate_server::auth::check_machine(machine).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `slate fleet enroll MACHINE`: print a new token for MACHINE.
+pub fn enroll(machine: &str, db: &DbArg, force: bool, as_json: bool) -> Result<ExitCode> {
+    check(machine)?;
+    let store = open(db)?;
+    let token = slate_server::auth::generate()?;
+    let done = store.enroll(machine, &slate_server::auth::hash(&token), now(), force)?;
+    if done == Enrollment::AlreadyEnrolled {
+        bail!(
+            "machine {machine} is already enrolled; run `slate fleet enroll --force {machine}` to give it a new token \
+             (its old token stops working at once)"
+        );
+    }
+    let replaced = done == Enrollment::Replaced;
+    if as_json {
+        output::json(&json!({ "machine": machine, "token": token, "replaced": replaced }))?;
+    } else {
+        println!("{token}");
+    }
+    eprintln!(
+        "{} token of machine {machine}: write it to the file that token_file in its AGENT.toml names \
+         (e.g. /etc/slate/token, mode 0600){}",
+        if replaced { "new" } else { "the" },
+        if replaced {
+            "; its old token no longer works"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `slate fleet revoke MACHINE`.
+pub fn revoke(machine: &str, db: &DbArg) -> Result<ExitCode> {
+    check(machine)?;
+    let store = open(db)?;
+    if !store.revoke(machine)? {
+        bail!(
+            "machine {machine} has no token in {} (see slate fleet tokens)",
+            store.name()
+        );
+    }
+    eprintln!("revoked the token of machine {machine}: its requests are refused from now on");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `slate fleet tokens`: enrolled machines and when.
+pub fn list(db: &DbArg, as_json: bool) -> Result<ExitCode> {
+    let store = open(db)?;
+    let rows = store.tokens()?;
+    if as_json {
+        output::json(&json!({ "machines": rows }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        eprintln!(
+            "no machine is enrolled in {} (slate fleet enroll MACHINE)",
+            store.name()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = rows
+        .iter()
+        .map(|r| r.machine.len())
+        .max()
+        .unwrap_or(0)
+        .max("MACHINE".len());
+    println!("{:<width$}  ENROLLED (UTC)", "MACHINE");
+    for r in rows {
+        let when = output::time((r.enrolled as i64).saturating_mul(1_000_000_000));
+        println!("{:<width$}  {when}", r.machine);
+    }
+    Ok(ExitCode::SUCCESS)
+}
