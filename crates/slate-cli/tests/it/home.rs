@@ -427,6 +427,11 @@ fn home_crashed_laptop_walkthrough_over_http() {
     let snap = ok(&m1.args("backup", &key, &[s(&home1)]), &[]);
     let home_json = std::fs::read_to_string(m1.dir.join("state/home.json")).unwrap();
     assert!(home_json.contains(snap.trim()), "{home_json}");
+    let status = crate::support::slate_ok(&["status", "--config", &m1.config]);
+    assert!(
+        status.contains("last home backup: ") && status.contains("(alice)"),
+        "{status}"
+    );
 
     // Without a token the server refuses; with a revoked one as well.
     let no_token = Machine {
