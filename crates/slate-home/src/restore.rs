@@ -15,8 +15,10 @@ use crate::error::{Error, Result};
 use crate::format::open_blob;
 use crate::repo::{kind, HomeRepo};
 
-/// Bytes fetched from a pack at once when reading ahead.
-const READ_AHEAD: u64 = 8 << 20;
+/// Bytes fetched from a pack at once when reading ahead: a parallel batch
+/// of the checkout (about 4 MiB of files) needs about this much of a pack
+/// in tree order, and more would be fetched for nothing over HTTP.
+const READ_AHEAD: u64 = 2 << 20;
 
 /// What a restore wrote.
 #[derive(Clone, Debug, Default, serde::Serialize)]
