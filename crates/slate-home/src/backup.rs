@@ -26,6 +26,8 @@ use crate::repo::{now_ns, HomeRepo, PackUpload};
 const BATCH_BYTES: usize = 32 << 20;
 /// A file is read in windows this large.
 const WINDOW: usize = 8 << 20;
+/// Dense files up to this size are read whole, many at once.
+const SMALL_FILE: u64 = 1 << 20;
 /// Default size a pack is closed at.
 pub const PACK_TARGET: usize = 24 << 20;
 
@@ -144,6 +146,11 @@ impl PieceReader<'_> {
         })
     }
 
+    /// Whether job `i` is a small dense file, read whole in parallel with others.
+    fn is_small(&self, i: usize) -> bool {
+        self.jobs[i].extents.is_none() && self.expected[i] <= SMALL_FILE
+    }
+
     /// The next batch of pieces (empty when every file is read).
     fn next_batch(&mut self) -> Result<Vec<Piece>> {
         let mut out = Vec::new();
@@ -152,6 +159,26 @@ impl PieceReader<'_> {
             if self.current.is_none() {
                 if self.next_job == self.jobs.len() {
                     break;
+                }
+                if self.is_small(self.next_job) {
+                    // A run of small files: opening and reading them costs
+                    // system calls more than bytes, so read them on every core.
+                    let start = self.next_job;
+                    let mut end = start;
+                    let mut run_bytes = 0usize;
+                    while end < self.jobs.len() && self.is_small(end) && bytes + run_bytes < BATCH_BYTES {
+                        run_bytes += self.expected[end] as usize;
+                        end += 1;
+                    }
+                    let (jobs, expected, chunker) = (self.jobs, &self.expected, self.chunker);
+                    let pieces: Vec<Piece> = (start..end)
+                        .into_par_iter()
+                        .map(|i| read_small(&jobs[i], i, expected[i], chunker))
+                        .collect::<Result<_>>()?;
+                    bytes += pieces.iter().map(|p| p.data.len()).sum::<usize>();
+                    out.extend(pieces);
+                    self.next_job = end;
+                    continue;
                 }
                 let r = self.open(self.next_job)?;
                 self.current = Some((self.next_job, r));
@@ -197,6 +224,25 @@ impl PieceReader<'_> {
         }
         Ok(out)
     }
+}
+
+/// Read a small file whole (to its end, should it have grown) and cut it.
+fn read_small(
+    job: &ReadJob,
+    index: usize,
+    expected: u64,
+    chunker: slate_core::chunker::ChunkerParams,
+) -> Result<Piece> {
+    let mut f = File::open(&job.source).map_err(|e| local(format!("cannot read {}", job.source.display()), e))?;
+    let mut data = Vec::with_capacity(expected as usize + 1);
+    f.read_to_end(&mut data)
+        .map_err(|e| local(format!("cannot read {}", job.source.display()), e))?;
+    Ok(Piece {
+        job: index,
+        cuts: chunker.cut(&data),
+        data,
+        last: true,
+    })
 }
 
 /// Collects sealed blobs into a pack and stores it when full.
