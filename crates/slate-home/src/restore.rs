@@ -148,6 +148,15 @@ pub fn restore(
             m = select(&m, &selected);
         }
         let dest = destination(&root.path, target);
+        if std::fs::read_dir(&dest)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+        {
+            return Err(Error::Invalid(format!(
+                "{} is not empty: restore into an absent or empty place, or beneath another with --target DIR",
+                dest.display()
+            )));
+        }
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| crate::error::local(format!("cannot create {}", parent.display()), e))?;

@@ -136,6 +136,8 @@ fn home_nasty_tree_round_trips_and_the_store_holds_no_plaintext() {
         assert_sparse_preserved(&src, &restored, rel);
     }
     ok(&m.args("check", &[]), &[]);
+    let e = err(&m.args("restore", &["--target", s(&target), "latest"]), &[]);
+    assert!(e.contains("is not empty") && e.contains("--target"), "{e}");
 
     // The server's files hold no name, no content and no xattr in the clear.
     let mut files = Vec::new();
