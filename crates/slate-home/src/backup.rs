@@ -392,6 +392,8 @@ fn store_bytes(repo: &mut HomeRepo, packer: &mut PackWriter, data: &[u8], level:
 
 /// Back up `opts.paths` into `repo`.
 pub fn backup(repo: &mut HomeRepo, opts: &BackupOptions, progress: &dyn Progress) -> Result<BackupStats> {
+    let _lock = crate::lock::lock(repo, false)?;
+    repo.reload_index()?;
     let started = now_ns();
     let cache_path = repo.cache_dir.join("files");
     let old_cache = cache::load(&cache_path);

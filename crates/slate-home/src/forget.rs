@@ -182,6 +182,8 @@ const REWRITE_BELOW: f64 = 0.5;
 /// packs no index names (left by a killed backup). Must not run while a
 /// backup to the same repository runs.
 fn prune(repo: &mut HomeRepo, stats: &mut ForgetStats) -> Result<()> {
+    let _lock = crate::lock::lock(repo, true)?;
+    repo.reload_index()?;
     let snaps = repo.snapshots()?;
     let used = used_chunks(repo, &snaps)?;
     let packs = repo.packs.clone();

@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod error;
 pub mod forget;
 pub mod format;
+pub mod lock;
 pub mod repo;
 pub mod restore;
 

@@ -23,6 +23,8 @@ pub mod kind {
     pub const INDEX: &str = "index";
     /// Snapshot records.
     pub const SNAPSHOT: &str = "snapshot";
+    /// Locks held by running backups and prunes.
+    pub const LOCK: &str = "lock";
 }
 
 /// Where a chunk is stored.
@@ -133,6 +135,14 @@ impl HomeRepo {
     /// Where messages say the repository is.
     pub fn location(&self) -> String {
         self.backend.location()
+    }
+
+    /// Forget the in-memory index and read it again: after taking a lock,
+    /// so that it reflects what a backup or prune before it left.
+    pub fn reload_index(&mut self) -> Result<()> {
+        self.packs.clear();
+        self.index.clear();
+        self.load_index()
     }
 
     /// Read every index object (from the local cache when it has it).

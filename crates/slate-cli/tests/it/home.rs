@@ -307,6 +307,11 @@ fn home_kill_9_mid_backup_then_rerun_completes_and_reuses_what_was_sent() {
     let target = m.root.join("out");
     ok(&m.args("restore", &["--target", s(&target), "latest"]), &[]);
     assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+    // The killed run's lock (its process is gone) does not block a prune,
+    // which removes the pack it left without an index, if any.
+    ok(&m.args("forget", &["--prune"]), &[]);
+    ok(&m.args("check", &[]), &[]);
+    assert_eq!(count("lock"), 0);
 }
 
 #[test]
