@@ -432,7 +432,9 @@ pub fn install_kernel(boot: &Path, slot: &str, root: &Path) -> Result<bool> {
         return Ok(false);
     };
     let names = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned());
-    let Some((k, initrd_name)) = newest_kernel(names) else { return Ok(false) };
+    let Some((k, initrd_name)) = newest_kernel(names) else {
+        return Ok(false);
+    };
     let dst = boot.join("slate").join(slot);
     let copy = |from: &Path, name: &str| -> Result<()> {
         let data = std::fs::read(from).map_err(|e| Error::Local(format!("cannot read {}: {e}", from.display())))?;

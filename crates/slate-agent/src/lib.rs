@@ -18,6 +18,8 @@ pub mod delta;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod install;
+pub mod prepare;
 pub mod pull;
 pub mod remote;
 pub mod serverstate;

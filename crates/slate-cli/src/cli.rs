@@ -278,6 +278,33 @@ pub enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// Lay out a new machine's disk (boot, slot A, slot B, state) and write its assigned snapshot into slot A.
+    Install {
+        /// Block device or raw disk image file (destroyed).
+        #[arg(long, value_name = "DEV|IMAGE")]
+        disk: PathBuf,
+        /// AGENT.toml to start from: server, trusted keys, token, machine id, labels, kernel command line.
+        #[arg(long, value_name = "AGENT.toml")]
+        config: PathBuf,
+        /// How the machine starts: GRUB from a BIOS, or systemd-boot from UEFI.
+        #[arg(long, value_enum, default_value = "bios")]
+        firmware: FirmwareArg,
+        /// Size of each slot (K, M, G suffixes).
+        #[arg(long, value_name = "SIZE", default_value = "8G")]
+        slot_size: String,
+        /// Create IMAGE with this size when it does not exist.
+        #[arg(long, value_name = "SIZE")]
+        size: Option<String>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Make an OS tree slate-ready before committing it: slate, its units, its initramfs step.
+    Prepare {
+        /// The tree (built by debootstrap, mkosi, dnf --installroot...).
+        tree: PathBuf,
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// Mirror a channel from a server into a local repository.
     Pull {
         /// Server URL, e.g. http://slate.example:8470.
@@ -334,6 +361,15 @@ pub enum FleetCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+}
+
+/// Firmware of a machine `slate install` prepares.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum FirmwareArg {
+    /// Legacy BIOS (GRUB).
+    Bios,
+    /// UEFI (systemd-boot).
+    Uefi,
 }
 
 /// Where a state command finds its policy.

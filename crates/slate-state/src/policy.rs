@@ -416,6 +416,35 @@ impl Policy {
         Ok(())
     }
 
+    /// Declare slate's own state on an installed machine, where the policy
+    /// does not keep it already: the agent's state directory
+    /// (`/var/lib/slate`: slots' manifests, token, keys) and the machine's
+    /// AGENT.toml (`/etc/slate/agent.toml`), both `local`, on the state
+    /// partition where `slate install` put them. Only where the image
+    /// under `root` has the directory that holds them (`slate prepare`
+    /// makes /etc/slate).
+    pub fn add_slate_own_state(&mut self, root: &Path) -> Result<()> {
+        let own = [
+            ("/var/lib/slate", EntryType::Dir),
+            ("/etc/slate/agent.toml", EntryType::File),
+        ];
+        for (path, kind) in own {
+            let rel = &path[1..];
+            let kept = self
+                .covering(rel)
+                .is_some_and(|e| matches!(e.state, Mode::Local | Mode::Backup | Mode::Server | Mode::Dynamic));
+            let parent = Path::new(rel).parent().unwrap_or(Path::new(""));
+            if kept || !root.join(parent).is_dir() {
+                continue;
+            }
+            let mut e = crate::tabs::parse(crate::tabs::TabKind::Statetab, path, Path::new("slate"))?.remove(0);
+            e.kind = Some(kind);
+            e.origin = "slate's own state".into();
+            self.entries.push(e);
+        }
+        self.finish()
+    }
+
     /// The entry that decides `rel` (relative path): the deepest declared
     /// path at or above it.
     pub fn covering(&self, rel: &str) -> Option<&Entry> {

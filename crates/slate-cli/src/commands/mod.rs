@@ -13,6 +13,7 @@ mod init;
 mod keygen;
 mod log;
 mod ls;
+mod machine;
 mod serve;
 mod state;
 mod tokens;
@@ -122,6 +123,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { config, out } => agent::status(&config, out.json),
         Command::BootOk { config } => agent::boot_ok(&config),
         Command::Rollback { config } => agent::rollback(&config),
+        Command::Install {
+            disk,
+            config,
+            firmware,
+            slot_size,
+            size,
+            out,
+        } => machine::install(&disk, &config, firmware, &slot_size, size.as_deref(), out.json),
+        Command::Prepare { tree, out } => machine::prepare(&tree, out.json),
         Command::State { command } => match command {
             StateCommand::Apply {
                 root,

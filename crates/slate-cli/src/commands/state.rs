@@ -116,7 +116,10 @@ pub fn apply(
     if let (Some(c), Some(t)) = (&mut cfg, token_file) {
         c.token_file = Some(t);
     }
-    let policy = load_policy(root, policy, cfg.as_ref())?;
+    let mut policy = load_policy(root, policy, cfg.as_ref())?;
+    if state_dir.is_some() || state_dev.is_some() {
+        policy.add_slate_own_state(root)?;
+    }
     let server = cfg.as_ref().map(ServerState::new).transpose()?;
     let machine = server.as_ref().map(|s| s.machine.clone());
     let store = match (state_dir, state_dev) {

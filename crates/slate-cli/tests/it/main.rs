@@ -2,6 +2,7 @@
 
 mod agent;
 mod apply;
+mod boot;
 mod cli;
 mod enroll;
 mod fidelity;

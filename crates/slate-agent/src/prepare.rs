@@ -1,0 +1,245 @@
+//! `slate prepare TREE`: make an OS tree slate-ready before it is
+//! committed. It gets the running slate binary, its systemd units (update
+//! timer, boot-ok after a good boot, state uploads, a boot timeout that
+//! restarts a hung slot), a state policy when it has none, the
+//! initramfs-tools hook or the dracut module that runs `slate state apply`
+//! before switch_root, and a regenerated initramfs, built in a chroot of
+//! the tree (in a private mount namespace, so nothing of it outlives the
+//! run).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{Error, Result};
+
+/// Files put into the tree: (path in the tree, content, mode).
+const FILES: &[(&str, &str, u32)] = &[
+    (
+        "etc/systemd/system/slate-update.service",
+        include_str!("../../../dist/systemd/slate-update.service"),
+        0o644,
+    ),
+    (
+        "etc/systemd/system/slate-update.timer",
+        include_str!("../../../dist/systemd/slate-update.timer"),
+        0o644,
+    ),
+    (
+        "etc/systemd/system/slate-boot-ok.service",
+        include_str!("../../../dist/systemd/slate-boot-ok.service"),
+        0o644,
+    ),
+    (
+        "etc/systemd/system/slate-state.service",
+        include_str!("../../../dist/systemd/slate-state.service"),
+        0o644,
+    ),
+    (
+        "etc/systemd/system/slate-state-upload.service",
+        include_str!("../../../dist/systemd/slate-state-upload.service"),
+        0o644,
+    ),
+    (
+        "etc/systemd/system/slate-state-upload.timer",
+        include_str!("../../../dist/systemd/slate-state-upload.timer"),
+        0o644,
+    ),
+    (
+        "etc/systemd/system/multi-user.target.d/slate-boot-timeout.conf",
+        include_str!("../../../dist/systemd/multi-user.target.d/slate-boot-timeout.conf"),
+        0o644,
+    ),
+];
+
+/// Units enabled: (wants directory, unit).
+const ENABLED: &[(&str, &str)] = &[
+    ("multi-user.target.wants", "slate-boot-ok.service"),
+    ("timers.target.wants", "slate-update.timer"),
+    ("timers.target.wants", "slate-state-upload.timer"),
+];
+
+const INITRAMFS_TOOLS: &[(&str, &str, u32)] = &[
+    (
+        "etc/initramfs-tools/hooks/slate",
+        include_str!("../../../dist/initramfs-tools/hooks/slate"),
+        0o755,
+    ),
+    (
+        "etc/initramfs-tools/scripts/init-bottom/slate",
+        include_str!("../../../dist/initramfs-tools/scripts/init-bottom/slate"),
+        0o755,
+    ),
+];
+
+const DRACUT: &[(&str, &str, u32)] = &[
+    (
+        "usr/lib/dracut/modules.d/90slate/module-setup.sh",
+        include_str!("../../../dist/dracut/90slate/module-setup.sh"),
+        0o755,
+    ),
+    (
+        "usr/lib/dracut/modules.d/90slate/slate-state.sh",
+        include_str!("../../../dist/dracut/90slate/slate-state.sh"),
+        0o755,
+    ),
+];
+
+const DEFAULT_POLICY: &str = include_str!("../../../dist/state/default.toml");
+
+/// Which initramfs generator a tree uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Initramfs {
+    /// Debian's and Ubuntu's.
+    InitramfsTools,
+    /// Fedora's, openSUSE's, Arch's option.
+    Dracut,
+    /// Neither: the tree boots without slate's initramfs step.
+    None,
+}
+
+/// What `prepare` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PrepareReport {
+    /// The tree.
+    pub tree: PathBuf,
+    /// Its initramfs generator.
+    pub initramfs: Initramfs,
+    /// Kernel versions whose initramfs was regenerated.
+    pub kernels: Vec<String>,
+    /// Whether a default state policy was written.
+    pub wrote_policy: bool,
+}
+
+fn write(tree: &Path, rel: &str, data: &[u8], mode: u32) -> Result<()> {
+    let p = tree.join(rel);
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::Local(format!("cannot create {}: {e}", d.display())))?;
+    }
+    let tmp = p.with_extension("slate-new");
+    std::fs::write(&tmp, data).map_err(|e| Error::Local(format!("cannot write {}: {e}", tmp.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::Local(format!("cannot chmod {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, &p).map_err(|e| Error::Local(format!("cannot write {}: {e}", p.display())))
+}
+
+/// Kernel versions installed in the tree (`/lib/modules/*` with a
+/// matching `/boot/vmlinuz-*`).
+fn kernels(tree: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(tree.join("boot"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_string))
+                .filter(|k| tree.join("lib/modules").join(k).is_dir() || tree.join("usr/lib/modules").join(k).is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Run `script` with `sh -e` in a private mount namespace where the tree
+/// has /proc, /sys and /dev, for a chroot into it.
+fn in_chroot(tree: &Path, script: &str, what: &str) -> Result<()> {
+    let full = format!(
+        "mount -t proc proc \"$T/proc\"; mount -t sysfs sys \"$T/sys\"; mount --rbind /dev \"$T/dev\"; \
+         mount -t tmpfs tmpfs \"$T/run\"; mount -t tmpfs tmpfs \"$T/tmp\"; {script}"
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-ec", &full])
+        .env("T", tree)
+        .output()
+        .map_err(|e| Error::Local(format!("cannot run unshare for {what}: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.trim().lines().rev().take(3).collect();
+        return Err(Error::Local(format!(
+            "{what} failed in the tree: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        )));
+    }
+    Ok(())
+}
+
+/// Prepare `tree`, installing `binary` as its /usr/bin/slate.
+pub fn prepare(tree: &Path, binary: &Path) -> Result<PrepareReport> {
+    for d in ["etc", "usr/bin", "proc", "sys", "dev", "run", "tmp"] {
+        if !tree.join(d).is_dir() {
+            return Err(Error::Local(format!(
+                "{} is not an OS tree (it has no /{d})",
+                tree.display()
+            )));
+        }
+    }
+    let exe = std::fs::read(binary).map_err(|e| Error::Local(format!("cannot read {}: {e}", binary.display())))?;
+    write(tree, "usr/bin/slate", &exe, 0o755)?;
+    // Debug symbols would only swell every initramfs; best effort (strip
+    // is binutils', present wherever slate is built).
+    let _ = Command::new("strip")
+        .arg("--strip-debug")
+        .arg(tree.join("usr/bin/slate"))
+        .status();
+    for (rel, text, mode) in FILES {
+        write(tree, rel, text.as_bytes(), *mode)?;
+    }
+    for (dir, unit) in ENABLED {
+        let link = tree.join("etc/systemd/system").join(dir).join(unit);
+        std::fs::create_dir_all(link.parent().expect("has a parent"))
+            .map_err(|e| Error::Local(format!("cannot create {}: {e}", link.display())))?;
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), &link)
+            .map_err(|e| Error::Local(format!("cannot enable {unit}: {e}")))?;
+    }
+    let policy = tree.join("etc/slate/state.toml");
+    let wrote_policy = !policy.exists();
+    if wrote_policy {
+        write(tree, "etc/slate/state.toml", DEFAULT_POLICY.as_bytes(), 0o644)?;
+    }
+    let initramfs = if tree.join("usr/sbin/update-initramfs").exists() || tree.join("sbin/update-initramfs").exists() {
+        Initramfs::InitramfsTools
+    } else if tree.join("usr/bin/dracut").exists() || tree.join("usr/sbin/dracut").exists() {
+        Initramfs::Dracut
+    } else {
+        Initramfs::None
+    };
+    let kernels = kernels(tree);
+    match initramfs {
+        Initramfs::InitramfsTools => {
+            for (rel, text, mode) in INITRAMFS_TOOLS {
+                write(tree, rel, text.as_bytes(), *mode)?;
+            }
+            for k in &kernels {
+                let mode = if tree.join("boot").join(format!("initrd.img-{k}")).exists() {
+                    "-u"
+                } else {
+                    "-c"
+                };
+                in_chroot(
+                    tree,
+                    &format!("chroot \"$T\" update-initramfs {mode} -k {k} >/dev/null"),
+                    &format!("update-initramfs for {k}"),
+                )?;
+            }
+        }
+        Initramfs::Dracut => {
+            for (rel, text, mode) in DRACUT {
+                write(tree, rel, text.as_bytes(), *mode)?;
+            }
+            for k in &kernels {
+                in_chroot(
+                    tree,
+                    &format!("chroot \"$T\" dracut --force --no-hostonly --kver {k} >/dev/null"),
+                    &format!("dracut for {k}"),
+                )?;
+            }
+        }
+        Initramfs::None => {}
+    }
+    Ok(PrepareReport {
+        tree: tree.to_path_buf(),
+        initramfs,
+        kernels,
+        wrote_policy,
+    })
+}
