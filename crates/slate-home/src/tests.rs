@@ -161,3 +161,31 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_rewrite_that_keeps_size_and_mtime_is_still_read_again() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, store, cache) = (d.path().join("src"), d.path().join("store"), d.path().join("cache"));
+    std::fs::create_dir_all(&src).unwrap();
+    let f = src.join("doc.txt");
+    std::fs::write(&f, b"version one of the text").unwrap();
+    let keys = Keys::from_master(&[5; 32]);
+    init(&LocalDir::new(&store, keys.repo_id()), &keys).unwrap();
+    let mut repo = open(&store, &cache, &keys).unwrap();
+    backup(&mut repo, &opts(&src), &NoProgress).unwrap();
+    // Same size, mtime put back: only the ctime tells the file changed.
+    let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+    std::fs::write(&f, b"version two of the text").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let s = backup(&mut repo, &opts(&src), &NoProgress).unwrap();
+    assert_eq!(s.files_read, 1, "{s:?}");
+    let out = d.path().join("out");
+    restore(&repo, "latest", Some(&out), &[], &NoProgress).unwrap();
+    let restored = out.join(src.strip_prefix("/").unwrap()).join("doc.txt");
+    assert_eq!(std::fs::read(restored).unwrap(), b"version two of the text");
+}
