@@ -318,6 +318,11 @@ pub enum Command {
         #[arg(long, value_name = "KEY.pub")]
         trust: Vec<PathBuf>,
     },
+    /// User data that survives the machine: encrypted, deduplicated backups of home directories.
+    Home {
+        #[command(subcommand)]
+        command: HomeCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -454,5 +459,108 @@ pub enum StateCommand {
         backup: bool,
         #[command(flatten)]
         out: OutputArg,
+    },
+}
+
+/// Where a home backup repository is and how to open it.
+#[derive(Args, Debug, Clone)]
+pub struct HomeArgs {
+    /// Agent configuration: its servers and machine token hold the repository, its state_dir the cache.
+    #[arg(long, value_name = "AGENT.toml", env = "SLATE_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Keep the repository in this directory instead of on the server (a USB disk, an offline backup).
+    #[arg(long, value_name = "DIR")]
+    pub repo_dir: Option<PathBuf>,
+    /// Read the key from this file (`slate home keygen`) instead of asking for a passphrase.
+    #[arg(long, value_name = "FILE", env = "SLATE_HOME_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The user whose repository this is (part of the passphrase's key derivation; default $SUDO_USER or $USER).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Where home.json (the last backup, for `slate status`) and the cache go (default: the agent's state_dir, else /var/lib/slate).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The local cache of indexes and file stamps (default: STATE_DIR/home/REPO-ID-PREFIX).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArg,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HomeCommand {
+    /// Write a new random key file (mode 0600): slate-home-key-v1: and 64 hex digits.
+    Keygen {
+        /// Where to write it (must not exist).
+        file: PathBuf,
+    },
+    /// Create the backup repository for this key (asks for the passphrase twice).
+    Init {
+        #[command(flatten)]
+        home: HomeArgs,
+    },
+    /// Back up directories (default: the state policy's backup paths); prints the snapshot id.
+    Backup {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// When the server cannot be reached, print one line and exit 0 (for the timer).
+        #[arg(long)]
+        quiet_offline: bool,
+        /// zstd level for new chunks (1-22).
+        #[arg(long, default_value_t = 3)]
+        compression_level: i32,
+        /// Close packs at this many bytes (testing knob).
+        #[arg(long, hide = true, default_value_t = slate_home::backup::PACK_TARGET)]
+        pack_size: usize,
+        /// Directories to back up.
+        paths: Vec<PathBuf>,
+    },
+    /// List the snapshots, oldest first.
+    Snapshots {
+        #[command(flatten)]
+        home: HomeArgs,
+    },
+    /// Restore a snapshot (an id prefix or `latest`) bit for bit, in place or beneath --target.
+    Restore {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Restore each backed-up directory P to DIR/P instead of P itself.
+        #[arg(long, value_name = "DIR")]
+        target: Option<PathBuf>,
+        /// Snapshot id (a unique prefix) or `latest`.
+        snapshot: String,
+        /// Only these paths (absolute, as backed up), with their parents.
+        paths: Vec<PathBuf>,
+    },
+    /// Forget snapshots a keep policy does not keep (restic's semantics); --prune frees their data.
+    Forget {
+        #[command(flatten)]
+        home: HomeArgs,
+        /// Keep the newest N snapshots.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_last: u32,
+        /// Keep the newest snapshot of each of the last N hours that have one.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_hourly: u32,
+        /// ... of each of the last N days.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_daily: u32,
+        /// ... of each of the last N weeks.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_weekly: u32,
+        /// ... of each of the last N months.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_monthly: u32,
+        /// ... of each of the last N years.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_yearly: u32,
+        /// Then delete the packs no snapshot needs (and rewrite mostly unused ones).
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Verify every object decrypts, every pack matches its name and every needed chunk exists.
+    Check {
+        #[command(flatten)]
+        home: HomeArgs,
     },
 }

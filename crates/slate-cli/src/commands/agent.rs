@@ -102,7 +102,11 @@ pub fn update(config: &Path, as_json: bool, dry_run: bool) -> Result<ExitCode> {
 
 pub fn status(config: &Path, as_json: bool) -> Result<ExitCode> {
     let cfg = load(config)?;
-    let s = update::status(&cfg)?;
+    let mut s = update::status(&cfg)?;
+    let home_backup = super::home::last_backup(&cfg.state_dir);
+    if let Some(h) = &home_backup {
+        s["home_backup"] = h.clone();
+    }
     if as_json {
         json(&s)?;
         return Ok(ExitCode::SUCCESS);
@@ -134,6 +138,15 @@ pub fn status(config: &Path, as_json: bool) -> Result<ExitCode> {
             crate::output::time(p["at"].as_i64().unwrap_or(0) * 1_000_000_000),
             human(p["bytes_fetched"].as_u64().unwrap_or(0)),
             p["message"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(h) = home_backup {
+        println!(
+            "last home backup: {} ({}), {} files, {}",
+            crate::output::time(h["time"].as_i64().unwrap_or(0) * 1_000_000_000),
+            h["user"].as_str().unwrap_or(""),
+            h["files"].as_u64().unwrap_or(0),
+            human(h["bytes"].as_u64().unwrap_or(0))
         );
     }
     Ok(ExitCode::SUCCESS)

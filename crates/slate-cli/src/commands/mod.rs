@@ -8,6 +8,7 @@ mod delta;
 mod diff;
 mod fleet;
 mod gc;
+mod home;
 mod init;
 mod keygen;
 mod log;
@@ -185,6 +186,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             repo,
             trust,
         } => agent::pull(&from, &channel, &repo.repo, &trust),
+        Command::Home { command } => home::run(command),
     }
 }
 

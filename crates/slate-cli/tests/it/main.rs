@@ -6,6 +6,7 @@ mod boot;
 mod cli;
 mod enroll;
 mod fidelity;
+mod home;
 mod nasty;
 mod safety;
 mod selftest;
