@@ -12,39 +12,8 @@ use slate_agent::config::Config;
 use slate_agent::http::Http;
 use slate_agent::serverstate::{PutOutcome, StateClient};
 
-use crate::support::{is_root, s, scratch, slate, slate_err, slate_ok, Server};
+use crate::support::{is_root, s, scratch, slate, slate_err, slate_ok, Server, Tmpfs};
 
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = scratch();
-        let options = std::ffi::CString::new(format!("size={size},mode=0700")).unwrap();
-        rustix::mount::mount(
-            "tmpfs",
-            dir.path(),
-            "tmpfs",
-            rustix::mount::MountFlags::empty(),
-            Some(options.as_c_str()),
-        )
-        .expect("mount a tmpfs");
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Detach: a server still holding a file open must not keep it.
-        let _ = rustix::mount::unmount(self.dir.path(), rustix::mount::UnmountFlags::DETACH);
-    }
-}
 
 fn init_repo(dir: &Path) -> PathBuf {
     let repo = dir.join("repo");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crate::nasty::{build_nasty_tree, SPARSE_FILES};
-use crate::support::{is_root, s, scratch, slate_bin, Server};
+use crate::support::{is_root, s, scratch, slate_bin, Server, Tmpfs};
 use crate::treedigest::{assert_same_tree, assert_sparse_preserved};
 
 /// Run `slate home ARGS` with `env` set (and the passphrase variable unset unless given).
@@ -349,32 +349,6 @@ fn home_forget_and_prune() {
 
 // ---- Over HTTP, through a real `slate serve` on 127.0.0.1 ----
 
-/// A tmpfs of `size` on a fresh directory, detached on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = scratch();
-        let options = std::ffi::CString::new(format!("size={size},mode=0700")).unwrap();
-        rustix::mount::mount(
-            "tmpfs",
-            dir.path(),
-            "tmpfs",
-            rustix::mount::MountFlags::empty(),
-            Some(options.as_c_str()),
-        )
-        .expect("mount a tmpfs");
-        Tmpfs { dir }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = rustix::mount::unmount(self.dir.path(), rustix::mount::UnmountFlags::DETACH);
-    }
-}
 
 /// A machine enrolled on `repo`'s server: its AGENT.toml (pointing at `url`) and state dir.
 struct Machine {
@@ -582,7 +556,7 @@ fn home_full_server_disk_gives_one_clear_error_and_loses_nothing() {
     let repo = d.path().join("server-repo");
     crate::support::slate_ok(&["init", "--repo", s(&repo)]);
     let disk = Tmpfs::mount("6m");
-    let server = Server::start(&["--repo", s(&repo), "--home-dir", s(disk.dir.path())]);
+    let server = Server::start(&["--repo", s(&repo), "--home-dir", s(disk.path())]);
     let key = d.path().join("k");
     ok(&["keygen", s(&key)], &[]);
     let key = s(&key).to_string();

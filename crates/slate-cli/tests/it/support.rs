@@ -130,3 +130,38 @@ impl Server {
         server
     }
 }
+
+/// A tmpfs of `size` mounted on a fresh directory (a small, really full
+/// disk), detached on drop even when a test fails.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mount it (root only).
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = scratch();
+        let options = std::ffi::CString::new(format!("size={size},mode=0700")).unwrap();
+        rustix::mount::mount(
+            "tmpfs",
+            dir.path(),
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            Some(options.as_c_str()),
+        )
+        .expect("mount a tmpfs");
+        Tmpfs { dir }
+    }
+
+    /// Its mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Detach: a server still holding a file open must not keep it.
+        let _ = rustix::mount::unmount(self.dir.path(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
