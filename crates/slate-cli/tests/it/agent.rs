@@ -1775,3 +1775,38 @@ fn an_update_names_the_kept_state_that_hides_its_changes() {
         "{err}"
     );
 }
+
+#[test]
+fn an_update_refuses_a_boot_partition_without_room_and_keeps_the_good_entry() {
+    if !crate::support::is_root() {
+        eprintln!("skipped: needs root (a small tmpfs as the boot partition)");
+        return;
+    }
+    let mut lab = Lab::new();
+    let ta = small_tree(&lab.path().join("tree-a"), 1, 64 << 10);
+    let tb = small_tree(&lab.path().join("tree-b"), 2, 64 << 10);
+    // The new snapshot's kernel is larger than the boot partition has room for.
+    std::fs::write(tb.join("boot/vmlinuz-6.1.0-2"), random_bytes(9, 3 << 20)).unwrap();
+    lab.commit("a", &ta);
+    lab.commit("b", &tb);
+    lab.serve();
+    let boot = crate::support::Tmpfs::mount("2m");
+    let mut m = lab.agent("m", Slots::Dirs);
+    m.bootloader = "grub";
+    m.boot_dir = boot.path().to_path_buf();
+    m.target("a");
+    assert_eq!(m.update()["result"], "ok");
+    let good = std::fs::read(boot.path().join("slate/a/vmlinuz")).unwrap();
+    let cfg = std::fs::read(boot.path().join("grub/slate.cfg")).unwrap();
+
+    m.target("b");
+    let err = m.update_fails();
+    assert!(
+        err.contains("boot partition") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(!m.slot_path("b").exists(), "refused before the slot was written");
+    assert_eq!(std::fs::read(boot.path().join("slate/a/vmlinuz")).unwrap(), good);
+    assert_eq!(std::fs::read(boot.path().join("grub/slate.cfg")).unwrap(), cfg);
+    assert_eq!(m.status()["active"], "a");
+}

@@ -14,7 +14,6 @@ use slate_agent::serverstate::{PutOutcome, StateClient};
 
 use crate::support::{is_root, s, scratch, slate, slate_err, slate_ok, Server, Tmpfs};
 
-
 fn init_repo(dir: &Path) -> PathBuf {
     let repo = dir.join("repo");
     slate_ok(&["init", "--repo", s(&repo)]);

@@ -349,7 +349,6 @@ fn home_forget_and_prune() {
 
 // ---- Over HTTP, through a real `slate serve` on 127.0.0.1 ----
 
-
 /// A machine enrolled on `repo`'s server: its AGENT.toml (pointing at `url`) and state dir.
 struct Machine {
     dir: PathBuf,

@@ -519,3 +519,36 @@ fn server_state_is_uploaded_once_and_comes_back_on_the_next_boot() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "sshd_config\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("could not be reached"));
 }
+
+#[test]
+fn install_refuses_a_disk_too_small_before_touching_it() {
+    let t = scratch();
+    let img = t.path().join("small.img");
+    let cfg = t.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        "server = \"http://127.0.0.1:9\"\ntrust = [\"/nonexistent.pub\"]\nstate_dir = \"/x\"\n[slots]\na = \"/a\"\nb = \"/b\"\n",
+    )
+    .unwrap();
+    let err = slate_err(&[
+        "install",
+        "--disk",
+        s(&img),
+        "--size",
+        "2G",
+        "--slot-size",
+        "1G",
+        "--config",
+        s(&cfg),
+    ]);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("needs at least") && err.contains("--slot-size"), "{err}");
+    // Created sparse and left untouched: no partition table was written.
+    let mut head = vec![0u8; 1 << 20];
+    use std::io::Read;
+    std::fs::File::open(&img).unwrap().read_exact(&mut head).unwrap();
+    assert!(head.iter().all(|&b| b == 0));
+    // A missing disk without --size is an error too.
+    let err = slate_err(&["install", "--disk", s(&t.path().join("none.img")), "--config", s(&cfg)]);
+    assert!(err.contains("does not exist"), "{err}");
+}

@@ -307,7 +307,7 @@ pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assig
         snapshot: snapshot.to_hex(),
         pinned: target.pin.is_some(),
         rule,
-        state_policy: target.state_policy.map(|p| p.text),
+        state_policy: target.state_policy.filter(|p| !p.text.is_empty()).map(|p| p.text),
     })
 }
 
