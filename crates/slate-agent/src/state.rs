@@ -45,6 +45,9 @@ pub struct LastPass {
     pub shadowed: Vec<String>,
 }
 
+/// How many failed snapshots the agent remembers.
+pub const MAX_FAILED: usize = 16;
+
 /// The whole agent state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
@@ -69,6 +72,11 @@ pub struct State {
     /// What happened at the last boot assessment: good, pending, fell-back.
     #[serde(default)]
     pub boot_result: Option<String>,
+    /// Snapshots that failed to boot on this machine (oldest first, at most
+    /// [`MAX_FAILED`]): an update does not write one of them again unless
+    /// asked to retry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
 }
 
 impl Default for State {
@@ -83,6 +91,7 @@ impl Default for State {
             last_pass: None,
             newest_time_ns: 0,
             boot_result: None,
+            failed: Vec::new(),
         }
     }
 }

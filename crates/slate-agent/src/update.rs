@@ -146,6 +146,17 @@ fn report(http: &Http, who: &Identity, state: &State) {
     }
 }
 
+/// Forget which snapshots failed to boot here, so that the next pass may
+/// write one of them again (`slate update --retry`).
+pub fn forget_failures(cfg: &Config) -> Result<usize> {
+    let _lock = lock(&cfg.state_dir)?;
+    let mut state = State::load(&cfg.state_dir)?;
+    let n = state.failed.len();
+    state.failed.clear();
+    state.save(&cfg.state_dir)?;
+    Ok(n)
+}
+
 /// Run one pass.
 pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outcome> {
     let _lock = lock(&cfg.state_dir)?;
@@ -231,6 +242,18 @@ fn pass(
         return Ok(Outcome {
             result: "up-to-date".into(),
             message: format!("already running {}", &target_hex[..12]),
+            target: Some(target_hex),
+            ..Default::default()
+        });
+    }
+    if state.failed.contains(&target_hex) {
+        return Ok(Outcome {
+            result: "failed-before".into(),
+            message: format!(
+                "snapshot {} failed to boot on this machine; not writing it again until the fleet assigns \
+                 another (or `slate update --retry`)",
+                &target_hex[..12]
+            ),
             target: Some(target_hex),
             ..Default::default()
         });
@@ -765,7 +788,18 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
         Some(p) if p != booted => {
             state.boot_result = Some("fell-back".into());
             state.pending = None;
-            format!("slot {p} failed to boot; running slot {booted} again (rolled back)")
+            let failed = state.slot(&p).snapshot.clone();
+            if let Some(id) = &failed {
+                state.failed.retain(|f| f != id);
+                state.failed.push(id.clone());
+                let excess = state.failed.len().saturating_sub(crate::state::MAX_FAILED);
+                state.failed.drain(..excess);
+            }
+            format!(
+                "slot {p} ({}) failed to boot; running slot {booted} again (rolled back); \
+                 that snapshot is not written again unless `slate update --retry`",
+                failed.as_deref().map(|f| &f[..12.min(f.len())]).unwrap_or("?")
+            )
         }
         _ => {
             state.boot_result = Some("good".into());
@@ -838,6 +872,7 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         "active": state.active,
         "pending": state.pending,
         "boot_result": state.boot_result,
+        "failed": state.failed,
         "last_pass": state.last_pass,
         "bootloader": cfg.bootloader,
     }))

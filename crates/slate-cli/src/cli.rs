@@ -237,6 +237,9 @@ pub enum Command {
         /// Plan and print what would be fetched and written; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Write the assigned snapshot even if it failed to boot here before.
+        #[arg(long)]
+        retry: bool,
     },
     /// The agent's slots, which is active, pending and known good, and the last pass.
     Status {

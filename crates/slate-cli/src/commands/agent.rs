@@ -61,8 +61,11 @@ fn load(config: &Path) -> Result<Config> {
     Ok(Config::load(config)?)
 }
 
-pub fn update(config: &Path, as_json: bool, dry_run: bool) -> Result<ExitCode> {
+pub fn update(config: &Path, as_json: bool, dry_run: bool, retry: bool) -> Result<ExitCode> {
     let cfg = load(config)?;
+    if retry && !dry_run {
+        update::forget_failures(&cfg).context("update failed")?;
+    }
     let started = std::time::Instant::now();
     let progress: Box<dyn Progress> = if as_json {
         Box::new(JsonProgress::new())
@@ -129,6 +132,17 @@ pub fn status(config: &Path, as_json: bool) -> Result<ExitCode> {
     }
     if let Some(b) = s["boot_result"].as_str() {
         println!("last boot: {b}");
+    }
+    if let Some(f) = s["failed"].as_array().filter(|f| !f.is_empty()) {
+        let ids: Vec<&str> = f
+            .iter()
+            .filter_map(|v| v.as_str())
+            .map(|v| &v[..12.min(v.len())])
+            .collect();
+        println!(
+            "failed to boot here (not written again without --retry): {}",
+            ids.join(", ")
+        );
     }
     if s["last_pass"].is_object() {
         let p = &s["last_pass"];

@@ -119,7 +119,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             FleetCommand::Revoke { machine, db } => tokens::revoke(&machine, &db),
             FleetCommand::Tokens { db, out } => tokens::list(&db, out.json),
         },
-        Command::Update { config, json, dry_run } => agent::update(&config, json, dry_run),
+        Command::Update {
+            config,
+            json,
+            dry_run,
+            retry,
+        } => agent::update(&config, json, dry_run, retry),
         Command::Status { config, out } => agent::status(&config, out.json),
         Command::BootOk { config } => agent::boot_ok(&config),
         Command::Rollback { config } => agent::rollback(&config),

@@ -1592,6 +1592,15 @@ fn boot_counting_falls_back(kind: Bootloader, name: &'static str) {
     for _ in 0..2 {
         assert_eq!(simulate_boot(kind, &m.boot_dir).unwrap().as_deref(), Some("a"));
     }
+    assert_eq!(st["failed"][0], lab.id("b"), "{st}");
+
+    // The fleet still assigns b: it is not written again...
+    let r = m.update();
+    assert_eq!(r["result"], "failed-before", "{r}");
+    assert!(m.status()["pending"].is_null());
+    assert_eq!(simulate_boot(kind, &m.boot_dir).unwrap().as_deref(), Some("a"));
+    let human = slate_ok(&["status", "--config", s(&m.config)]);
+    assert!(human.contains("failed to boot here"), "{human}");
 
     // The server heard about it.
     let out = slate_ok(&["fleet", "status", "--server", &lab.url(), "--json"]);
@@ -1606,6 +1615,14 @@ fn boot_counting_falls_back(kind: Bootloader, name: &'static str) {
     assert_eq!(row["boot"]["result"], "fell-back", "{row}");
     assert_eq!(row["boot"]["slot"], "a", "{row}");
     assert_eq!(row["active_slot"], "a", "{row}");
+
+    // ...unless the administrator asks for another try.
+    let mut c = m.command("update");
+    c.args(["--retry", "--json"]);
+    let out = m.output(c);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(m.status()["pending"], "b");
+    assert!(m.status()["failed"].as_array().is_none_or(|f| f.is_empty()));
 }
 
 #[test]

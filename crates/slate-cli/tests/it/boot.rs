@@ -412,6 +412,11 @@ fn bios_grub_install_update_and_fall_back_from_a_hung_slot() {
     assert_good_boot(&b6, "b", "2");
     assert_eq!(b6.boot_result().as_deref(), Some("fell-back"), "{}", b6.tail());
     assert_eq!(b6.marker("server").as_deref(), Some(secret.as_str()));
+    assert!(
+        b6.text.contains("failed to boot on this machine"),
+        "not written again: {}",
+        b6.tail()
+    );
     // The fleet knows.
     let fleet = slate_ok(&["fleet", "status", "--json", "--server", &lab.server.url]);
     assert!(fleet.contains("fell-back"), "{fleet}");
@@ -453,6 +458,11 @@ fn uefi_systemd_boot_falls_back_from_a_failing_slot() {
     assert_good_boot(&b4, "a", "1");
     assert_eq!(b4.boot_result().as_deref(), Some("fell-back"), "{}", b4.tail());
     assert!(b4.marker("server").unwrap().starts_with("made-on-"), "{}", b4.tail());
+    assert!(
+        b4.text.contains("failed to boot on this machine"),
+        "not written again: {}",
+        b4.tail()
+    );
     let fleet = slate_ok(&["fleet", "status", "--json", "--server", &lab.server.url]);
     assert!(fleet.contains("fell-back"), "{fleet}");
 }
