@@ -133,17 +133,19 @@ pub fn apply(
         facts: Facts::detect(machine),
         server: server.as_ref().map(|s| s as &dyn StateServer),
     };
+    let started = std::time::Instant::now();
     let report = apply::apply(&policy, &opts)?;
     print_report(&report, as_json)?;
     if !as_json {
         eprintln!(
-            "{} set up from {}",
+            "{} set up from {} in {:.2} s",
             if report.changed() {
                 "state"
             } else {
                 "nothing to do: state already"
             },
-            policy.source.display()
+            policy.source.display(),
+            started.elapsed().as_secs_f64()
         );
     }
     Ok(ExitCode::SUCCESS)
