@@ -81,7 +81,7 @@ for fw in $FIRMWARE; do
     fi
     log="$W/boot-$fw-$rep.log"; : > "$log"
     t=$(date +%s.%N)
-    qemu-system-x86_64 -accel tcg -smp 1 -m 1024 -no-reboot -display none -monitor none \
+    qemu-system-x86_64 -machine q35 -nodefaults -accel tcg -smp 1 -m 1024 -no-reboot -display none -monitor none \
       -serial "file:$log" -drive "file=$img,format=raw,if=virtio" \
       -netdev user,id=n0 -device virtio-net-pci,netdev=n0 "${extra[@]}" &
     q=$!

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::support::{corpus, is_root, s, scratch, slate_ok, Server};
 
 /// Longest one boot may take before the test gives up on it.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(200);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 const MARKER: &str = r#"#!/bin/sh
 # slate's boot test: report this boot on the serial console, then let the
@@ -249,19 +249,21 @@ impl Vm {
         self.boots += 1;
         let log = self.disk.with_extension(format!("boot{}.log", self.boots));
         let mut c = Command::new("qemu-system-x86_64");
+        // q35 without default devices: no floppy or IDE CD-ROM for the
+        // guest's udev to probe (on a loaded machine that alone can take
+        // minutes).
         c.args([
+            "-machine",
+            "q35",
+            "-nodefaults",
             "-accel",
             "tcg",
             "-smp",
             "1",
             "-m",
             "1024",
-            "-no-reboot",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
         ])
+        .args(["-no-reboot", "-display", "none", "-monitor", "none"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
         .arg("-drive")

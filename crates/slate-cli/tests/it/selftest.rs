@@ -123,9 +123,14 @@ fn nasty_tree_refuses_a_non_empty_root() {
 fn assert_same_tree_reports_differences() {
     let tmp = scratch();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    // One fixed time for both: two writes a clock tick apart would differ.
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
     for t in [&a, &b] {
         std::fs::create_dir(t).unwrap();
         std::fs::write(t.join("f"), b"same").unwrap();
+        for p in [t.join("f"), t.to_path_buf()] {
+            std::fs::File::open(&p).unwrap().set_modified(when).unwrap();
+        }
     }
     assert_same_tree(&a, &b);
     std::fs::write(b.join("f"), b"diff").unwrap();
