@@ -626,7 +626,7 @@ channel = "never: shadowed by the earlier hostname rule"
             .to_string();
         assert_eq!(
             e,
-            "/etc/slate/fleet.toml: line 3, column 1: unknown field `chanel`, expected `channel` or `snapshot`"
+            "/etc/slate/fleet.toml: line 3, column 1: unknown field `chanel`, expected one of `channel`, `snapshot`, `state_policy`"
         );
     }
 
