@@ -458,8 +458,12 @@ pub enum StateCommand {
         #[arg(long, value_name = "AGENT.toml", env = "SLATE_AGENT_CONFIG")]
         config: Option<PathBuf>,
         /// Only the `backup` paths, one per line.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "server")]
         backup: bool,
+        /// Only the `server` paths, one per line; exit status 1 when there are none (the initramfs asks
+        /// whether to bring the network up).
+        #[arg(long)]
+        server: bool,
         #[command(flatten)]
         out: OutputArg,
     },

@@ -182,8 +182,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 policy,
                 config,
                 backup,
+                server,
                 out,
-            } => state::show(&root, policy.policy.as_deref(), config.as_deref(), backup, out.json),
+            } => state::show(
+                &root,
+                policy.policy.as_deref(),
+                config.as_deref(),
+                (backup, server),
+                out.json,
+            ),
         },
         Command::Pull {
             from,

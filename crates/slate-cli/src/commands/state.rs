@@ -230,11 +230,31 @@ pub fn show(
     root: &Path,
     policy: Option<&Path>,
     config: Option<&Path>,
-    backup: bool,
+    (backup, server): (bool, bool),
     as_json: bool,
 ) -> Result<ExitCode> {
     let cfg = load_config(config)?;
     let policy = load_policy(root, policy, cfg.as_ref())?;
+    if server {
+        let paths: Vec<&str> = policy
+            .entries
+            .iter()
+            .filter(|e| e.state == slate_state::Mode::Server)
+            .map(|e| e.path.as_str())
+            .collect();
+        if as_json {
+            json(&paths)?;
+        } else {
+            for p in &paths {
+                println!("{p}");
+            }
+        }
+        return Ok(if paths.is_empty() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
     if backup {
         if as_json {
             json(&policy.backup_paths())?;
