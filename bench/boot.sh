@@ -7,12 +7,15 @@
 # server state included). Run as root after `make build corpus`.
 #   REPS=N      boots per firmware (default 2)
 #   FIRMWARE="bios uefi"
+#   VARIANTS="local server"   the default policy; then with a server path
+#                             (the initramfs brings the network up)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SLATE=${SLATE:-$PWD/target/release/slate}
 CORPUS=${SLATE_CORPUS:-/var/tmp/stateless-bench/corpus}
 REPS=${REPS:-2}
 FIRMWARE=${FIRMWARE:-bios uefi}
+VARIANTS=${VARIANTS:-local server}
 W=${W:-/var/tmp/slate-boot-bench}
 [ -x "$SLATE" ] || { echo "bench/boot.sh: build first (make build)" >&2; exit 1; }
 [ -f "$CORPUS/v3.done" ] || { echo "bench/boot.sh: no corpus (make corpus)" >&2; exit 1; }
@@ -66,7 +69,14 @@ b = "/unused/b"
 TOML
 
 echo "machine: $(nproc) cores, $(uname -r); qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'); slate prepare took ${prep} s"
-printf '%-6s %4s %12s %18s %22s\n' firmware rep "install (s)" "power-on→marker (s)" "initramfs step (s)"
+printf '%-6s %-9s %4s %12s %20s %20s %22s\n' firmware policy rep "install (s)" "power-on→marker (s)" "initramfs step (s)" "before apply (s)"
+for variant in $VARIANTS; do
+if [ "$variant" = server ]; then
+  # A server path: the initramfs brings the network up (DHCP) to fetch it.
+  printf '\n[[path]]\npath = "/etc/slate-bench"\nstate = "server"\n' >> "$W/tree/etc/slate/state.toml"
+  mkdir -p "$W/tree/etc/slate-bench"
+  "$SLATE" commit --repo "$W/repo" --channel lab --sign "$W/key" "$W/tree" >/dev/null 2>&1
+fi
 for fw in $FIRMWARE; do
   for rep in $(seq "$REPS"); do
     img="$W/disk-$fw.img"; rm -f "$img"
@@ -92,8 +102,14 @@ for fw in $FIRMWARE; do
       sleep 0.1
     done
     wait $q || true
-    step=$(sed -n 's/.*slate: initramfs step from \([0-9.]*\) s to \([0-9.]*\) s.*/\2 - \1/p' "$log" | head -1)
-    printf '%-6s %4s %12.1f %18s %22s\n' "$fw" "$rep" "$inst" "${marker:-none}" "$( [ -n "$step" ] && awk "BEGIN{printf \"%.2f\", $step}" || echo none)"
+    stamps=$(sed -n 's/.*slate: initramfs step from \([0-9.]*\) s to \([0-9.]*\) s of uptime (network up at \([0-9.]*\) s).*/\1 \2 \3/p' "$log" | head -1)
+    step=none; net=none
+    if [ -n "$stamps" ]; then
+      step=$(echo "$stamps" | awk '{printf "%.2f", $2 - $1}')
+      net=$(echo "$stamps" | awk '{printf "%.2f", $3 - $1}')
+    fi
+    printf '%-6s %-9s %4s %12.1f %20s %20s %22s\n' "$fw" "$variant" "$rep" "$inst" "${marker:-none}" "$step" "$net"
   done
+done
 done
 echo "initrd: $(stat -c %s "$CORPUS"/v3/boot/initrd.img-*) bytes as built, $(stat -c %s "$W"/tree/boot/initrd.img-*) after slate prepare"

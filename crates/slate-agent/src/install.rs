@@ -271,9 +271,15 @@ pub fn machine_cmdline(template: &str) -> String {
 fn machine_config(t: &Config, firmware: Firmware, keys: &[String], has_token: bool) -> Result<String> {
     use toml::Value;
     let mut root = toml::Table::new();
+    // A loopback address is how the installing machine reaches the server,
+    // hardly how the machine will: tried last, it costs nothing when
+    // unreachable (an initramfs has no loopback interface up, so a connect
+    // there waits for its timeout).
+    let (mut servers, lo): (Vec<&String>, Vec<&String>) = t.servers.iter().partition(|s| !is_loopback_url(s));
+    servers.extend(lo);
     root.insert(
         "server".into(),
-        Value::Array(t.servers.iter().map(|s| Value::String(s.clone())).collect()),
+        Value::Array(servers.into_iter().map(|s| Value::String(s.clone())).collect()),
     );
     root.insert(
         "trust".into(),
@@ -320,6 +326,18 @@ fn machine_config(t: &Config, firmware: Firmware, keys: &[String], has_token: bo
         "# Written by `slate install`; the machine's own agent configuration\n\
          # (docs/agent.md), kept on the state partition and bound to {MACHINE_CONFIG}.\n{body}"
     ))
+}
+
+/// Whether a server URL names this machine's loopback interface.
+fn is_loopback_url(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or(url);
+    let host = host.split('/').next().unwrap_or("");
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    host == "localhost" || host.starts_with("127.") || host == "::1"
 }
 
 fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
@@ -625,6 +643,25 @@ mod tests {
         assert_eq!(u[0].name, "slate-esp");
         let e = layout(4 << 30, Firmware::Bios, 2 << 30).unwrap_err().to_string();
         assert!(e.contains("needs at least") && e.contains("--slot-size"), "{e}");
+    }
+
+    #[test]
+    fn loopback_servers_are_recognised() {
+        for u in [
+            "http://127.0.0.1:8470",
+            "https://localhost/",
+            "http://[::1]:80",
+            "http://127.1.2.3",
+        ] {
+            assert!(is_loopback_url(u), "{u}");
+        }
+        for u in [
+            "http://10.0.2.2:8470",
+            "https://slate.example.org",
+            "http://[fe80::1]:80",
+        ] {
+            assert!(!is_loopback_url(u), "{u}");
+        }
     }
 
     #[test]
