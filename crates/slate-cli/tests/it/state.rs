@@ -174,7 +174,8 @@ fn test_policy(m: &Machine) -> PathBuf {
     let p = m.dir.join("state.toml");
     let mut text = std::fs::read_to_string(lab_policy()).unwrap();
     text.push_str(
-        "\n[[path]]\npath = \"/etc/motd\"\nstate = \"dynamic\"\ncommand = [\"sh\", \"-c\", \"echo made for $SLATE_PATH\"]\nmode = \"0640\"\nowner = \"root\"\ngroup = \"adm\"\n",
+        "\n[[path]]\npath = \"/etc/motd\"\nstate = \"dynamic\"\ncommand = [\"sh\", \"-c\", \"echo made for $SLATE_PATH\"]\nmode = \"0640\"\nowner = \"root\"\ngroup = \"adm\"\n\
+         \n[[path]]\npath = \"/opt\"\nstate = \"backup\"\n",
     );
     std::fs::write(&p, text).unwrap();
     p
@@ -212,6 +213,7 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
         echo ram > "$ROOT/var/log/ram-marker"
         echo home > "$ROOT/home/home-marker"
         echo kept > "$ROOT/var/lib/systemd/local-marker"
+        echo saved > "$ROOT/opt/backup-marker"
         echo "machine-id $(cat "$ROOT/etc/machine-id")"
         echo "hostname $(cat "$ROOT/etc/hostname")"
         echo "motd $(cat "$ROOT/etc/motd") $(stat -c '%a %U %G' "$ROOT/etc/motd")"
@@ -260,7 +262,7 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
     let second = boot_ok(
         r#"
         $SLATE state apply --root "$ROOT" --policy "$POLICY" --state-dir "$STATE" >/dev/null
-        for f in var/log/ram-marker home/home-marker var/lib/systemd/local-marker; do
+        for f in var/log/ram-marker home/home-marker var/lib/systemd/local-marker opt/backup-marker; do
             if [ -e "$ROOT/$f" ]; then echo "present $f $(cat "$ROOT/$f")"; else echo "absent $f"; fi
         done
         echo "machine-id $(cat "$ROOT/etc/machine-id")"
@@ -270,6 +272,11 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
     assert!(second.contains("absent var/log/ram-marker"), "{second}");
     assert!(second.contains("absent home/home-marker"), "{second}");
     assert!(second.contains("present var/lib/systemd/local-marker kept"), "{second}");
+    assert!(second.contains("present opt/backup-marker saved"), "{second}");
+    assert!(
+        state.join("backup/opt/backup-marker").is_file(),
+        "kept in the store's backup tree"
+    );
     assert_eq!(field(&second, "machine-id"), machine_id);
 
     // After all that, the tree still matches its snapshot; then plant drift.
