@@ -32,14 +32,14 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use slate_agent::boot::{read_grubenv, simulate_boot};
 use slate_agent::config::Bootloader;
 
-use crate::support::{corpus, is_root, s, scratch, slate, slate_bin, slate_ok};
+use crate::support::{corpus, is_root, s, scratch, slate, slate_bin, slate_ok, Server};
 use crate::treedigest::{assert_same_tree, digest};
 
 const MIB: u64 = 1 << 20;
@@ -49,99 +49,6 @@ const MAX_RANGE: u64 = 8 * MIB;
 
 // ---------------------------------------------------------------------------
 // The server, the repository and the fleet.
-
-/// A running `slate serve`, killed and reaped on drop.
-struct Server {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// `slate serve --repo REPO --fleet FLEET --listen 127.0.0.1:0`, once it
-    /// says it is serving.
-    fn start(repo: &Path, fleet: &Path) -> Server {
-        let child = Command::new(slate_bin())
-            .args([
-                "serve",
-                "--repo",
-                s(repo),
-                "--fleet",
-                s(fleet),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env_remove("SLATE_REPO")
-            // Request logs show which objects (deltas) were served.
-            .env("SLATE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run slate serve");
-        let mut server = Server {
-            child,
-            url: String::new(),
-            log: Arc::new(Mutex::new(String::new())),
-        };
-        let pipe = server.child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log = server.log.clone();
-        // Drain stderr for the server's whole life: request logs must never
-        // fill the pipe and block it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let line = strip_ansi(&line);
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-                if let Some(url) = line.split(" on ").nth(1).filter(|_| line.starts_with("serving ")) {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => server.url = url,
-            Err(_) => panic!("slate serve did not start:\n{}", server.log.lock().unwrap()),
-        }
-        server
-    }
-
-    /// The request log lines that mention `needle`.
-    fn requests(&self, needle: &str) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-/// Remove terminal colour sequences (the server's log is coloured).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 /// A scratch directory with a signing key, a repository whose snapshots
 /// are committed one channel each, and (after [`Lab::serve`]) a server.
@@ -220,7 +127,7 @@ impl Lab {
         }
         let path = self.path().join("FLEET.toml");
         std::fs::write(&path, fleet).unwrap();
-        let server = Server::start(&self.repo, &path);
+        let server = Server::start(&["--repo", s(&self.repo), "--fleet", s(&path)]);
         let url = server.url.clone();
         self.server = Some(server);
         url

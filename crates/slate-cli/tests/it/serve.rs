@@ -4,92 +4,12 @@
 //! a guard that kills and reaps it, so a failing assertion never leaves a
 //! process behind.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use crate::support::{s, scratch, slate, slate_bin, slate_ok};
-
-/// How long a server may take to say it is listening.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A running `slate serve`, killed and reaped on drop.
-struct Server {
-    child: Child,
-    url: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// Start `slate serve ARGS --listen 127.0.0.1:0` and wait for its
-    /// "serving REPO on URL" line.
-    fn start(args: &[&str]) -> Server {
-        let child = Command::new(slate_bin())
-            .arg("serve")
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .env_remove("SLATE_REPO")
-            .env("SLATE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run slate serve");
-        // The guard exists before anything can fail.
-        let mut server = Server {
-            child,
-            url: String::new(),
-            stderr: Arc::new(Mutex::new(String::new())),
-        };
-        let pipe = server.child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log = server.stderr.clone();
-        // Keep draining stderr for the server's whole life, so request logs
-        // can never fill the pipe and block it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-                if let Some(url) = line.split(" on ").nth(1).filter(|_| line.starts_with("serving ")) {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok(url) => server.url = url,
-            Err(_) => panic!("slate serve {args:?} did not start:\n{}", server.stderr.lock().unwrap()),
-        }
-        server
-    }
-
-    /// Stop it with SIGTERM and return its exit status.
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        wait_timeout(&mut self.child, Duration::from_secs(30)).expect("slate serve exits on SIGTERM")
-    }
-}
-
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
+use crate::support::{s, scratch, slate, slate_bin, slate_ok, wait_timeout, Server};
 
 /// Run `slate serve ARGS`, which must fail by itself (not serve); returns
 /// its output.
@@ -291,7 +211,7 @@ fn serve_objects_assignments_and_fleet_status() {
     // SIGTERM: a clean exit, and the request log went to stderr.
     let st = server.terminate();
     assert!(st.success(), "exit status {st}");
-    let log = server.stderr.lock().unwrap().clone();
+    let log = server.log.lock().unwrap().clone();
     assert!(log.contains("/v1/fleet/report"), "request logs:\n{log}");
 }
 

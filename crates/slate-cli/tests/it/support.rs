@@ -100,11 +100,14 @@ impl Server {
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .env_remove("SLATE_REPO")
+            // Request logs: which objects were served, and that logging works.
+            .env("SLATE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("run slate serve");
+        // The guard exists before anything can fail.
         let mut server = Server {
             child,
             url: String::new(),
@@ -113,10 +116,12 @@ impl Server {
         let pipe = server.child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let log = server.log.clone();
-        // Drain stderr for the server's whole life so it can never block.
+        // Drain stderr for the server's whole life: request logs must never
+        // fill the pipe and block it.
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
+                let line = strip_ansi(&line);
                 log.lock().unwrap().push_str(&format!("{line}\n"));
                 if let Some(url) = line.split(" on ").nth(1).filter(|_| line.starts_with("serving ")) {
                     let _ = tx.send(url.to_string());
@@ -129,6 +134,54 @@ impl Server {
         }
         server
     }
+
+    /// The request log lines that mention `needle`.
+    pub fn requests(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Stop it with SIGTERM and return its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        wait_timeout(&mut self.child, Duration::from_secs(30)).expect("slate serve exits on SIGTERM")
+    }
+}
+
+/// Wait for `child` to exit, at most `limit`.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Remove terminal colour sequences (the server's log is coloured).
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A tmpfs of `size` mounted on a fresh directory (a small, really full
