@@ -24,7 +24,7 @@ use slate_repo::Repo;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::error::{ApiError, ApiResult};
-use crate::range::{self, RangeAnswer};
+use crate::range::{self, header_str, hv, Reply};
 use crate::AppState;
 
 /// `Cache-Control` of content-addressed objects: a name always means the
@@ -116,15 +116,6 @@ impl Object {
 
 fn no_such_object() -> ApiError {
     ApiError::NotFound("no such object in this repository".into())
-}
-
-fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
-    h.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn hv(s: &str) -> HeaderValue {
-    // Every value built here is ASCII (hex, digits, fixed strings).
-    HeaderValue::from_str(s).expect("ASCII header value")
 }
 
 /// An object opened for reading: a local file, or a key in a storage that
@@ -255,33 +246,20 @@ pub async fn object(State(st): State<AppState>, method: Method, uri: Uri, header
     };
     let (opened, len) = open(&st.repo, &key).await?.ok_or_else(no_such_object)?;
 
-    let mut h = HeaderMap::new();
-    h.insert(header::ETAG, hv(&etag));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if header_str(&headers, header::IF_NONE_MATCH).is_some_and(|v| range::none_match(v, &etag)) {
-        return Ok((StatusCode::NOT_MODIFIED, h).into_response());
-    }
-    let requested = header_str(&headers, header::RANGE)
-        .filter(|_| range::if_range_holds(header_str(&headers, header::IF_RANGE), &etag));
-    let (status, start, count) = match range::answer(requested, len) {
-        RangeAnswer::Full => (StatusCode::OK, 0, len),
-        RangeAnswer::Partial { start, end } => {
-            h.insert(header::CONTENT_RANGE, hv(&format!("bytes {start}-{end}/{len}")));
-            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
-        }
-        RangeAnswer::Unsatisfiable => {
-            h.insert(header::CONTENT_RANGE, hv(&format!("bytes */{len}")));
+    let (status, h, start, count) = match range::reply(&headers, &etag, IMMUTABLE, len) {
+        Reply::NotModified(h) => return Ok((StatusCode::NOT_MODIFIED, h).into_response()),
+        Reply::Unsatisfiable(h) => {
             let msg = format!("range not satisfiable: the object has {len} bytes");
             let body = axum::Json(serde_json::json!({ "error": msg }));
             return Ok((StatusCode::RANGE_NOT_SATISFIABLE, h, body).into_response());
         }
+        Reply::Send {
+            status,
+            headers,
+            start,
+            count,
+        } => (status, headers, start, count),
     };
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::CONTENT_LENGTH, hv(&count.to_string()));
     let body = if method == Method::HEAD {
         Body::empty()
     } else {

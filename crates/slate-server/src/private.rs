@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth;
 use crate::blobs::{check_segment, BlobError, BlobStore, PrivateStorage, Written};
 use crate::error::{ApiError, ApiResult};
-use crate::range::{self, RangeAnswer};
+use crate::range::{self, header_str, hv, Reply};
 use crate::AppState;
 
 /// Longest pause between two pieces of a request body.
@@ -140,15 +140,6 @@ async fn home_access(st: &AppState, headers: &HeaderMap, repo: &str, kind: &str)
     check_repo(repo)?;
     check_kind(kind)?;
     storage(st)
-}
-
-fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
-    h.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn hv(s: &str) -> HeaderValue {
-    // Every value built here is ASCII (hex, digits, fixed strings).
-    HeaderValue::from_str(s).expect("ASCII header value")
 }
 
 /// `If-None-Match: *` on a PUT: create, never replace.
@@ -504,23 +495,9 @@ pub async fn home_get(
         .ok_or_else(|| ApiError::NotFound(format!("there is no {what}")))?;
     let etag = format!("\"{}\"", meta.version);
     let len = meta.size;
-    let mut h = HeaderMap::new();
-    h.insert(header::ETAG, hv(&etag));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if header_str(&headers, header::IF_NONE_MATCH).is_some_and(|v| range::none_match(v, &etag)) {
-        return Ok((StatusCode::NOT_MODIFIED, h).into_response());
-    }
-    let requested = header_str(&headers, header::RANGE)
-        .filter(|_| range::if_range_holds(header_str(&headers, header::IF_RANGE), &etag));
-    let (status, start, count) = match range::answer(requested, len) {
-        RangeAnswer::Full => (StatusCode::OK, 0, len),
-        RangeAnswer::Partial { start, end } => {
-            h.insert(header::CONTENT_RANGE, hv(&format!("bytes {start}-{end}/{len}")));
-            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
-        }
-        RangeAnswer::Unsatisfiable => {
-            h.insert(header::CONTENT_RANGE, hv(&format!("bytes */{len}")));
+    let (status, h, start, count) = match range::reply(&headers, &etag, NO_STORE, len) {
+        Reply::NotModified(h) => return Ok((StatusCode::NOT_MODIFIED, h).into_response()),
+        Reply::Unsatisfiable(h) => {
             let msg = format!("range not satisfiable: {what} has {len} bytes");
             return Ok((
                 StatusCode::RANGE_NOT_SATISFIABLE,
@@ -529,12 +506,13 @@ pub async fn home_get(
             )
                 .into_response());
         }
+        Reply::Send {
+            status,
+            headers,
+            start,
+            count,
+        } => (status, headers, start, count),
     };
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::CONTENT_LENGTH, hv(&count.to_string()));
     let body = if method == Method::HEAD {
         Body::empty()
     } else {

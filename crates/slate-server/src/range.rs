@@ -8,6 +8,73 @@
 //! syntax) is ignored, as RFC 9110 §14.2 allows, and the whole object is
 //! sent.
 
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+
+/// A request header as text, if it is ASCII.
+pub fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A header value built by the server (hex, digits, fixed strings: ASCII).
+pub fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).expect("ASCII header value")
+}
+
+/// How to answer a GET or HEAD of an object of `len` bytes whose entity
+/// tag is `etag`, given the request's conditional and range headers.
+#[derive(Debug)]
+pub enum Reply {
+    /// 304 Not Modified, with these headers.
+    NotModified(HeaderMap),
+    /// 200 or 206: `count` bytes from `start`, with these headers.
+    Send {
+        /// 200 or 206.
+        status: StatusCode,
+        /// ETag, caching, ranges, type and length.
+        headers: HeaderMap,
+        /// First byte.
+        start: u64,
+        /// Bytes to send.
+        count: u64,
+    },
+    /// 416: the range lies past the end; these headers say the length.
+    Unsatisfiable(HeaderMap),
+}
+
+/// Decide the [`Reply`]; `cache_control` is sent with every answer.
+pub fn reply(req: &HeaderMap, etag: &str, cache_control: &'static str, len: u64) -> Reply {
+    let mut h = HeaderMap::new();
+    h.insert(header::ETAG, hv(etag));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if header_str(req, header::IF_NONE_MATCH).is_some_and(|v| none_match(v, etag)) {
+        return Reply::NotModified(h);
+    }
+    let requested = header_str(req, header::RANGE).filter(|_| if_range_holds(header_str(req, header::IF_RANGE), etag));
+    let (status, start, count) = match answer(requested, len) {
+        RangeAnswer::Full => (StatusCode::OK, 0, len),
+        RangeAnswer::Partial { start, end } => {
+            h.insert(header::CONTENT_RANGE, hv(&format!("bytes {start}-{end}/{len}")));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeAnswer::Unsatisfiable => {
+            h.insert(header::CONTENT_RANGE, hv(&format!("bytes */{len}")));
+            return Reply::Unsatisfiable(h);
+        }
+    };
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, hv(&count.to_string()));
+    Reply::Send {
+        status,
+        headers: h,
+        start,
+        count,
+    }
+}
+
 /// What to send for a `Range` header on an object of `len` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RangeAnswer {
