@@ -142,6 +142,26 @@ struct Machine {
     snapshot: String,
 }
 
+impl Machine {
+    /// `slate state audit` of the checkout against its snapshot.
+    fn audit(&self, policy: &Path, json: bool) -> Output {
+        let mut args = vec!["state", "audit"];
+        if json {
+            args.push("--json");
+        }
+        args.extend([
+            "--root",
+            s(&self.root),
+            "--repo",
+            s(&self.repo),
+            "--policy",
+            s(policy),
+            &self.snapshot,
+        ]);
+        slate(&args)
+    }
+}
+
 fn debian_machine() -> Option<Machine> {
     if !is_root() {
         eprintln!("skipped: needs root (mounts)");
@@ -189,17 +209,7 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
     let vars = [("ROOT", s(&m.root)), ("POLICY", s(&policy)), ("STATE", s(&state))];
 
     // Audit a clean checkout first: nothing to report.
-    let out = slate(&[
-        "state",
-        "audit",
-        "--root",
-        s(&m.root),
-        "--repo",
-        s(&m.repo),
-        "--policy",
-        s(&policy),
-        &m.snapshot,
-    ]);
+    let out = m.audit(&policy, false);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
 
@@ -280,17 +290,7 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
     assert_eq!(field(&second, "machine-id"), machine_id);
 
     // After all that, the tree still matches its snapshot; then plant drift.
-    let clean = slate(&[
-        "state",
-        "audit",
-        "--root",
-        s(&m.root),
-        "--repo",
-        s(&m.repo),
-        "--policy",
-        s(&policy),
-        &m.snapshot,
-    ]);
+    let clean = m.audit(&policy, false);
     assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stdout));
     std::fs::write(m.root.join("etc/planted.conf"), "x\n").unwrap();
     let passwd = std::fs::read(m.root.join("etc/passwd")).unwrap();
@@ -301,18 +301,7 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
     std::fs::create_dir(m.root.join("usr/local/planted")).unwrap();
     std::fs::write(m.root.join("usr/local/planted/tool"), "#!/bin/sh\n").unwrap();
     std::fs::write(m.root.join("var/log/declared-so-ignored"), "x\n").unwrap();
-    let out = slate(&[
-        "state",
-        "audit",
-        "--json",
-        "--root",
-        s(&m.root),
-        "--repo",
-        s(&m.repo),
-        "--policy",
-        s(&policy),
-        &m.snapshot,
-    ]);
+    let out = m.audit(&policy, true);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let drift: Vec<(String, String)> = v["drift"]
@@ -336,17 +325,7 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
     assert_eq!(drift, want);
-    let human = slate(&[
-        "state",
-        "audit",
-        "--root",
-        s(&m.root),
-        "--repo",
-        s(&m.repo),
-        "--policy",
-        s(&policy),
-        &m.snapshot,
-    ]);
+    let human = m.audit(&policy, false);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("/etc (2)") && text.contains("/usr/bin (1)"), "{text}");
     assert!(String::from_utf8_lossy(&human.stderr).contains("4 undeclared changes"));
