@@ -146,6 +146,25 @@ fn report(http: &Http, who: &Identity, state: &State) {
     }
 }
 
+/// Empty the download cache, and remove the deltas and the chunks rebuilt
+/// from them: they served one update only and, kept, would grow the state
+/// directory by every update. Also run when a pass finds its update done
+/// (a pass killed after its switch left them behind).
+fn drop_download_leftovers(state_dir: &Path) -> Result<()> {
+    let dir = cache_dir(state_dir);
+    if dir.join("ranges").exists() {
+        RangeCache::open(&dir.join("ranges"))?.clear()?;
+    }
+    for d in [dir.join("deltas"), dir.join("store")] {
+        if let Err(e) = std::fs::remove_dir_all(&d) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {e}", d.display());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Forget which snapshots failed to boot here, so that the next pass may
 /// write one of them again (`slate update --retry`).
 pub fn forget_failures(cfg: &Config) -> Result<usize> {
@@ -239,6 +258,9 @@ fn pass(
     let active = state.active.clone();
     let running = active.as_deref().and_then(|a| state.slot(a).snapshot.clone());
     if running.as_deref() == Some(target_hex.as_str()) && state.pending.is_none() {
+        if !dry_run {
+            drop_download_leftovers(&cfg.state_dir)?;
+        }
         return Ok(Outcome {
             result: "up-to-date".into(),
             message: format!("already running {}", &target_hex[..12]),
@@ -260,6 +282,9 @@ fn pass(
     }
     if let Some(p) = &state.pending {
         if state.slot(p).snapshot.as_deref() == Some(target_hex.as_str()) {
+            if !dry_run {
+                drop_download_leftovers(&cfg.state_dir)?;
+            }
             return Ok(Outcome {
                 result: "up-to-date".into(),
                 message: format!("{} is written to slot {p} and boots next", &target_hex[..12]),
@@ -584,16 +609,8 @@ fn pass(
         state.pending = Some(reserve.clone());
     }
     state.save(&cfg.state_dir)?;
-    cache.clear()?;
-    // The delta and the chunks rebuilt from it served this update only;
-    // kept, they would grow the state directory by every delta ever used.
-    for dir in [cache_dir(&cfg.state_dir).join("deltas"), store_dir.clone()] {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("cannot remove {}: {e}", dir.display());
-            }
-        }
-    }
+    drop(cache);
+    drop_download_leftovers(&cfg.state_dir)?;
     Ok(Outcome {
         result: "ok".into(),
         message: format!(
