@@ -32,6 +32,8 @@ enum Servers {
 struct Raw {
     server: Servers,
     trust: Vec<PathBuf>,
+    #[serde(default)]
+    fleet_trust: Vec<PathBuf>,
     state_dir: PathBuf,
     slots: RawSlots,
     #[serde(default = "default_bootloader")]
@@ -88,8 +90,11 @@ pub struct Config {
     pub path: PathBuf,
     /// Server base URLs, tried in order.
     pub servers: Vec<String>,
-    /// Public key files; a snapshot must be signed by one of them.
+    /// Release public key files; a snapshot must be signed by one of them.
     pub trust: Vec<PathBuf>,
+    /// Fleet public key files: an assignment must be signed by one of them
+    /// (a trust document the agent accepted overrides both lists).
+    pub fleet_trust: Vec<PathBuf>,
     /// Where the agent keeps its state, manifests and download cache.
     pub state_dir: PathBuf,
     /// Slot A's location (directory, block device or image file).
@@ -185,6 +190,7 @@ impl Config {
                 .map(|s| s.trim_end_matches('/').to_string())
                 .collect(),
             trust: raw.trust,
+            fleet_trust: raw.fleet_trust,
             state_dir: raw.state_dir,
             slot_a: raw.slots.a,
             slot_b: raw.slots.b,
@@ -241,18 +247,26 @@ impl Config {
         Ok(http)
     }
 
-    /// Read the trusted public keys.
+    /// Read the trusted release public keys.
     pub fn trusted_keys(&self) -> Result<Vec<slate_core::keys::PublicKey>> {
-        self.trust
-            .iter()
-            .map(|p| {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| Error::Config(format!("cannot read trusted key {}: {e}", p.display())))?;
-                slate_core::keys::PublicKey::from_text(&text)
-                    .map_err(|e| Error::Config(format!("{}: {e}", p.display())))
-            })
-            .collect()
+        read_keys(&self.trust)
     }
+
+    /// Read the trusted fleet public keys.
+    pub fn fleet_keys(&self) -> Result<Vec<slate_core::keys::PublicKey>> {
+        read_keys(&self.fleet_trust)
+    }
+}
+
+fn read_keys(paths: &[PathBuf]) -> Result<Vec<slate_core::keys::PublicKey>> {
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| Error::Config(format!("cannot read trusted key {}: {e}", p.display())))?;
+            slate_core::keys::PublicKey::from_text(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))
+        })
+        .collect()
 }
 
 #[cfg(test)]

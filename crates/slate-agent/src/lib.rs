@@ -26,6 +26,7 @@ pub mod serverstate;
 pub mod slot;
 pub mod sources;
 pub mod state;
+pub mod trust;
 pub mod update;
 
 pub use error::{Error, Result};

@@ -77,6 +77,14 @@ pub struct State {
     /// asked to retry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<String>,
+    /// The issue time (Unix seconds) of the newest signed assignment this
+    /// machine accepted, clamped to its own clock: an older one is a replay.
+    #[serde(default)]
+    pub assignment_issued_at: u64,
+    /// When (Unix seconds, this machine's clock) the last fresh signed
+    /// assignment arrived; reported while only stale ones do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fresh_at: Option<u64>,
 }
 
 impl Default for State {
@@ -92,6 +100,8 @@ impl Default for State {
             newest_time_ns: 0,
             boot_result: None,
             failed: Vec::new(),
+            assignment_issued_at: 0,
+            last_fresh_at: None,
         }
     }
 }

@@ -176,15 +176,41 @@ pub fn forget_failures(cfg: &Config) -> Result<usize> {
     Ok(n)
 }
 
+/// Record a pass that ended in `e` as `result` (error, refused), report it
+/// to the fleet, and hand the error back.
+fn failed_pass(
+    cfg: &Config,
+    state: &mut State,
+    http: &Http,
+    who: &Identity,
+    result: &str,
+    e: Error,
+    target: Option<String>,
+) -> Error {
+    state.last_pass = Some(LastPass {
+        result: result.into(),
+        message: e.to_string(),
+        bytes_fetched: http.received.load(std::sync::atomic::Ordering::Relaxed),
+        at: now(),
+        target,
+        shadowed: Vec::new(),
+    });
+    // Best effort: the error itself is what the caller must see.
+    let _ = state.save(&cfg.state_dir);
+    report(http, who, state);
+    e
+}
+
 /// Run one pass.
 pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outcome> {
     let _lock = lock(&cfg.state_dir)?;
     let mut state = State::load(&cfg.state_dir)?;
-    let trusted = cfg.trusted_keys()?;
+    let mut trusted = crate::trust::load(cfg)?;
     let who = identity::detect(cfg.machine_id.as_deref(), &cfg.labels);
     let http = cfg.http()?;
+    let now_s = now().max(0) as u64;
 
-    let assignment = match http.post_json("/v1/fleet/assignment", &serde_json::json!({ "machine": who })) {
+    let answer = match http.post_json("/v1/fleet/assignment", &serde_json::json!({ "machine": who })) {
         Ok(a) => a,
         Err(Error::Offline(why)) => {
             return Ok(Outcome {
@@ -195,17 +221,65 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
         }
         Err(e) => return Err(e),
     };
-    let target_hex = assignment["snapshot"].as_str().unwrap_or_default().to_string();
-    let target = SnapshotId::from_hex(&target_hex).ok_or_else(|| {
-        Error::Server(format!(
-            "server {} assigned no valid snapshot: {assignment}",
-            http.server()
-        ))
-    })?;
-    let pinned = assignment["pinned"].as_bool().unwrap_or(false);
-    keep_fleet_policy(cfg, assignment.get("state_policy").and_then(|v| v.as_str()));
+    // New keys first: a rotated fleet key must verify this very assignment.
+    // Nothing from the answer is kept or acted on before it verifies.
+    let checked = crate::trust::refresh(cfg, &http, &mut trusted, now_s)
+        .and_then(|_| crate::trust::verify_assignment(&answer, &who.id, &trusted));
+    let verified = match checked {
+        Ok(v) => v.assignment,
+        Err(e @ Error::Untrusted(_)) if !dry_run => {
+            return Err(failed_pass(cfg, &mut state, &http, &who, "refused", e, None));
+        }
+        Err(e) => return Err(e),
+    };
+    let target = verified.snapshot;
+    let target_hex = target.to_hex();
+    if let Err(why) = crate::trust::freshness(&verified, state.assignment_issued_at, now_s) {
+        let message = match state.last_fresh_at {
+            Some(t) => format!(
+                "no fresh assignment since {}: {why}; nothing changed",
+                crate::trust::date(t)
+            ),
+            None => format!("no fresh assignment yet: {why}; nothing changed"),
+        };
+        let outcome = Outcome {
+            result: "stale".into(),
+            message,
+            ..Default::default()
+        };
+        if !dry_run {
+            state.last_pass = Some(LastPass {
+                result: outcome.result.clone(),
+                message: outcome.message.clone(),
+                bytes_fetched: http.received.load(std::sync::atomic::Ordering::Relaxed),
+                at: now(),
+                target: None,
+                shadowed: Vec::new(),
+            });
+            state.save(&cfg.state_dir)?;
+            report(&http, &who, &state);
+        }
+        return Ok(outcome);
+    }
+    let pinned = verified.pinned;
+    if !dry_run {
+        // The issue time this machine saw, never beyond its own clock: a
+        // server's future-dated assignment cannot make later ones replays.
+        state.assignment_issued_at = state.assignment_issued_at.max(verified.issued_at.min(now_s));
+        state.last_fresh_at = Some(now_s);
+        keep_fleet_policy(cfg, verified.state_policy.as_deref());
+    }
 
-    let result = pass(cfg, &mut state, &http, &trusted, target, pinned, dry_run, progress);
+    let result = pass(
+        cfg,
+        &mut state,
+        &http,
+        trusted.release(),
+        target,
+        pinned,
+        dry_run,
+        progress,
+    );
     let fetched = http.received.load(std::sync::atomic::Ordering::Relaxed);
     if dry_run {
         return result;
@@ -213,18 +287,7 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
     let outcome = match result {
         Ok(o) => o,
         Err(e) => {
-            state.last_pass = Some(LastPass {
-                result: "error".into(),
-                message: e.to_string(),
-                bytes_fetched: fetched,
-                at: now(),
-                target: Some(target_hex.clone()),
-                shadowed: Vec::new(),
-            });
-            // Best effort: the error itself is what the caller must see.
-            let _ = state.save(&cfg.state_dir);
-            report(&http, &who, &state);
-            return Err(e);
+            return Err(failed_pass(cfg, &mut state, &http, &who, "error", e, Some(target_hex)));
         }
     };
     state.last_pass = Some(LastPass {
@@ -299,7 +362,11 @@ fn pass(
     let signer = check_trusted(&target, &sigs, trusted)
         .map_err(|e| Error::Untrusted(format!("refusing snapshot {target_hex}: {e}")))?;
     tracing::info!("snapshot {target_hex} signed by {}", signer.fingerprint());
-    if snap.time_ns < state.newest_time_ns && !pinned {
+    // The rollback floor never lies beyond this machine's clock: a snapshot
+    // dated in the future raises it only to now, so later ones still pass.
+    let now_ns = now_ns();
+    let floor = state.newest_time_ns.min(now_ns);
+    if snap.time_ns < floor && !pinned {
         return Err(Error::Untrusted(format!(
             "refusing snapshot {target_hex}: it is older than a snapshot this machine already accepted, and the fleet did not pin it (a replayed or rolled-back assignment)"
         )));
@@ -585,7 +652,7 @@ fn pass(
     slot_state.snapshot = Some(target_hex.clone());
     slot_state.dirty = false;
     slot_state.written_at = now();
-    state.newest_time_ns = state.newest_time_ns.max(snap.time_ns);
+    state.newest_time_ns = floor.max(snap.time_ns.min(now_ns));
     // Record the complete slot first, then switch, then mark it active or
     // pending: a pass stopped at the switch (killed, /boot full) leaves the
     // slot recorded but not pending, so the next pass finishes the switch
@@ -626,6 +693,13 @@ fn pass(
         apply: Some(apply_stats),
         shadowed,
     })
+}
+
+/// Now, in nanoseconds since the epoch.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64)
 }
 
 /// Keep the fleet's state policy for this machine where `slate state

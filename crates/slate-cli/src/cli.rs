@@ -86,6 +86,16 @@ pub enum Command {
         /// Snapshot (channel, CHANNEL~N, id or id prefix).
         snapshot: String,
     },
+    /// Sign a fleet state policy with a release key (writes POLICY.sig beside it).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// The trust document: which keys machines trust, per role (key rotation and revocation).
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
     /// Materialise a snapshot bit for bit into DEST (absent or empty).
     Checkout {
         #[command(flatten)]
@@ -215,6 +225,13 @@ pub enum Command {
         /// TLS private key (PEM).
         #[arg(long, value_name = "F", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// The fleet key (a `slate keygen` secret key) that signs assignments;
+        /// machines trust its public half in AGENT.toml's fleet_trust.
+        #[arg(long, value_name = "KEY")]
+        fleet_key: Option<PathBuf>,
+        /// How long an assignment stays fresh, e.g. 1d, 12h, 90m or seconds.
+        #[arg(long, value_name = "TIME", default_value = "1d", value_parser = parse_duration)]
+        assignment_ttl: u64,
     },
     /// The fleet as the server sees it; machine tokens.
     Fleet {
@@ -326,6 +343,63 @@ pub enum Command {
         #[command(subcommand)]
         command: HomeCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Sign POLICY's exact bytes with a release key; adds a line to POLICY.sig.
+    Sign {
+        /// The release key (secret).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// The state policy file, as the fleet file names it.
+        policy: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrustCommand {
+    /// Write a trust document signed by release keys to REPO/trust (served at /v1/trust).
+    Sign {
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Its version: higher than the one machines hold.
+        #[arg(long)]
+        version: u64,
+        /// Days until machines stop accepting it as a new document.
+        #[arg(long, default_value_t = 365)]
+        expires_days: u64,
+        /// How many release keys must sign the next trust document.
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+        /// A release public key (repeat): signs snapshots, command policies, trust documents.
+        #[arg(long = "release", value_name = "KEY.pub", required = true)]
+        release: Vec<PathBuf>,
+        /// A fleet public key (repeat): signs assignments.
+        #[arg(long = "fleet", value_name = "KEY.pub")]
+        fleet: Vec<PathBuf>,
+        /// A secret release key that signs this document (repeat): enough of
+        /// the keys machines trust now, and of the new release keys.
+        #[arg(long = "key", value_name = "KEY", required = true)]
+        keys: Vec<PathBuf>,
+    },
+}
+
+/// Parse `1d`, `12h`, `90m`, `30s` or plain seconds.
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('d') => (&s[..s.len() - 1], 86400),
+        Some('h') => (&s[..s.len() - 1], 3600),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('s') => (&s[..s.len() - 1], 1),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a duration such as 1d, 12h, 90m or 3600"))
 }
 
 #[derive(Subcommand, Debug)]

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod manifest;
 pub mod pack;
 pub mod snapshot;
+pub mod trust;
 
 pub use error::{Error, Result};
 pub use id::{ChunkId, Id32, PackId, SnapshotId};

@@ -60,6 +60,9 @@ pub struct AppState {
     pub tokens: Arc<dyn TokenStore>,
     /// Machine state and home repositories; `None` serves neither (404).
     pub private: Option<Arc<PrivateStorage>>,
+    /// The fleet key that signs assignments, and how long they stay fresh;
+    /// `None` answers unsigned assignments, which agents refuse.
+    pub signer: Option<Arc<fleet::sign::Signer>>,
 }
 
 impl AppState {
@@ -73,7 +76,14 @@ impl AppState {
             store: store.clone(),
             tokens: store,
             private: None,
+            signer: None,
         }
+    }
+
+    /// Sign every assignment with `signer`'s fleet key.
+    pub fn with_signer(mut self, signer: fleet::sign::Signer) -> Self {
+        self.signer = Some(Arc::new(signer));
+        self
     }
 
     /// Keep machine state and home repositories in `private`.
@@ -94,6 +104,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/fleet/assignment", post(fleet::api::assignment))
         .route("/v1/fleet/report", post(fleet::api::report))
         .route("/v1/fleet/machines", get(fleet::api::machines))
+        .route("/v1/trust", get(fleet::sign::trust_document))
         .route("/v1/state/{machine}/", get(private::state_list))
         .route(
             "/v1/state/{machine}/{name}",

@@ -17,6 +17,7 @@ mod machine;
 mod serve;
 mod state;
 mod tokens;
+mod trust;
 mod verify;
 
 use std::path::Path;
@@ -25,7 +26,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use slate_repo::Repo;
 
-use crate::cli::{Cli, Command, FleetCommand, StateCommand};
+use crate::cli::{Cli, Command, FleetCommand, PolicyCommand, StateCommand, TrustCommand};
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -95,6 +96,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             state_quota,
             tls_cert,
             tls_key,
+            fleet_key,
+            assignment_ttl,
         } => serve::run(
             &repo.repo,
             &listen,
@@ -107,7 +110,32 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 state_quota,
             },
             tls_cert.zip(tls_key),
+            fleet_key.as_deref(),
+            assignment_ttl,
         ),
+        Command::Policy {
+            command: PolicyCommand::Sign { key, policy },
+        } => trust::policy_sign(&key, &policy),
+        Command::Trust {
+            command:
+                TrustCommand::Sign {
+                    repo,
+                    version,
+                    expires_days,
+                    threshold,
+                    release,
+                    fleet,
+                    keys,
+                },
+        } => trust::trust_sign(&trust::TrustSign {
+            repo: &repo.repo,
+            version,
+            expires_days,
+            threshold,
+            release: &release,
+            fleet: &fleet,
+            keys: &keys,
+        }),
         Command::Fleet { command } => match command {
             FleetCommand::Status { server, out } => fleet::status(&server, out.json),
             FleetCommand::Enroll {

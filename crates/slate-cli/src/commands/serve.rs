@@ -34,6 +34,8 @@ pub fn run(
     db: Option<&Path>,
     private: &Private,
     tls: Option<(PathBuf, PathBuf)>,
+    fleet_key: Option<&Path>,
+    assignment_ttl: u64,
 ) -> Result<ExitCode> {
     let repo = super::open(repo_path)?;
     let fleet = match fleet {
@@ -60,7 +62,15 @@ pub fn run(
     let mut storage = PrivateStorage::local(&state_dir, &home_dir);
     storage.state_limit = private.state_limit;
     storage.state_quota = private.state_quota;
-    let state = AppState::new(repo, fleet, store).with_private(storage);
+    let mut state = AppState::new(repo, fleet, store).with_private(storage);
+    match fleet_key {
+        Some(k) => {
+            let key = super::read_secret_key(k)?;
+            eprintln!("signing assignments with fleet key {}", key.public().fingerprint());
+            state = state.with_signer(slate_server::fleet::sign::Signer::new(key, assignment_ttl));
+        }
+        None => eprintln!("slate: warning: no --fleet-key: assignments are unsigned and agents will refuse them"),
+    }
     let tls = tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     slate_server::server::run_blocking(state, listen, tls, |url| {
         eprintln!("serving {} on {url}", repo_path.display());

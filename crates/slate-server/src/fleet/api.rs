@@ -76,6 +76,22 @@ pub struct Assignment {
     /// it overrides the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_policy: Option<String>,
+    /// Release-key signatures of `state_policy` (the text of the policy's
+    /// `.sig` file), required by agents when the policy runs commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_policy_signatures: Option<String>,
+    /// When the fleet key signed it, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<u64>,
+    /// When it goes stale, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// The fleet key (64 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Its Ed25519 signature of the canonical assignment (128 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// The last update pass in a report. Absent fields stay absent when
@@ -307,17 +323,31 @@ pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assig
         snapshot: snapshot.to_hex(),
         pinned: target.pin.is_some(),
         rule,
+        state_policy_signatures: target
+            .state_policy
+            .as_ref()
+            .filter(|p| !p.text.is_empty())
+            .and_then(|p| p.signatures.clone()),
         state_policy: target.state_policy.filter(|p| !p.text.is_empty()).map(|p| p.text),
+        issued_at: None,
+        expires_at: None,
+        key: None,
+        signature: None,
     })
 }
 
 /// `POST /v1/fleet/assignment`.
 pub async fn assignment(State(st): State<AppState>, body: JsonBody<AssignmentRequest>) -> ApiResult<Json<Assignment>> {
     let machine = body.value.machine.validate().map_err(ApiError::BadRequest)?;
-    let (repo, fleet, store) = (st.repo.clone(), st.fleet.clone(), st.store.clone());
+    let (repo, fleet, store, signer) = (st.repo.clone(), st.fleet.clone(), st.store.clone(), st.signer.clone());
     // Reading channel files and writing SQLite both block.
     let answer = tokio::task::spawn_blocking(move || {
-        let answer = resolve(&repo, &fleet, &machine);
+        let answer = resolve(&repo, &fleet, &machine).and_then(|mut a| {
+            if let Some(s) = &signer {
+                s.sign(&mut a)?;
+            }
+            Ok(a)
+        });
         let channel = answer.as_ref().ok().map(|a| a.channel.as_str());
         // Bookkeeping must not cost a machine its assignment: log and go on.
         if let Err(e) = store.record_assignment(&machine.id, machine.hostname.as_deref(), channel, now()) {

@@ -65,6 +65,9 @@ pub struct StatePolicy {
     pub file: String,
     /// The policy's TOML, sent to the machines.
     pub text: String,
+    /// The release-key signatures beside it (`FILE.sig`, written by
+    /// `slate policy sign`), sent along; `None` when there is no such file.
+    pub signatures: Option<String>,
 }
 
 /// One `[[machine]]` rule. Every matcher it gives must match.
@@ -303,6 +306,25 @@ impl FleetConfig {
                 message: format!("state_policy: {e}"),
             })?;
             sp.text = text;
+            let sig_file = dir.join(format!("{}.sig", sp.file));
+            sp.signatures = match std::fs::read_to_string(&sig_file) {
+                Ok(sigs) => {
+                    slate_core::trust::parse_signatures(&sigs).map_err(|e| FleetFileError::Invalid {
+                        path: sig_file.display().to_string(),
+                        line: 1,
+                        column: 1,
+                        message: e.to_string(),
+                    })?;
+                    Some(sigs)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => {
+                    return Err(FleetFileError::Read {
+                        path: sig_file.display().to_string(),
+                        source,
+                    })
+                }
+            };
         }
         Ok(())
     }
@@ -331,6 +353,7 @@ impl FleetConfig {
             state_policy: t.state_policy.map(|file| StatePolicy {
                 file,
                 text: String::new(),
+                signatures: None,
             }),
         };
         let mut rules = Vec::new();

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod machine;
+pub mod sign;
 pub mod sqlite;
 pub mod store;
 

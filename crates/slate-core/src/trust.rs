@@ -1,0 +1,533 @@
+//! Key roles and the signed documents that are not snapshots
+//! (`docs/format/trust.md`): fleet assignments, detached signatures of
+//! state policies, and the trust document that rotates and revokes keys.
+//!
+//! Two roles sign: offline **release** keys (snapshots, state policies that
+//! run commands at boot, trust documents) and the online **fleet** key of
+//! `slate serve` (assignments). Every kind of signed message has its own
+//! domain string, so a signature made for one kind never verifies as
+//! another, whoever holds the key: a snapshot signature is not an
+//! assignment signature, an assignment signature is not a trust document's.
+//! What is signed is always a canonical byte string defined here, never a
+//! re-serialisation of JSON or TOML that could differ between encoders.
+
+use crate::codec::{Reader, Writer};
+use crate::error::{Error, Result};
+use crate::id::SnapshotId;
+use crate::keys::{PublicKey, SecretKey};
+
+/// Domain of an assignment signature (fleet role).
+pub const ASSIGNMENT_DOMAIN: &[u8] = b"slate fleet assignment v1";
+/// Domain of a state policy signature (release role).
+pub const POLICY_DOMAIN: &[u8] = b"slate state policy v1";
+/// Domain of a trust document signature (release role).
+pub const TRUST_DOMAIN: &[u8] = b"slate trust document v1";
+
+const ASSIGNMENT_MAGIC: &[u8; 8] = b"SLATEAS\0";
+const ASSIGNMENT_VERSION: u32 = 1;
+/// Longest state policy an assignment may carry.
+pub const MAX_POLICY_LEN: usize = 1 << 20;
+
+/// What the fleet tells one machine to run, as signed by the fleet key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// The machine it is for.
+    pub machine: String,
+    /// The channel it runs.
+    pub channel: String,
+    /// The snapshot to run.
+    pub snapshot: SnapshotId,
+    /// Whether the snapshot is an explicit pin (which may go back in time).
+    pub pinned: bool,
+    /// The fleet rule that decided.
+    pub rule: String,
+    /// The fleet's state policy for the machine (TOML text), if any.
+    pub state_policy: Option<String>,
+    /// When it was issued, Unix seconds; never decreases for one machine.
+    pub issued_at: u64,
+    /// After this (Unix seconds) the assignment is stale.
+    pub expires_at: u64,
+}
+
+impl Assignment {
+    /// The canonical bytes the fleet key signs.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(ASSIGNMENT_MAGIC);
+        w.varint(ASSIGNMENT_VERSION as u64);
+        w.bytes(self.machine.as_bytes());
+        w.bytes(self.channel.as_bytes());
+        w.id(&self.snapshot.0);
+        w.u8(self.pinned as u8);
+        w.bytes(self.rule.as_bytes());
+        match &self.state_policy {
+            Some(p) => {
+                w.u8(1);
+                w.bytes(p.as_bytes());
+            }
+            None => w.u8(0),
+        }
+        w.varint(self.issued_at);
+        w.varint(self.expires_at);
+        w.buf
+    }
+
+    /// Decode canonical bytes (untrusted).
+    pub fn decode(data: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(data, "assignment");
+        r.header(ASSIGNMENT_MAGIC, ASSIGNMENT_VERSION)?;
+        let machine = r.string(1024, "machine")?;
+        let channel = r.string(1024, "channel")?;
+        let snapshot = SnapshotId(r.id()?);
+        let pinned = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(r.corrupt("bad pinned flag")),
+        };
+        let rule = r.string(4096, "rule")?;
+        let state_policy = match r.u8()? {
+            0 => None,
+            1 => Some(r.string(MAX_POLICY_LEN, "state policy")?),
+            _ => return Err(r.corrupt("bad state policy flag")),
+        };
+        let issued_at = r.varint()?;
+        let expires_at = r.varint()?;
+        r.finish()?;
+        Ok(Assignment {
+            machine,
+            channel,
+            snapshot,
+            pinned,
+            rule,
+            state_policy,
+            issued_at,
+            expires_at,
+        })
+    }
+
+    /// Sign with the fleet key.
+    pub fn sign(&self, key: &SecretKey) -> Signature {
+        Signature {
+            key: key.public(),
+            sig: key.sign(ASSIGNMENT_DOMAIN, &self.encode()),
+        }
+    }
+
+    /// Check that `sig` is a valid signature of this assignment by one of
+    /// the `fleet` keys; returns the signer.
+    pub fn verify(&self, sig: &Signature, fleet: &[PublicKey]) -> Result<PublicKey> {
+        if !fleet.contains(&sig.key) {
+            return Err(Error::Signature(format!(
+                "the assignment is signed by key {}, which this machine does not trust as a fleet key",
+                sig.key.fingerprint()
+            )));
+        }
+        sig.key
+            .verify(ASSIGNMENT_DOMAIN, &self.encode(), &sig.sig)
+            .map_err(|_| Error::Signature("the assignment's signature does not verify (tampered?)".into()))?;
+        Ok(sig.key)
+    }
+}
+
+/// One signature: who and what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signature {
+    /// The signer's public key.
+    pub key: PublicKey,
+    /// The Ed25519 signature.
+    pub sig: [u8; 64],
+}
+
+const SIG_WORD: &str = "signature";
+
+impl Signature {
+    /// The text line `signature <key hex> <signature hex>` (no newline).
+    pub fn to_line(&self) -> String {
+        format!("{SIG_WORD} {} {}", hex::encode(self.key.0), hex::encode(self.sig))
+    }
+
+    /// Parse one `signature` line.
+    pub fn from_line(line: &str) -> Result<Self> {
+        let bad = || Error::Signature(format!("not a signature line: {:.80}", line));
+        let mut it = line.split(' ');
+        match (it.next(), it.next(), it.next(), it.next()) {
+            (Some(SIG_WORD), Some(k), Some(s), None) => {
+                let mut key = [0u8; 32];
+                let mut sig = [0u8; 64];
+                hex::decode_to_slice(k, &mut key).map_err(|_| bad())?;
+                hex::decode_to_slice(s, &mut sig).map_err(|_| bad())?;
+                Ok(Signature {
+                    key: PublicKey(key),
+                    sig,
+                })
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// The key as hex.
+    pub fn key_hex(&self) -> String {
+        hex::encode(self.key.0)
+    }
+
+    /// The signature as hex.
+    pub fn sig_hex(&self) -> String {
+        hex::encode(self.sig)
+    }
+
+    /// From the two hex strings of a JSON answer.
+    pub fn from_hex(key: &str, sig: &str) -> Result<Self> {
+        Self::from_line(&format!("{SIG_WORD} {key} {sig}"))
+    }
+}
+
+/// Parse a detached signature file: `signature` lines, blank lines and `#`
+/// comments. At most 64 signatures.
+pub fn parse_signatures(text: &str) -> Result<Vec<Signature>> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if out.len() == 64 {
+            return Err(Error::Signature("more than 64 signatures".into()));
+        }
+        out.push(Signature::from_line(line)?);
+    }
+    Ok(out)
+}
+
+/// Count the distinct keys of `trusted` that made a valid signature of
+/// `message` under `domain`.
+pub fn count_valid(domain: &[u8], message: &[u8], sigs: &[Signature], trusted: &[PublicKey]) -> usize {
+    let mut seen: Vec<PublicKey> = Vec::new();
+    for s in sigs {
+        if trusted.contains(&s.key) && !seen.contains(&s.key) && s.key.verify(domain, message, &s.sig).is_ok() {
+            seen.push(s.key);
+        }
+    }
+    seen.len()
+}
+
+/// Sign a state policy's exact bytes with a release key.
+pub fn sign_policy(text: &[u8], key: &SecretKey) -> Signature {
+    Signature {
+        key: key.public(),
+        sig: key.sign(POLICY_DOMAIN, text),
+    }
+}
+
+/// Check that a release key in `release` signed the policy `text`.
+pub fn verify_policy(text: &[u8], sigs: &[Signature], release: &[PublicKey]) -> Result<()> {
+    if count_valid(POLICY_DOMAIN, text, sigs, release) >= 1 {
+        return Ok(());
+    }
+    Err(Error::Signature(if sigs.is_empty() {
+        "the state policy carries no release-key signature".into()
+    } else {
+        format!(
+            "no signature of the state policy is by a trusted release key and valid (signers: {})",
+            sigs.iter().map(|s| s.key.fingerprint()).collect::<Vec<_>>().join(", ")
+        )
+    }))
+}
+
+const TRUST_MAGIC: &str = "slate-trust-v1";
+const TRUST_END: &str = "end";
+
+/// The keys a machine trusts, per role, as a trust document states them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustDoc {
+    /// Higher than every earlier document's.
+    pub version: u64,
+    /// Not accepted after this (Unix seconds).
+    pub expires: u64,
+    /// How many release keys must sign the next trust document.
+    pub threshold: u32,
+    /// Keys that sign snapshots, state policies with commands and trust documents.
+    pub release: Vec<PublicKey>,
+    /// Keys that sign assignments.
+    pub fleet: Vec<PublicKey>,
+}
+
+impl TrustDoc {
+    /// The canonical text that is signed: one field a line, ending in `end`.
+    pub fn body(&self) -> String {
+        let mut s = format!(
+            "{TRUST_MAGIC}\nversion {}\nexpires {}\nthreshold {}\n",
+            self.version, self.expires, self.threshold
+        );
+        for k in &self.release {
+            s.push_str(&format!("release {}\n", hex::encode(k.0)));
+        }
+        for k in &self.fleet {
+            s.push_str(&format!("fleet {}\n", hex::encode(k.0)));
+        }
+        s.push_str(TRUST_END);
+        s.push('\n');
+        s
+    }
+
+    /// The whole file: the body, then one signature line per key.
+    pub fn to_text(&self, keys: &[&SecretKey]) -> String {
+        let body = self.body();
+        let mut s = body.clone();
+        for k in keys {
+            let sig = Signature {
+                key: k.public(),
+                sig: k.sign(TRUST_DOMAIN, body.as_bytes()),
+            };
+            s.push_str(&sig.to_line());
+            s.push('\n');
+        }
+        s
+    }
+
+    /// Parse an untrusted trust file; its signatures are returned unchecked
+    /// (see [`TrustDoc::verify`]). The body must be exactly the canonical
+    /// form, so the bytes signed are the bytes read.
+    pub fn parse(text: &str) -> Result<(TrustDoc, Vec<Signature>)> {
+        let bad = |d: &str| Error::corrupt("trust document", d.to_string());
+        if text.len() > 64 << 10 {
+            return Err(bad("larger than 64 KiB"));
+        }
+        let end = text
+            .find(&format!("\n{TRUST_END}\n"))
+            .ok_or_else(|| bad("no `end` line"))?
+            + TRUST_END.len()
+            + 2;
+        let (body, rest) = text.split_at(end);
+        let mut lines = body.lines();
+        if lines.next() != Some(TRUST_MAGIC) {
+            return Err(bad("does not start with slate-trust-v1"));
+        }
+        let mut field = |name: &str| -> Result<u64> {
+            lines
+                .next()
+                .and_then(|l| l.strip_prefix(name))
+                .and_then(|v| v.strip_prefix(' '))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| bad(&format!("expected a `{name} N` line")))
+        };
+        let version = field("version")?;
+        let expires = field("expires")?;
+        let threshold = field("threshold")?;
+        let mut release = Vec::new();
+        let mut fleet = Vec::new();
+        for l in lines {
+            let (role, hexkey) = l.split_once(' ').unwrap_or((l, ""));
+            if role == TRUST_END {
+                break;
+            }
+            let mut k = [0u8; 32];
+            hex::decode_to_slice(hexkey, &mut k).map_err(|_| bad(&format!("bad key line {l:.80}")))?;
+            match role {
+                "release" => release.push(PublicKey(k)),
+                "fleet" => fleet.push(PublicKey(k)),
+                _ => return Err(bad(&format!("unknown line {l:.80}"))),
+            }
+        }
+        if threshold == 0 || threshold > release.len() as u64 {
+            return Err(bad("threshold must be between 1 and the number of release keys"));
+        }
+        let doc = TrustDoc {
+            version,
+            expires,
+            threshold: threshold as u32,
+            release,
+            fleet,
+        };
+        if doc.body() != body {
+            return Err(bad("not in canonical form"));
+        }
+        Ok((doc, parse_signatures(rest)?))
+    }
+
+    /// Whether this document, with `sigs`, may replace `current` at time
+    /// `now`: a higher version, not expired, signed by `current.threshold`
+    /// of the current release keys and by its own threshold of its own.
+    pub fn verify(&self, sigs: &[Signature], current: &TrustDoc, now: u64) -> Result<()> {
+        if self.version <= current.version {
+            return Err(Error::Signature(format!(
+                "trust document version {} is not newer than the trusted version {}",
+                self.version, current.version
+            )));
+        }
+        if self.expires <= now {
+            return Err(Error::Signature(format!(
+                "trust document version {} expired (at {})",
+                self.version, self.expires
+            )));
+        }
+        let body = self.body();
+        let by_current = count_valid(TRUST_DOMAIN, body.as_bytes(), sigs, &current.release);
+        if by_current < current.threshold as usize {
+            return Err(Error::Signature(format!(
+                "trust document version {} is signed by {by_current} of the currently trusted release keys; {} needed",
+                self.version, current.threshold
+            )));
+        }
+        let by_own = count_valid(TRUST_DOMAIN, body.as_bytes(), sigs, &self.release);
+        if by_own < self.threshold as usize {
+            return Err(Error::Signature(format!(
+                "trust document version {} is signed by {by_own} of its own release keys; {} needed",
+                self.version, self.threshold
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{SnapshotSignature, SIGN_DOMAIN};
+
+    fn sample() -> Assignment {
+        Assignment {
+            machine: "lab-07".into(),
+            channel: "debian/bookworm/lab".into(),
+            snapshot: SnapshotId::of(b"s"),
+            pinned: false,
+            rule: "lab".into(),
+            state_policy: Some("version = 1\n".into()),
+            issued_at: 1_800_000_000,
+            expires_at: 1_800_086_400,
+        }
+    }
+
+    #[test]
+    fn assignment_round_trip_and_truncation() {
+        let a = sample();
+        let b = a.encode();
+        assert_eq!(Assignment::decode(&b).unwrap(), a);
+        for n in 0..b.len() {
+            assert!(Assignment::decode(&b[..n]).is_err(), "truncated at {n}");
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(Assignment::decode(&longer).is_err());
+    }
+
+    #[test]
+    fn assignment_signature_rules() {
+        let fleet = SecretKey::generate().unwrap();
+        let release = SecretKey::generate().unwrap();
+        let a = sample();
+        let sig = a.sign(&fleet);
+        assert_eq!(a.verify(&sig, &[fleet.public()]).unwrap(), fleet.public());
+        // Wrong key set: the release key is not a fleet key.
+        assert!(a.verify(&sig, &[release.public()]).is_err());
+        // Every field is covered.
+        let mut t = a.clone();
+        t.pinned = true;
+        assert!(t.verify(&sig, &[fleet.public()]).is_err());
+        let mut t = a.clone();
+        t.snapshot = SnapshotId::of(b"other");
+        assert!(t.verify(&sig, &[fleet.public()]).is_err());
+        let mut t = a.clone();
+        t.state_policy = None;
+        assert!(t.verify(&sig, &[fleet.public()]).is_err());
+        let mut t = a.clone();
+        t.expires_at += 1;
+        assert!(t.verify(&sig, &[fleet.public()]).is_err());
+        let mut t = a.clone();
+        t.machine = "lab-08".into();
+        assert!(t.verify(&sig, &[fleet.public()]).is_err());
+        // A signature claiming the fleet key but made by another key.
+        let forged = Signature {
+            key: fleet.public(),
+            sig: release.sign(ASSIGNMENT_DOMAIN, &a.encode()),
+        };
+        assert!(a.verify(&forged, &[fleet.public()]).is_err());
+    }
+
+    #[test]
+    fn roles_do_not_cross() {
+        let k = SecretKey::generate().unwrap();
+        let id = SnapshotId::of(b"x");
+        // A snapshot signature over bytes never verifies as another role's.
+        let snap = SnapshotSignature::sign(&id, &k);
+        let as_sig = Signature {
+            key: k.public(),
+            sig: snap.sig,
+        };
+        assert_eq!(count_valid(SIGN_DOMAIN, id.as_bytes(), &[as_sig], &[k.public()]), 1);
+        for d in [ASSIGNMENT_DOMAIN, POLICY_DOMAIN, TRUST_DOMAIN] {
+            assert_eq!(count_valid(d, id.as_bytes(), &[as_sig], &[k.public()]), 0);
+        }
+        // A policy signature is not an assignment signature of the same bytes.
+        let a = sample();
+        let p = sign_policy(&a.encode(), &k);
+        assert!(a.verify(&p, &[k.public()]).is_err());
+        // And an assignment signature is not a policy signature.
+        let s = a.sign(&k);
+        assert!(verify_policy(&a.encode(), &[s], &[k.public()]).is_err());
+    }
+
+    #[test]
+    fn policy_signatures() {
+        let k = SecretKey::generate().unwrap();
+        let other = SecretKey::generate().unwrap();
+        let text = b"[[path]]\npath = \"/etc/x\"\nstate = \"dynamic\"\ncommand = [\"/bin/true\"]\n";
+        let file = format!("# made by slate policy sign\n{}\n", sign_policy(text, &k).to_line());
+        let sigs = parse_signatures(&file).unwrap();
+        verify_policy(text, &sigs, &[k.public()]).unwrap();
+        assert!(verify_policy(text, &sigs, &[other.public()]).is_err());
+        assert!(verify_policy(&text[..text.len() - 1], &sigs, &[k.public()]).is_err());
+        assert!(verify_policy(text, &[], &[k.public()]).is_err());
+        assert!(parse_signatures("signature 00 11\n").is_err());
+        let line = sign_policy(text, &k).to_line();
+        assert!(parse_signatures(&line[..line.len() - 2]).is_err());
+    }
+
+    #[test]
+    fn trust_documents() {
+        let old = SecretKey::generate().unwrap();
+        let new = SecretKey::generate().unwrap();
+        let fleet = SecretKey::generate().unwrap();
+        let current = TrustDoc {
+            version: 0,
+            expires: u64::MAX,
+            threshold: 1,
+            release: vec![old.public()],
+            fleet: vec![fleet.public()],
+        };
+        let next = TrustDoc {
+            version: 2,
+            expires: 2_000_000_000,
+            threshold: 1,
+            release: vec![new.public()],
+            fleet: vec![fleet.public()],
+        };
+        let text = next.to_text(&[&old, &new]);
+        let (doc, sigs) = TrustDoc::parse(&text).unwrap();
+        assert_eq!(doc, next);
+        doc.verify(&sigs, &current, 1_900_000_000).unwrap();
+        // Expired.
+        assert!(doc.verify(&sigs, &current, 2_000_000_000).is_err());
+        // Not newer.
+        assert!(doc.verify(&sigs, &next, 1_900_000_000).is_err());
+        // Signed only by the new key: the current set did not agree.
+        let (d, s) = TrustDoc::parse(&next.to_text(&[&new])).unwrap();
+        assert!(d.verify(&s, &current, 1_900_000_000).is_err());
+        // Signed only by the old key: the new set cannot sign.
+        let (d, s) = TrustDoc::parse(&next.to_text(&[&old])).unwrap();
+        assert!(d.verify(&s, &current, 1_900_000_000).is_err());
+        // Tampered body (a fleet key swapped in) breaks the signatures.
+        let evil = SecretKey::generate().unwrap().public();
+        let tampered = text.replace(&hex::encode(fleet.public().0), &hex::encode(evil.0));
+        let (d, s) = TrustDoc::parse(&tampered).unwrap();
+        assert!(d.verify(&s, &current, 1_900_000_000).is_err());
+        // Truncations never parse into something that verifies.
+        for n in 0..text.len() {
+            if let Ok((d, s)) = TrustDoc::parse(&text[..n]) {
+                assert!(d.verify(&s, &current, 1_900_000_000).is_err() || d == next);
+            }
+        }
+        // Non-canonical spellings are refused.
+        assert!(TrustDoc::parse(&text.replace("version 2", "version 02")).is_err());
+        assert!(TrustDoc::parse(&text.replace("threshold 1", "threshold 3")).is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! The server's half of the key roles (`docs/format/trust.md`): the online
+//! fleet key signs every assignment with an issue time and an expiry, and
+//! the trust document that release keys signed offline
+//! (`slate trust sign`, kept as REPO/trust) is served at `GET /v1/trust`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use slate_core::keys::SecretKey;
+use slate_core::trust;
+use slate_core::SnapshotId;
+
+use super::api::Assignment;
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+/// Default lifetime of an assignment: a machine that hears nothing newer
+/// for a day reports that it is stale.
+pub const DEFAULT_TTL_SECS: u64 = 24 * 3600;
+
+/// The file in the repository directory that holds the trust document.
+pub const TRUST_FILE: &str = "trust";
+
+/// Signs assignments with the fleet key.
+pub struct Signer {
+    key: SecretKey,
+    ttl: u64,
+    /// The last issue time handed out: issue times never go back, even
+    /// when the server's clock does.
+    last: AtomicU64,
+}
+
+impl Signer {
+    /// A signer with `key`; assignments expire `ttl_secs` after issue.
+    pub fn new(key: SecretKey, ttl_secs: u64) -> Self {
+        Signer {
+            key,
+            ttl: ttl_secs.max(1),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Stamp `a` with an issue time and an expiry and sign it.
+    pub fn sign(&self, a: &mut Assignment) -> ApiResult<()> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let issued = self.last.fetch_max(now, Ordering::SeqCst).max(now);
+        let snapshot = SnapshotId::from_hex(&a.snapshot)
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("assignment names no snapshot id")))?;
+        let signed = trust::Assignment {
+            machine: a.machine.clone(),
+            channel: a.channel.clone(),
+            snapshot,
+            pinned: a.pinned,
+            rule: a.rule.clone(),
+            state_policy: a.state_policy.clone(),
+            issued_at: issued,
+            expires_at: issued.saturating_add(self.ttl),
+        };
+        let sig = signed.sign(&self.key);
+        a.issued_at = Some(signed.issued_at);
+        a.expires_at = Some(signed.expires_at);
+        a.key = Some(sig.key_hex());
+        a.signature = Some(sig.sig_hex());
+        Ok(())
+    }
+}
+
+/// `GET /v1/trust`: the trust document, as `slate trust sign` wrote it.
+pub async fn trust_document(State(st): State<AppState>) -> ApiResult<Response> {
+    let Some(root) = st.repo.root.clone() else {
+        return Err(ApiError::NotFound("this repository has no trust document".into()));
+    };
+    let path = root.join(TRUST_FILE);
+    match tokio::fs::read(&path).await {
+        Ok(data) => Ok((
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            data,
+        )
+            .into_response()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::NotFound(
+            "this repository has no trust document (slate trust sign writes one)".into(),
+        )),
+        Err(e) => Err(ApiError::internal(anyhow::anyhow!("{}: {e}", path.display()))),
+    }
+}
