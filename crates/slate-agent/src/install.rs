@@ -268,7 +268,13 @@ pub fn machine_cmdline(template: &str) -> String {
 }
 
 /// The AGENT.toml the machine runs with.
-fn machine_config(t: &Config, firmware: Firmware, keys: &[String], has_token: bool) -> Result<String> {
+fn machine_config(
+    t: &Config,
+    firmware: Firmware,
+    keys: &[String],
+    fleet_keys: &[String],
+    has_token: bool,
+) -> Result<String> {
     use toml::Value;
     let mut root = toml::Table::new();
     // A loopback address is how the installing machine reaches the server,
@@ -285,6 +291,12 @@ fn machine_config(t: &Config, firmware: Firmware, keys: &[String], has_token: bo
         "trust".into(),
         Value::Array(keys.iter().map(|k| Value::String(k.clone())).collect()),
     );
+    if !fleet_keys.is_empty() {
+        root.insert(
+            "fleet_trust".into(),
+            Value::Array(fleet_keys.iter().map(|k| Value::String(k.clone())).collect()),
+        );
+    }
     root.insert("state_dir".into(), Value::String(MACHINE_STATE_DIR.into()));
     let (bootloader, boot_dev) = match firmware {
         Firmware::Bios => ("grub", "/dev/disk/by-partlabel/slate-boot"),
@@ -490,17 +502,24 @@ pub fn install(o: &InstallOptions<'_>, progress: &dyn slate_repo::progress::Prog
     let parts = layout(size, o.firmware, o.slot_size)?;
     // Read the template's secrets before anything is destroyed.
     let token = o.template.token()?;
-    let mut keys = Vec::new();
-    for k in &o.template.trust {
-        let data =
-            std::fs::read(k).map_err(|e| Error::Config(format!("cannot read trusted key {}: {e}", k.display())))?;
-        let name = k
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "key.pub".into());
-        keys.push((name, data));
-    }
+    let read_all = |paths: &[PathBuf]| -> Result<Vec<(String, Vec<u8>)>> {
+        paths
+            .iter()
+            .map(|k| {
+                let data = std::fs::read(k)
+                    .map_err(|e| Error::Config(format!("cannot read trusted key {}: {e}", k.display())))?;
+                let name = k
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "key.pub".into());
+                Ok((name, data))
+            })
+            .collect()
+    };
+    let keys = read_all(&o.template.trust)?;
+    let fleet_keys = read_all(&o.template.fleet_trust)?;
     o.template.trusted_keys()?;
+    o.template.fleet_keys()?;
 
     // The partition table.
     let mut sg = Command::new("sgdisk");
@@ -575,7 +594,20 @@ pub fn install(o: &InstallOptions<'_>, progress: &dyn slate_repo::progress::Prog
     if let Some(t) = &token {
         write_file(&agent_dir.join("token"), format!("{t}\n").as_bytes(), 0o600)?;
     }
-    let machine_toml = machine_config(o.template, o.firmware, &machine_keys, token.is_some())?;
+    // Fleet keys in a directory of their own: a release and a fleet key
+    // file of the same name must not overwrite each other.
+    let mut machine_fleet_keys = Vec::new();
+    for (name, data) in &fleet_keys {
+        write_file(&agent_dir.join("fleet-keys").join(name), data, 0o644)?;
+        machine_fleet_keys.push(format!("{MACHINE_STATE_DIR}/fleet-keys/{name}"));
+    }
+    let machine_toml = machine_config(
+        o.template,
+        o.firmware,
+        &machine_keys,
+        &machine_fleet_keys,
+        token.is_some(),
+    )?;
     write_file(
         &store_local.join(MACHINE_CONFIG.trim_start_matches('/')),
         machine_toml.as_bytes(),

@@ -39,7 +39,7 @@ use serde_json::Value;
 use slate_agent::boot::{read_grubenv, simulate_boot};
 use slate_agent::config::Bootloader;
 
-use crate::support::{corpus, is_root, s, scratch, slate, slate_bin, slate_ok, Server};
+use crate::support::{corpus, is_root, s, scratch, slate, slate_bin, slate_ok, FleetKey, Server};
 use crate::treedigest::{assert_same_tree, digest};
 
 const MIB: u64 = 1 << 20;
@@ -127,7 +127,7 @@ impl Lab {
         }
         let path = self.path().join("FLEET.toml");
         std::fs::write(&path, fleet).unwrap();
-        let server = Server::start(&["--repo", s(&self.repo), "--fleet", s(&path)]);
+        let server = Server::start_signed(self.path(), &["--repo", s(&self.repo), "--fleet", s(&path)]);
         let url = server.url.clone();
         self.server = Some(server);
         url
@@ -159,6 +159,7 @@ impl Lab {
             dir,
             slots,
             trust: self.trust(),
+            fleet: FleetKey::in_dir(self.path()),
             servers: vec![self.url()],
             want: String::new(),
             bootloader: "none",
@@ -211,6 +212,7 @@ struct Agent {
     boot_dir: PathBuf,
     slots: Slots,
     trust: PathBuf,
+    fleet: FleetKey,
     servers: Vec<String>,
     want: String,
     bootloader: &'static str,
@@ -230,11 +232,12 @@ impl Agent {
     fn write_config(&self) {
         let servers: Vec<String> = self.servers.iter().map(|u| format!("{u:?}")).collect();
         let text = format!(
-            "server = [{}]\ntrust = [{:?}]\nstate_dir = {:?}\nmachine_id = {:?}\nbootloader = {:?}\n\
+            "server = [{}]\ntrust = [{:?}]\n{}state_dir = {:?}\nmachine_id = {:?}\nbootloader = {:?}\n\
              boot_dir = {:?}\nboot_tries = {}\nslot_size = \"1G\"\nconnections = {}\ntimeout_secs = {}\n\n\
              [slots]\na = {:?}\nb = {:?}\n\n[labels]\nwant = {:?}\n",
             servers.join(", "),
             s(&self.trust),
+            self.fleet.agent_toml(),
             s(&self.state_dir),
             self.name,
             self.bootloader,

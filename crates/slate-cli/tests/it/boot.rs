@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{corpus, is_root, s, scratch, slate_ok, Server};
+use crate::support::{corpus, is_root, s, scratch, slate_ok, FleetKey, Server};
 
 /// Longest one boot may take before the test gives up on it.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -133,7 +133,7 @@ impl Lab {
         slate_ok(&["init", "--repo", s(&repo)]);
         slate_ok(&["keygen", "--out", s(&dir.join("key"))]);
         std::fs::write(dir.join("FLEET.toml"), "[default]\nchannel = \"lab\"\n").unwrap();
-        let server = Server::start(&["--repo", s(&repo), "--fleet", s(&dir.join("FLEET.toml"))]);
+        let server = Server::start_signed(&dir, &["--repo", s(&repo), "--fleet", s(&dir.join("FLEET.toml"))]);
         let port: u16 = server
             .url
             .rsplit(':')
@@ -179,11 +179,12 @@ impl Lab {
             &p,
             format!(
                 "server = [\"http://127.0.0.1:{port}\", \"http://10.0.2.2:{port}\"]\n\
-                 trust = [{key:?}]\nstate_dir = \"/unused\"\nmachine_id = \"vm1\"\ntoken_file = {token:?}\n\
+                 trust = [{key:?}]\n{fleet}state_dir = \"/unused\"\nmachine_id = \"vm1\"\ntoken_file = {token:?}\n\
                  boot_tries = {tries}\ntimeout_secs = 20\nkernel_cmdline = \"console=ttyS0,115200 ip=dhcp\"\n\
                  [slots]\na = \"/unused/a\"\nb = \"/unused/b\"\n",
                 port = self.port,
                 key = s(&self.dir.join("key.pub")),
+                fleet = FleetKey::in_dir(&self.dir).agent_toml(),
                 token = s(&self.dir.join("token")),
             ),
         )

@@ -14,3 +14,4 @@ mod serve;
 mod state;
 mod support;
 mod treedigest;
+mod trust;

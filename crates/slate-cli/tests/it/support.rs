@@ -218,3 +218,41 @@ impl Drop for Tmpfs {
         let _ = rustix::mount::unmount(self.dir.path(), rustix::mount::UnmountFlags::DETACH);
     }
 }
+
+/// A fleet key (`slate keygen`) that a test's `slate serve` signs
+/// assignments with and its machines trust as `fleet_trust`.
+#[derive(Clone, Debug)]
+pub struct FleetKey {
+    /// The secret key, for `slate serve --fleet-key`.
+    pub secret: PathBuf,
+    /// Its public half, for AGENT.toml's `fleet_trust`.
+    pub public: PathBuf,
+}
+
+impl FleetKey {
+    /// The fleet key in `dir` (`dir/fleet.key`), made on first use.
+    pub fn in_dir(dir: &Path) -> FleetKey {
+        let secret = dir.join("fleet.key");
+        let public = dir.join("fleet.key.pub");
+        if !secret.exists() {
+            slate_ok(&["keygen", "--out", s(&secret)]);
+        }
+        FleetKey { secret, public }
+    }
+
+    /// The AGENT.toml line that trusts it.
+    pub fn agent_toml(&self) -> String {
+        format!("fleet_trust = [{:?}]\n", s(&self.public))
+    }
+}
+
+impl Server {
+    /// Start `slate serve ARGS --fleet-key KEY`: assignments signed with the
+    /// fleet key in `dir` (made on first use), as machines require.
+    pub fn start_signed(dir: &Path, args: &[&str]) -> Server {
+        let key = FleetKey::in_dir(dir);
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--fleet-key", s(&key.secret)]);
+        Server::start(&all)
+    }
+}
