@@ -56,7 +56,10 @@ say "slate verify --trust signing.key.pub"
 
 say "slate serve on 127.0.0.1, and a client with two slots"
 printf '[default]\nchannel = "demo/lab"\n' > "$work/fleet.toml"
-"$slate" serve --repo "$work/repo" --listen 127.0.0.1:0 --fleet "$work/fleet.toml" 2> "$work/serve.log" &
+# The online fleet key signs assignments; signing.key (offline) signs snapshots.
+"$slate" keygen --out "$work/fleet.key" >/dev/null
+"$slate" serve --repo "$work/repo" --listen 127.0.0.1:0 --fleet "$work/fleet.toml" \
+    --fleet-key "$work/fleet.key" 2> "$work/serve.log" &
 server_pid=$!
 trap 'kill $server_pid 2>/dev/null || true' EXIT
 for _ in $(seq 50); do grep -q "serving" "$work/serve.log" 2>/dev/null && break; sleep 0.1; done
@@ -65,6 +68,7 @@ url=$(grep -o 'http://[0-9.:]*' "$work/serve.log" | head -1)
 cat > "$work/agent.toml" <<EOT
 server = "$url"
 trust = ["$work/signing.key.pub"]
+fleet_trust = ["$work/fleet.key.pub"]
 state_dir = "$work/client/state"
 machine_id = "demo-client"
 bootloader = "grub"

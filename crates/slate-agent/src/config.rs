@@ -304,9 +304,11 @@ mod tests {
         assert_eq!(c.slot_size, 8 << 30);
         assert_eq!(c.slot_path("b"), Path::new("/dev/disk/by-partlabel/slate-b"));
         assert_eq!(c.labels["role"], "kiosk");
+        assert_eq!(c.fleet_trust, vec![PathBuf::from("/etc/slate/keys/fleet.pub")]);
         for key in [
             "server",
             "trust",
+            "fleet_trust",
             "state_dir",
             "bootloader",
             "boot_dir",

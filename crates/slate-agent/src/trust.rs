@@ -83,8 +83,9 @@ pub fn load(cfg: &Config) -> Result<Trusted> {
 /// Fetch the server's trust document and adopt it when it is newer and
 /// signed by enough of the keys trusted now. An older or equal version is
 /// ignored (a server may lag behind); a newer one that does not verify is
-/// refused: the pass stops. Returns a sentence when the keys changed.
-pub fn refresh(cfg: &Config, http: &Http, trusted: &mut Trusted, now: u64) -> Result<Option<String>> {
+/// refused: the pass stops. Returns a sentence when the keys changed. With
+/// `keep` false (a dry run) the document is used for this pass only.
+pub fn refresh(cfg: &Config, http: &Http, trusted: &mut Trusted, now: u64, keep: bool) -> Result<Option<String>> {
     let Some(bytes) = http.get_optional("/v1/trust")? else {
         return Ok(None);
     };
@@ -97,7 +98,9 @@ pub fn refresh(cfg: &Config, http: &Http, trusted: &mut Trusted, now: u64) -> Re
     }
     doc.verify(&sigs, &trusted.doc, now)
         .map_err(|e| Error::Untrusted(format!("refusing the trust document of {}: {e}", http.server())))?;
-    write_atomic(&trust_path(&cfg.state_dir), text.as_bytes())?;
+    if keep {
+        write_atomic(&trust_path(&cfg.state_dir), text.as_bytes())?;
+    }
     let msg = format!(
         "trust document version {} accepted: {} release and {} fleet keys",
         doc.version,

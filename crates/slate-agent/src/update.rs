@@ -223,7 +223,7 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
     };
     // New keys first: a rotated fleet key must verify this very assignment.
     // Nothing from the answer is kept or acted on before it verifies.
-    let checked = crate::trust::refresh(cfg, &http, &mut trusted, now_s)
+    let checked = crate::trust::refresh(cfg, &http, &mut trusted, now_s, !dry_run)
         .and_then(|_| crate::trust::verify_assignment(&answer, &who.id, &trusted));
     let verified = match checked {
         Ok(v) => v.assignment,

@@ -110,8 +110,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 state_quota,
             },
             tls_cert.zip(tls_key),
-            fleet_key.as_deref(),
-            assignment_ttl,
+            fleet_key.as_deref().map(|k| (k, assignment_ttl)),
         ),
         Command::Policy {
             command: PolicyCommand::Sign { key, policy },

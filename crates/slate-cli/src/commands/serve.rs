@@ -26,7 +26,8 @@ pub struct Private {
     pub state_quota: u64,
 }
 
-/// Run `slate serve`.
+/// Run `slate serve`; `fleet_key` is the key that signs assignments and
+/// their lifetime in seconds.
 pub fn run(
     repo_path: &Path,
     listen: &str,
@@ -34,8 +35,7 @@ pub fn run(
     db: Option<&Path>,
     private: &Private,
     tls: Option<(PathBuf, PathBuf)>,
-    fleet_key: Option<&Path>,
-    assignment_ttl: u64,
+    fleet_key: Option<(&Path, u64)>,
 ) -> Result<ExitCode> {
     let repo = super::open(repo_path)?;
     let fleet = match fleet {
@@ -63,16 +63,19 @@ pub fn run(
     storage.state_limit = private.state_limit;
     storage.state_quota = private.state_quota;
     let mut state = AppState::new(repo, fleet, store).with_private(storage);
-    match fleet_key {
-        Some(k) => {
+    // Said once the server listens: a setup that fails is one error line.
+    let signing = match fleet_key {
+        Some((k, assignment_ttl)) => {
             let key = super::read_secret_key(k)?;
-            eprintln!("signing assignments with fleet key {}", key.public().fingerprint());
+            let note = format!("signing assignments with fleet key {}", key.public().fingerprint());
             state = state.with_signer(slate_server::fleet::sign::Signer::new(key, assignment_ttl));
+            note
         }
-        None => eprintln!("slate: warning: no --fleet-key: assignments are unsigned and agents will refuse them"),
-    }
+        None => "slate: warning: no --fleet-key: assignments are unsigned and agents will refuse them".to_string(),
+    };
     let tls = tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     slate_server::server::run_blocking(state, listen, tls, |url| {
+        eprintln!("{signing}");
         eprintln!("serving {} on {url}", repo_path.display());
     })?;
     Ok(ExitCode::SUCCESS)

@@ -465,6 +465,21 @@ impl FleetConfig {
                 Ok(_) => {}
                 Err(e) => out.push(format!("{what}: channel {}: {e}", t.channel)),
             }
+            if let Some(sp) = t.state_policy.as_ref().filter(|sp| sp.signatures.is_none()) {
+                // Agents refuse such a policy; say so before the first machine does.
+                let runs = slate_state::Policy::parse(&sp.text, Path::new(&sp.file)).is_ok_and(|p| {
+                    p.entries
+                        .iter()
+                        .any(|e| matches!(e.generator, Some(slate_state::policy::Generator::Command(_))))
+                });
+                if runs {
+                    out.push(format!(
+                        "{what}: state policy {} runs commands at boot but has no {}.sig; machines refuse it \
+                         until a release key signs it (slate policy sign)",
+                        sp.file, sp.file
+                    ));
+                }
+            }
             if let Some(p) = &t.pin {
                 if !repo.storage.exists(&Repo::snapshot_keys(p)[0]) {
                     out.push(format!("{what} pins snapshot {p} which is not in the repository"));

@@ -89,3 +89,52 @@ pub async fn trust_document(State(st): State<AppState>) -> ApiResult<Response> {
         Err(e) => Err(ApiError::internal(anyhow::anyhow!("{}: {e}", path.display()))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Assignment {
+        Assignment {
+            machine: "m1".into(),
+            channel: "c".into(),
+            snapshot: SnapshotId::of(b"s").to_hex(),
+            pinned: true,
+            rule: "default".into(),
+            state_policy: Some("version = 1\n".into()),
+            state_policy_signatures: None,
+            issued_at: None,
+            expires_at: None,
+            key: None,
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn signed_answers_verify_and_issue_times_never_go_back() {
+        let key = SecretKey::generate().unwrap();
+        let public = key.public();
+        let signer = Signer::new(key, 3600);
+        let mut a = sample();
+        signer.sign(&mut a).unwrap();
+        let (issued, expires) = (a.issued_at.unwrap(), a.expires_at.unwrap());
+        assert_eq!(expires, issued + 3600);
+        let sig = trust::Signature::from_hex(a.key.as_deref().unwrap(), a.signature.as_deref().unwrap()).unwrap();
+        let signed = trust::Assignment {
+            machine: a.machine.clone(),
+            channel: a.channel.clone(),
+            snapshot: SnapshotId::from_hex(&a.snapshot).unwrap(),
+            pinned: a.pinned,
+            rule: a.rule.clone(),
+            state_policy: a.state_policy.clone(),
+            issued_at: issued,
+            expires_at: expires,
+        };
+        signed.verify(&sig, &[public]).unwrap();
+        // A clock that went back does not make the next issue time older.
+        signer.last.store(issued + 1000, Ordering::SeqCst);
+        let mut b = sample();
+        signer.sign(&mut b).unwrap();
+        assert_eq!(b.issued_at, Some(issued + 1000));
+    }
+}
