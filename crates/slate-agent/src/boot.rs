@@ -424,26 +424,85 @@ pub fn check_room(boot: &Path, slot: &str, bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// Open `rel` beneath the slot whose root is `root`: every component,
+/// symlinks included, must resolve inside the slot (a relative symlink
+/// such as Debian's `vmlinuz -> boot/vmlinuz-6.1.0-...` does), never
+/// through an absolute symlink, `..` past the root, or /proc magic links.
+/// A file the signed tree holds can hold anything, but it cannot make the
+/// agent read the host's files (`/etc/shadow`) or devices into /boot.
+fn open_beneath(root: &Path, rel: &str, oflags: rustix::fs::OFlags) -> Result<std::fs::File> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    let dir = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::Local(format!("cannot open the slot root {}: {e}", root.display())))?;
+    let fd = openat2(
+        &dir,
+        rel,
+        oflags | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| {
+        let why = if e == rustix::io::Errno::XDEV || e == rustix::io::Errno::LOOP {
+            "it is a symlink (or under one) that leads out of the slot".to_string()
+        } else {
+            e.to_string()
+        };
+        Error::Local(format!(
+            "refusing /{rel} of the slot at {}: {why}; nothing was switched",
+            root.display()
+        ))
+    })?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Read the regular file `rel` beneath `root` (see [`open_beneath`]).
+fn read_beneath(root: &Path, rel: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    // NONBLOCK: a fifo planted where a kernel should be must not hang the pass.
+    let mut f = open_beneath(root, rel, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK)?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::Local(format!("cannot read /{rel} of {}: {e}", root.display())))?;
+    if !meta.is_file() {
+        return Err(Error::Local(format!(
+            "refusing /{rel} of the slot at {}: it is not a regular file; nothing was switched",
+            root.display()
+        )));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut data)
+        .map_err(|e| Error::Local(format!("cannot read /{rel} of {}: {e}", root.display())))?;
+    Ok(data)
+}
+
 /// Copy the kernel and initrd of the tree at `root` into BOOT/slate/<slot>/;
-/// returns whether the tree has a kernel.
+/// returns whether the tree has a kernel. Both are opened beneath the slot
+/// ([`open_beneath`]); one that leads out of it is refused.
 pub fn install_kernel(boot: &Path, slot: &str, root: &Path) -> Result<bool> {
-    let bootdir = root.join("boot");
-    let Ok(rd) = std::fs::read_dir(&bootdir) else {
+    use rustix::fs::OFlags;
+    // /boot itself may be a symlink (to a directory in the slot, or out of it).
+    if std::fs::symlink_metadata(root.join("boot")).is_err() {
         return Ok(false);
-    };
-    let names = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned());
-    let Some((k, initrd_name)) = newest_kernel(names) else {
+    }
+    let bootdir = open_beneath(root, "boot", OFlags::RDONLY | OFlags::DIRECTORY)?;
+    let names: Vec<String> = rustix::fs::Dir::read_from(&bootdir)
+        .map_err(|e| Error::Local(format!("cannot list /boot of {}: {e}", root.display())))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let Some((k, initrd_name)) = newest_kernel(names.iter().cloned()) else {
         return Ok(false);
     };
     let dst = boot.join("slate").join(slot);
-    let copy = |from: &Path, name: &str| -> Result<()> {
-        let data = std::fs::read(from).map_err(|e| Error::Local(format!("cannot read {}: {e}", from.display())))?;
-        write_atomic(&dst.join(name), &data)
+    let kernel = read_beneath(root, &format!("boot/{k}"))?;
+    let initrd = if names.contains(&initrd_name) {
+        Some(read_beneath(root, &format!("boot/{initrd_name}"))?)
+    } else {
+        None
     };
-    copy(&bootdir.join(&k), "vmlinuz")?;
-    let initrd = bootdir.join(initrd_name);
-    if initrd.exists() {
-        copy(&initrd, "initrd.img")?;
+    write_atomic(&dst.join("vmlinuz"), &kernel)?;
+    if let Some(data) = initrd {
+        write_atomic(&dst.join("initrd.img"), &data)?;
     }
     Ok(true)
 }
@@ -459,6 +518,59 @@ mod tests {
             title: "Test".into(),
             cmdline: format!("root=LABEL=slate-{slot} ro slate.slot={slot}"),
             has_kernel: false,
+        }
+    }
+
+    #[test]
+    fn kernels_are_read_beneath_the_slot_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("secret");
+        std::fs::write(&outside, b"host secret").unwrap();
+        let boot = dir.path().join("bootpart");
+        let slot = |name: &str| {
+            let root = dir.path().join(name);
+            std::fs::create_dir_all(root.join("boot")).unwrap();
+            std::fs::create_dir_all(root.join("usr/lib/linux")).unwrap();
+            std::fs::write(root.join("usr/lib/linux/vmlinuz"), b"kernel").unwrap();
+            root
+        };
+        // Symlinks that stay inside work (relative, through a parent).
+        let good = slot("good");
+        std::os::unix::fs::symlink("../usr/lib/linux/vmlinuz", good.join("boot/vmlinuz-6.1.0-1")).unwrap();
+        std::fs::write(good.join("boot/initrd.img-6.1.0-1"), b"initrd").unwrap();
+        assert!(install_kernel(&boot, "a", &good).unwrap());
+        assert_eq!(std::fs::read(boot.join("slate/a/vmlinuz")).unwrap(), b"kernel");
+        assert_eq!(std::fs::read(boot.join("slate/a/initrd.img")).unwrap(), b"initrd");
+
+        // Out of the slot: absolute, through .., a /boot that is itself a
+        // link out; and a device node. Refused, the boot partition untouched.
+        let abs = slot("abs");
+        std::os::unix::fs::symlink(&outside, abs.join("boot/vmlinuz-6.1.0-2")).unwrap();
+        let up = slot("up");
+        std::os::unix::fs::symlink("../../../../../../../../secret", up.join("boot/vmlinuz-6.1.0-2")).unwrap();
+        let linked = dir.path().join("linked");
+        std::fs::create_dir_all(&linked).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("vmlinuz-6.1.0-2"), b"not the slot's").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, linked.join("boot")).unwrap();
+        let initrd_out = slot("initrd-out");
+        std::fs::write(initrd_out.join("boot/vmlinuz-6.1.0-2"), b"kernel").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", initrd_out.join("boot/initrd.img-6.1.0-2")).unwrap();
+        let fifo = slot("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            fifo.join("boot/vmlinuz-6.1.0-2"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        for root in [&abs, &up, &linked, &initrd_out, &fifo] {
+            let e = install_kernel(&boot, "a", root).unwrap_err().to_string();
+            assert!(e.contains("refusing"), "{}: {e}", root.display());
+            assert_eq!(std::fs::read(boot.join("slate/a/vmlinuz")).unwrap(), b"kernel");
+            assert_eq!(std::fs::read(boot.join("slate/a/initrd.img")).unwrap(), b"initrd");
         }
     }
 

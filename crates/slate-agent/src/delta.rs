@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use slate_core::delta::{needs_more, DeltaHeader, MAX_ITEM_BYTES, WINDOW_LOG};
+use slate_core::delta::{needs_more, DeltaHeader, MAX_HEADER_LEN, MAX_ITEM_BYTES, WINDOW_LOG};
 use slate_core::{ChunkId, SnapshotId};
 use slate_repo::checkout::ChunkSource;
 use slate_repo::commit::Assembler;
@@ -86,6 +86,70 @@ pub fn download(
     Ok(Some(done))
 }
 
+/// Download the delta from `from` to `to` and rebuild its chunks into
+/// `store_dir` (see [`download`] and [`apply`]); None when the server has
+/// no such delta. A delta that fails its checks is deleted with the chunks
+/// rebuilt so far; if any of it came from the cache (an earlier pass's
+/// download, damaged or replaced on disk since) it is downloaded once
+/// more, otherwise the fault is the server's and the error says so.
+#[allow(clippy::too_many_arguments)]
+pub fn fetch_and_apply(
+    http: &Http,
+    from: &SnapshotId,
+    to: &SnapshotId,
+    dir: &Path,
+    store_dir: &Path,
+    local: &mut dyn ChunkSource,
+    known: &HashMap<ChunkId, Vec<u8>>,
+    progress: &dyn slate_repo::progress::Progress,
+) -> Result<Option<ChunkIndex>> {
+    let name = format!("{}-{}", from.to_hex(), to.to_hex());
+    let mut cached = dir.join(format!("{name}.delta")).exists() || dir.join(format!("{name}.part")).exists();
+    loop {
+        let Some(file) = download(http, from, to, dir, progress)? else {
+            return Ok(None);
+        };
+        match apply(&file, from, to, store_dir, local, known) {
+            Ok(i) => return Ok(Some(i)),
+            Err(Error::Untrusted(e)) => {
+                let _ = std::fs::remove_file(&file);
+                let _ = std::fs::remove_dir_all(store_dir);
+                if !cached {
+                    return Err(Error::Untrusted(format!("{e} (as served by {})", http.server())));
+                }
+                tracing::warn!("the cached {e}: discarding it and downloading it again");
+                cached = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The index of the chunk store a killed pass left in `dir`, if every
+/// chunk in it still reads back and matches its id; otherwise the store
+/// is emptied (its chunks are rebuilt from the delta), never used.
+fn sound_store(dir: &Path) -> Result<ChunkIndex> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Local(format!("cannot create {}: {e}", dir.display())))?;
+    let storage = LocalStorage::new(dir);
+    let checked = ChunkIndex::load(&storage).map_err(|e| e.to_string()).and_then(|index| {
+        let mut reader = slate_repo::reader::ChunkReader::new(&storage, &index);
+        let ids: Vec<ChunkId> = index.locations().map(|l| l.entry.id).collect();
+        for id in &ids {
+            reader.with_chunk(id, |_| ()).map_err(|e| e.to_string())?;
+        }
+        Ok(index)
+    });
+    match checked {
+        Ok(index) => Ok(index),
+        Err(e) => {
+            tracing::warn!("discarding the chunks rebuilt from a delta in {}: {e}", dir.display());
+            std::fs::remove_dir_all(dir).map_err(|e| Error::Local(format!("cannot remove {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| Error::Local(format!("cannot create {}: {e}", dir.display())))?;
+            Ok(ChunkIndex::default())
+        }
+    }
+}
+
 /// Rebuild the chunks of the delta at `file` into a chunk store under
 /// `store_dir`; references come from `local` (the machine's slots) and
 /// `known` (chunks of manifests it holds). Returns the store's index.
@@ -112,14 +176,20 @@ pub fn apply(
         .len();
     // The table is at the front; read more of it until it decodes, never
     // the whole file (a delta can be larger than the agent's memory budget).
-    let mut want = (1u64 << 20).min(size);
+    // Bounded by MAX_HEADER_LEN, so a forged count cannot make the agent
+    // read a whole multi-gigabyte file into memory.
+    let limit = size.min(MAX_HEADER_LEN);
+    let mut want = (1u64 << 20).min(limit);
     let (header, off) = loop {
         let mut head = vec![0u8; want as usize];
         f.read_exact_at(&mut head, 0)
             .map_err(|e| Error::Local(format!("cannot read {}: {e}", file.display())))?;
         match DeltaHeader::decode(&head) {
             Ok(h) => break h,
-            Err(e) if needs_more(&e) && want < size => want = (want * 4).min(size),
+            Err(e) if needs_more(&e) && want < limit => want = (want * 4).min(limit),
+            Err(e) if needs_more(&e) && limit < size => {
+                return Err(bad(format!("its item table is longer than {MAX_HEADER_LEN} bytes")))
+            }
             Err(e) if needs_more(&e) => return Err(bad("truncated".into())),
             Err(e) => return Err(bad(e.to_string())),
         }
@@ -128,10 +198,8 @@ pub fn apply(
     if header.from != *from || header.to != *to {
         return Err(bad("it is for other snapshots".into()));
     }
-    std::fs::create_dir_all(store_dir)
-        .map_err(|e| Error::Local(format!("cannot create {}: {e}", store_dir.display())))?;
+    let existing = sound_store(store_dir)?;
     let storage = LocalStorage::new(store_dir);
-    let existing = ChunkIndex::load(&storage)?;
     let mut packer = Assembler::new(&storage, &existing, 1);
     for item in &header.items {
         let end = off + item.payload_len;

@@ -1,7 +1,14 @@
 //! `slate pull`: mirror a channel into a local repository. The packs that
 //! hold the channel's chunks are copied whole (they are immutable and named
-//! by their hash, so each is verified on arrival), then the snapshot
-//! records and signatures, then, after a sync, the channel.
+//! by their hash, so each is verified on arrival, and its index is checked
+//! against it chunk by chunk), then the snapshot records and signatures,
+//! then, after a sync, the channel.
+//!
+//! The source is as untrusted as any mirror: every new snapshot must be
+//! signed by a trusted key (there is no unverified pull), and a channel
+//! whose history no longer holds the head this repository already has (a
+//! mirror rolled back to an older state, or a rewritten history) is
+//! refused before anything is written.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -32,6 +39,12 @@ pub struct PullStats {
 /// Mirror `channel` from `server` into `repo`.
 pub fn pull(server: &str, channel: &str, repo: &Repo, trusted: &[PublicKey], work: &Path) -> Result<PullStats> {
     slate_repo::channel::check_name(channel)?;
+    if trusted.is_empty() {
+        return Err(Error::Config(
+            "pulling needs at least one trusted key (--trust KEY.pub): a mirror is only as good as its signatures"
+                .into(),
+        ));
+    }
     let http = Http::new(&[server.trim_end_matches('/').to_string()], 60)?;
     let text = http.get(&format!("/v1/channels/{channel}"))?;
     let history = slate_repo::channel::decode(channel, &text)?;
@@ -39,6 +52,16 @@ pub fn pull(server: &str, channel: &str, repo: &Repo, trusted: &[PublicKey], wor
         return Err(Error::Server(format!("channel {channel} on {server} is empty")));
     }
     let _lock = repo.lock()?;
+    let held = repo.channel_history(channel)?;
+    if let Some(head) = held.last() {
+        if !history.contains(head) {
+            return Err(Error::Untrusted(format!(
+                "refusing channel {channel} from {server}: its history does not extend the one this repository \
+                 holds (head {} is not in it: a rolled-back or rewritten mirror); nothing was changed",
+                &head.to_hex()[..12]
+            )));
+        }
+    }
     let have_index = repo.load_index()?;
     let remote = Remote::new(&http, work);
     let index = remote.index()?;
@@ -51,9 +74,7 @@ pub fn pull(server: &str, channel: &str, repo: &Repo, trusted: &[PublicKey], wor
             continue;
         }
         let (snap, sigs) = remote.snapshot(id)?;
-        if !trusted.is_empty() {
-            check_trusted(id, &sigs, trusted).map_err(|e| Error::Untrusted(format!("refusing snapshot {id}: {e}")))?;
-        }
+        check_trusted(id, &sigs, trusted).map_err(|e| Error::Untrusted(format!("refusing snapshot {id}: {e}")))?;
         // The manifest, to learn which chunks (and so packs) it needs.
         let want: Vec<_> = snap.manifest.chunks.iter().map(|c| c.id).collect();
         let ranges = Remote::plan_fetch(&index, &cache, &want)?;
@@ -88,6 +109,10 @@ pub fn pull(server: &str, channel: &str, repo: &Repo, trusted: &[PublicKey], wor
         }
         records.push((*id, snap, sigs));
     }
+    // Each pack and its index are checked before they are kept: an index
+    // that lies about its pack would make the mirror serve chunks from the
+    // wrong place to every machine behind it. (A pack kept before a later
+    // one fails is verified content that no channel names yet: gc's.)
     for pack in &packs_needed {
         let data = http.get(&format!("/v1/repo/{}", pack_key(pack)))?;
         if PackId::of(&data) != *pack {
@@ -97,9 +122,11 @@ pub fn pull(server: &str, channel: &str, repo: &Repo, trusted: &[PublicKey], wor
         }
         let idx = http.get(&format!("/v1/repo/{}", index_key(pack)))?;
         let decoded = PackIndex::decode(&idx).map_err(|e| Error::Untrusted(format!("index of pack {pack}: {e}")))?;
-        if decoded.pack_len != data.len() as u64 {
-            return Err(Error::Untrusted(format!("index of pack {pack} does not describe it")));
-        }
+        slate_repo::verify::check_index_against_pack(pack, &data, &decoded).map_err(|e| {
+            Error::Untrusted(format!(
+                "the index of pack {pack} from {server} does not describe it ({e}); nothing was kept"
+            ))
+        })?;
         repo.storage.write(&pack_key(pack), &data)?;
         repo.storage.write(&index_key(pack), &idx)?;
         stats.packs += 1;

@@ -39,9 +39,17 @@ pub struct Remote<'a> {
 /// Fetched byte ranges of remote packs, kept as files
 /// `CACHE/ranges/<pack>/<start>-<end>`; serves them through the
 /// [`Storage`] trait so the repository's chunk reader works unchanged.
+///
+/// A range is served only once verified in this process: ranges stored by
+/// [`RangeCache::put`] were checked on arrival, ranges found on disk (left
+/// by an earlier, killed pass) are checked again by [`RangeCache::verify`]
+/// against the pack index before they count, and dropped if anything in
+/// them fails, so a damaged or tampered file is fetched again, never used.
 pub struct RangeCache {
     dir: PathBuf,
     ranges: Mutex<HashMap<String, BTreeMap<u64, u64>>>,
+    /// Ranges on disk not yet checked in this process, by pack.
+    unchecked: Mutex<HashMap<String, BTreeMap<u64, u64>>>,
 }
 
 fn unsupported() -> io::Error {
@@ -75,8 +83,108 @@ impl RangeCache {
         }
         Ok(RangeCache {
             dir: dir.to_path_buf(),
-            ranges: Mutex::new(ranges),
+            ranges: Mutex::new(HashMap::new()),
+            unchecked: Mutex::new(ranges),
         })
+    }
+
+    /// Check every range found on disk whose pack `index` knows: each frame
+    /// it holds must decompress and every chunk in it match its id. Good
+    /// ranges are served from now on; bad ones (and ranges of packs the
+    /// index does not know, which nothing can check) are deleted. Returns
+    /// how many were dropped.
+    pub fn verify(&self, index: &ChunkIndex) -> usize {
+        let pending = std::mem::take(&mut *self.unchecked.lock().unwrap());
+        if pending.is_empty() {
+            return 0;
+        }
+        let packs: HashMap<String, u32> = index
+            .packs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.to_hex(), i as u32))
+            .collect();
+        // Frames of the packs with cached ranges: offset -> entries.
+        let mut frames: HashMap<u32, BTreeMap<u64, Vec<slate_core::pack::IndexEntry>>> = HashMap::new();
+        for loc in index.locations() {
+            if pending.contains_key(&index.packs[loc.pack as usize].to_hex()) {
+                frames
+                    .entry(loc.pack)
+                    .or_default()
+                    .entry(loc.entry.frame_offset)
+                    .or_default()
+                    .push(loc.entry);
+            }
+        }
+        let mut dropped = 0;
+        for (pack, ranges) in pending {
+            for (a, b) in ranges {
+                let file = self.dir.join(&pack).join(format!("{a}-{b}"));
+                let ok = packs
+                    .get(&pack)
+                    .is_some_and(|p| Self::range_is_sound(&file, a, b, &index.packs[*p as usize], frames.get(p)));
+                if ok {
+                    self.ranges
+                        .lock()
+                        .unwrap()
+                        .entry(pack.clone())
+                        .or_default()
+                        .insert(a, b);
+                } else {
+                    tracing::warn!("discarding cached range {}: it fails verification", file.display());
+                    let _ = std::fs::remove_file(&file);
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Whether the cached range `a..b` in `file` has that length and every
+    /// frame of `frames` inside it decompresses to chunks matching their ids.
+    fn range_is_sound(
+        file: &Path,
+        a: u64,
+        b: u64,
+        pack: &PackId,
+        frames: Option<&BTreeMap<u64, Vec<slate_core::pack::IndexEntry>>>,
+    ) -> bool {
+        let Ok(data) = std::fs::read(file) else {
+            return false;
+        };
+        if b < a || data.len() as u64 != b - a {
+            return false;
+        }
+        let Some(frames) = frames else {
+            return false;
+        };
+        let mut any = false;
+        for (&off, entries) in frames.range(a..b) {
+            let e = entries[0];
+            let end = off + e.frame_len as u64;
+            if end > b {
+                continue;
+            }
+            any = true;
+            let body = &data[(off - a) as usize..(end - a) as usize];
+            let Ok(frame) = decompress_frame(body, e.frame_raw_len, pack, off) else {
+                return false;
+            };
+            if entries.iter().any(|e| chunk_from_frame(&frame, e).is_err()) {
+                return false;
+            }
+        }
+        // A range holding no whole frame serves nothing: not worth keeping.
+        any
+    }
+
+    /// Forget and delete every cached range of `pack` (after one of them,
+    /// or the index that places them, failed a check).
+    pub fn drop_pack(&self, pack: &PackId) {
+        let name = pack.to_hex();
+        self.ranges.lock().unwrap().remove(&name);
+        self.unchecked.lock().unwrap().remove(&name);
+        let _ = std::fs::remove_dir_all(self.dir.join(name));
     }
 
     fn pack_name(key: &str) -> Option<&str> {
@@ -117,6 +225,7 @@ impl RangeCache {
                 .map_err(|e| Error::Local(format!("cannot clear {}: {e}", self.dir.display())))?;
         }
         self.ranges.lock().unwrap().clear();
+        self.unchecked.lock().unwrap().clear();
         Ok(())
     }
 }
@@ -215,17 +324,20 @@ impl<'a> Remote<'a> {
             .par_iter()
             .map(|id| {
                 let f = dir.join(format!("{}.idx", id.to_hex()));
-                let bytes = match std::fs::read(&f) {
-                    Ok(b) => b,
-                    Err(_) => {
-                        let b = self.http.get(&format!("/v1/repo/{}", index_key(id)))?;
-                        PackIndex::decode(&b).map_err(|e| Error::Untrusted(format!("index of pack {id}: {e}")))?;
-                        crate::state::write_atomic(&f, &b)?;
-                        b
+                // A cached index that no longer decodes (damaged, truncated,
+                // replaced) is dropped and fetched again, never trusted.
+                if let Ok(b) = std::fs::read(&f) {
+                    match PackIndex::decode(&b) {
+                        Ok(idx) => return Ok((*id, idx)),
+                        Err(e) => {
+                            tracing::warn!("discarding cached index {}: {e}", f.display());
+                            let _ = std::fs::remove_file(&f);
+                        }
                     }
-                };
-                let idx = PackIndex::decode(&bytes)
-                    .map_err(|e| Error::Local(format!("cached index {}: {e}", f.display())))?;
+                }
+                let b = self.http.get(&format!("/v1/repo/{}", index_key(id)))?;
+                let idx = PackIndex::decode(&b).map_err(|e| Error::Untrusted(format!("index of pack {id}: {e}")))?;
+                crate::state::write_atomic(&f, &b)?;
                 Ok((*id, idx))
             })
             .collect::<Result<_>>()?;
@@ -245,8 +357,10 @@ impl<'a> Remote<'a> {
         Ok(index)
     }
 
-    /// The requests that bring every chunk in `want` that `cache` lacks.
+    /// The requests that bring every chunk in `want` that `cache` lacks
+    /// (ranges left on disk by an earlier pass are checked first).
     pub fn plan_fetch(index: &ChunkIndex, cache: &RangeCache, want: &[ChunkId]) -> Result<Vec<RangeFetch>> {
+        cache.verify(index);
         let mut frames: BTreeMap<(u32, u64), (u32, u32)> = BTreeMap::new();
         for id in want {
             let loc = index
@@ -316,10 +430,13 @@ impl<'a> Remote<'a> {
                     .get_range(&format!("/v1/repo/{}", pack_key(&r.pack)), r.start, r.end)?;
                 for &(off, len, raw) in &r.frames {
                     let body = &data[(off - r.start) as usize..(off - r.start) as usize + len as usize];
-                    let frame = decompress_frame(body, raw, &r.pack, off)
-                        .map_err(|e| Error::Untrusted(format!("download from {}: {e}", self.http.server())))?;
+                    let frame = decompress_frame(body, raw, &r.pack, off).map_err(|e| {
+                        self.forget_pack(cache, &r.pack);
+                        Error::Untrusted(format!("download from {}: {e}", self.http.server()))
+                    })?;
                     for e in by_frame.get(&(r.pack, off)).map(Vec::as_slice).unwrap_or(&[]) {
                         chunk_from_frame(&frame, e).map_err(|err| {
+                            self.forget_pack(cache, &r.pack);
                             Error::Untrusted(format!("pack {} from {}: {err}", r.pack, self.http.server()))
                         })?;
                     }
@@ -329,6 +446,16 @@ impl<'a> Remote<'a> {
                 Ok(())
             })
         })
+    }
+}
+
+impl Remote<'_> {
+    /// After `pack`'s bytes failed a check against its index, neither the
+    /// cached index nor cached ranges of that pack are used again: either
+    /// may be what is wrong, and the next pass fetches both afresh.
+    fn forget_pack(&self, cache: &RangeCache, pack: &PackId) {
+        let _ = std::fs::remove_file(self.cache.join("idx").join(format!("{}.idx", pack.to_hex())));
+        cache.drop_pack(pack);
     }
 }
 

@@ -373,6 +373,7 @@ fn pass(
     }
 
     let reserve = state.reserve_name().to_string();
+    refuse_booted(&reserve, state)?;
     let reserve_state = state.slot(&reserve).clone();
     let cache = RangeCache::open(&cache_dir(&cfg.state_dir).join("ranges"))?;
 
@@ -442,17 +443,18 @@ fn pass(
             .filter(|(id, _)| tried.insert(id.clone()))
         {
             let from = SnapshotId::from_hex(from_hex).expect("recorded ids are hex");
-            if let Some(file) = crate::delta::download(
+            let mut src = Sources::new(&local, Vec::new());
+            if let Some(i) = crate::delta::fetch_and_apply(
                 http,
                 &from,
                 &target,
                 &cache_dir(&cfg.state_dir).join("deltas"),
+                &store_dir,
+                &mut src,
+                &known,
                 progress,
             )? {
-                let mut src = Sources::new(&local, Vec::new());
-                store_index = Some(crate::delta::apply(
-                    &file, &from, &target, &store_dir, &mut src, &known,
-                )?);
+                store_index = Some(i);
                 requests += 1;
                 break;
             }
@@ -850,20 +852,52 @@ fn entry_spec(cfg: &Config, slot_name: &str, id: &str, snap: &Snapshot, has_kern
     }
 }
 
-/// The slot the running system booted: `slate.slot=` on the kernel command
-/// line, else `SLATE_BOOTED_SLOT`, else none.
+/// Where the kernel command line is read; `SLATE_CMDLINE` names another
+/// file, for tests and containers whose /proc/cmdline is the host's.
+fn cmdline_path() -> std::path::PathBuf {
+    std::env::var_os("SLATE_CMDLINE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/proc/cmdline".into())
+}
+
+/// The slot the running system booted: `SLATE_BOOTED_SLOT` when set (a
+/// manual override), else `slate.slot=` on the kernel command line, else
+/// none (a build host, or a machine that does not boot from slate).
 pub fn booted_slot() -> Option<String> {
     if let Ok(s) = std::env::var("SLATE_BOOTED_SLOT") {
         if s == "a" || s == "b" {
             return Some(s);
         }
     }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    let cmdline = std::fs::read_to_string(cmdline_path()).ok()?;
+    slot_from_cmdline(&cmdline)
+}
+
+/// The last `slate.slot=` word of a kernel command line (the kernel, too,
+/// lets a later parameter override an earlier one), if it names a slot.
+fn slot_from_cmdline(cmdline: &str) -> Option<String> {
     cmdline
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("slate.slot="))
+        .take_while(|w| *w != "--")
+        .filter_map(|w| w.strip_prefix("slate.slot="))
+        .last()
         .filter(|s| *s == "a" || *s == "b")
         .map(str::to_string)
+}
+
+/// Refuse to write `slot` when the machine runs from it. The state file
+/// can be stale, restored from a backup or edited; the kernel command
+/// line says what actually runs, and the running root is never a target.
+fn refuse_booted(slot: &str, state: &State) -> Result<()> {
+    match booted_slot() {
+        Some(b) if b == slot => Err(Error::Local(format!(
+            "refusing to write slot {slot}: the machine booted from it (slate.slot={b} on the kernel \
+             command line), but the state file says the active slot is {}; nothing was written. \
+             Run `slate boot-ok` on a good boot to record the running slot, then update again",
+            state.active.as_deref().unwrap_or("none")
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// `slate boot-ok`: the booted slot is good. A machine that booted the
@@ -871,10 +905,18 @@ pub fn booted_slot() -> Option<String> {
 pub fn boot_ok(cfg: &Config) -> Result<String> {
     let _lock = lock(&cfg.state_dir)?;
     let mut state = State::load(&cfg.state_dir)?;
-    let booted = booted_slot()
+    let from_cmdline = booted_slot();
+    let booted = from_cmdline
+        .clone()
         .or_else(|| state.pending.clone())
         .or_else(|| state.active.clone())
         .ok_or_else(|| Error::Local("no slot has been written yet; nothing to mark good".into()))?;
+    // The kernel command line wins over a state file that names neither
+    // the booted slot as active nor as pending; say so, never silently.
+    let contradicted = match (&from_cmdline, &state.active) {
+        (Some(b), Some(a)) if a != b && state.pending.as_deref() != Some(b.as_str()) => Some(a.clone()),
+        _ => None,
+    };
     let msg = match state.pending.clone() {
         Some(p) if p != booted => {
             state.boot_result = Some("fell-back".into());
@@ -898,6 +940,15 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
             format!("slot {booted} is good")
         }
     };
+    let msg = match contradicted {
+        Some(a) => {
+            tracing::warn!("the state file said slot {a} was active, but the machine booted slot {booted}");
+            format!(
+                "{msg} (the state file said slot {a} was active; it now records slot {booted}, the one that booted)"
+            )
+        }
+        None => msg,
+    };
     boot::mark_good(cfg.bootloader, &BootFiles::open(cfg)?.path, &booted)?;
     state.active = Some(booted.clone());
     if !state.known_good.contains(&booted) {
@@ -915,10 +966,23 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
 pub fn rollback(cfg: &Config) -> Result<String> {
     let _lock = lock(&cfg.state_dir)?;
     let mut state = State::load(&cfg.state_dir)?;
-    let current = state
+    let active = state
         .active
         .clone()
         .ok_or_else(|| Error::Local("no slot has been written yet".into()))?;
+    // Roll back from the slot that runs. A state file that names the
+    // booted slot neither active nor pending cannot be trusted to say what
+    // the other slot holds: refuse rather than act on it.
+    let current = match booted_slot() {
+        Some(b) if b == active || state.pending.as_deref() == Some(b.as_str()) => b,
+        Some(b) => {
+            return Err(Error::Local(format!(
+                "the machine booted slot {b} (slate.slot= on the kernel command line) but the state file says \
+                 slot {active} is active; nothing was changed. Run `slate boot-ok` to record the running slot first"
+            )))
+        }
+        None => active,
+    };
     let target = other(&current).to_string();
     let s = state.slot(&target).clone();
     if s.snapshot.is_none() || s.dirty {
@@ -967,4 +1031,22 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         "last_pass": state.last_pass,
         "bootloader": cfg.bootloader,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_booted_slot_comes_from_the_command_line() {
+        assert_eq!(
+            slot_from_cmdline("BOOT_IMAGE=/slate/b/vmlinuz root=LABEL=slate-b ro slate.slot=b quiet\n").as_deref(),
+            Some("b")
+        );
+        // The last one wins, as for the kernel; init's arguments do not count.
+        assert_eq!(slot_from_cmdline("slate.slot=a slate.slot=b").as_deref(), Some("b"));
+        assert_eq!(slot_from_cmdline("ro -- slate.slot=a"), None);
+        assert_eq!(slot_from_cmdline("ro slate.slot=c quiet"), None);
+        assert_eq!(slot_from_cmdline("console=ttyS0 quiet"), None);
+    }
 }

@@ -334,8 +334,9 @@ pub enum Command {
         channel: String,
         #[command(flatten)]
         repo: RepoArg,
-        /// Only accept snapshots signed by one of these keys.
-        #[arg(long, value_name = "KEY.pub")]
+        /// Only accept snapshots signed by one of these keys (required: a
+        /// mirror is never pulled unverified).
+        #[arg(long, value_name = "KEY.pub", required = true)]
         trust: Vec<PathBuf>,
     },
     /// User data that survives the machine: encrypted, deduplicated backups of home directories.
@@ -610,6 +611,11 @@ pub enum HomeCommand {
         target: Option<PathBuf>,
         /// Snapshot id (a unique prefix) or `latest`.
         snapshot: String,
+        /// Also recreate what grants privileges: setuid and setgid bits,
+        /// file capabilities (security.capability) and device nodes. Without
+        /// it they are left out and listed on stderr.
+        #[arg(long)]
+        allow_privileged: bool,
         /// Only these paths (absolute, as backed up), with their parents.
         paths: Vec<PathBuf>,
     },

@@ -19,6 +19,13 @@ const VERSION: u32 = 1;
 pub const MAX_ITEM_BYTES: u64 = 48 << 20;
 /// zstd window log used for items; the decoder must allow it.
 pub const WINDOW_LOG: u32 = 27;
+/// Most items a delta may hold (a whole Debian release upgrade holds a
+/// few tens of thousands): a larger count is refused before anything is
+/// read or allocated for it.
+pub const MAX_ITEMS: u64 = 1 << 22;
+/// Longest header and item table a reader accepts: a reader that reads
+/// more of a file until the table decodes stops here.
+pub const MAX_HEADER_LEN: u64 = 256 << 20;
 
 /// One item of a delta.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,8 +112,14 @@ impl DeltaHeader {
         r.header(MAGIC, VERSION)?;
         let from = SnapshotId(r.id()?);
         let to = SnapshotId(r.id()?);
-        let n = r.count(3, "item")?;
-        let mut items = Vec::with_capacity(n);
+        // A count over the limit is corrupt whatever follows; one that
+        // merely does not fit yet means the table continues further on.
+        let n = r.varint_max(MAX_ITEMS, "item count")?;
+        if n > (r.remaining() / 3) as u64 {
+            return Err(Error::Truncated { what: "delta" });
+        }
+        let n = n as usize;
+        let mut items = Vec::with_capacity(n.min(1 << 16));
         for _ in 0..n {
             let reference = get_chunks(&mut r)?;
             let output = get_chunks(&mut r)?;
@@ -132,6 +145,54 @@ pub fn needs_more(e: &Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn header_with_count(count: &[u8]) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.push(VERSION as u8);
+        b.extend_from_slice(&[7u8; 64]);
+        b.extend_from_slice(count);
+        b
+    }
+
+    #[test]
+    fn forged_counts_and_varints_are_clean_errors() {
+        // 2^60 items: refused as corrupt (not "read more"), whatever follows.
+        let mut w = Writer::new();
+        w.varint(1 << 60);
+        let mut bytes = header_with_count(&w.buf);
+        bytes.extend_from_slice(&[0u8; 4096]);
+        let e = DeltaHeader::decode(&bytes).unwrap_err();
+        assert!(!needs_more(&e), "{e}");
+        assert!(e.to_string().contains("item count"), "{e}");
+        // A varint of 11 bytes, or one overflowing 64 bits.
+        for v in [
+            &[0xffu8; 11][..],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f][..],
+        ] {
+            let e = DeltaHeader::decode(&header_with_count(v)).unwrap_err();
+            assert!(!needs_more(&e), "{e}");
+        }
+        // A count within the limit but past the bytes given: more is needed.
+        let mut w = Writer::new();
+        w.varint(1000);
+        assert!(needs_more(
+            &DeltaHeader::decode(&header_with_count(&w.buf)).unwrap_err()
+        ));
+        // One item whose output claims 2^60 chunks, and one whose chunk is huge.
+        let mut w = Writer::new();
+        w.varint(1);
+        w.varint(0);
+        w.varint(1 << 60);
+        let mut bytes = header_with_count(&w.buf);
+        bytes.extend_from_slice(&[0u8; 4096]);
+        assert!(DeltaHeader::decode(&bytes).is_err());
+        let mut w = Writer::new();
+        w.varint(1);
+        w.varint(1);
+        w.raw(&[1u8; 32]);
+        w.varint(u64::MAX);
+        assert!(DeltaHeader::decode(&header_with_count(&w.buf)).is_err());
+    }
 
     #[test]
     fn round_trip_and_truncation() {

@@ -176,6 +176,29 @@ pub fn chunk_from_frame<'a>(frame: &'a [u8], e: &IndexEntry) -> Result<&'a [u8]>
 mod tests {
     use super::*;
 
+    /// An index body with a valid checksum whose entry count is `n`.
+    fn index_claiming(n: u64, body_entries: usize) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(INDEX_MAGIC);
+        w.varint(VERSION as u64);
+        w.u64_le(1 << 20);
+        w.u64_le(n);
+        w.raw(&vec![0u8; body_entries * ENTRY_LEN]);
+        let sum = Id32::hash(&w.buf);
+        w.id(&sum);
+        w.buf
+    }
+
+    #[test]
+    fn forged_entry_counts_are_clean_errors() {
+        for n in [1u64 << 60, u64::MAX, u64::MAX / ENTRY_LEN as u64 + 1, 3] {
+            let e = PackIndex::decode(&index_claiming(n, 2)).unwrap_err();
+            assert!(e.to_string().contains("entry count"), "{n}: {e}");
+        }
+        assert!(PackIndex::decode(&[0u8; 10]).is_err());
+        assert!(PackIndex::decode(&[]).is_err());
+    }
+
     #[test]
     fn index_round_trip_and_corruption() {
         let frame: Vec<u8> = b"aaaabbbb".to_vec();

@@ -263,6 +263,35 @@ mod tests {
     }
 
     #[test]
+    fn forged_counts_are_clean_errors() {
+        // A record whose manifest claims 2^60 chunks, and a signature file
+        // claiming 2^60 signatures: errors, nothing reserved for them.
+        let mut w = Writer::new();
+        w.raw(MAGIC);
+        w.varint(VERSION as u64);
+        w.id(&Id32::hash(b"m"));
+        w.varint(3);
+        w.varint(1 << 60);
+        w.raw(&[0u8; 256]);
+        let e = Snapshot::decode_unchecked(&w.buf).unwrap_err();
+        assert!(e.to_string().contains("count"), "{e}");
+        let mut w = Writer::new();
+        w.raw(SIG_MAGIC);
+        w.varint(VERSION as u64);
+        w.varint(1 << 60);
+        w.raw(&[0u8; 96]);
+        assert!(decode_signatures(&w.buf).is_err());
+        // Truncated anywhere: an error, never a panic.
+        let bytes = encode_signatures(&[SnapshotSignature {
+            key: PublicKey([1; 32]),
+            sig: [2; 64],
+        }]);
+        for n in 0..bytes.len() {
+            assert!(decode_signatures(&bytes[..n]).is_err());
+        }
+    }
+
+    #[test]
     fn trust_rules() {
         let s = sample();
         let id = s.id();

@@ -19,6 +19,7 @@ pub mod format;
 pub mod lock;
 pub mod repo;
 pub mod restore;
+pub mod user;
 
 pub use error::{Error, Result};
 

@@ -71,7 +71,7 @@ fn backup_restore_round_trip_and_incremental() {
     let s3 = backup(&mut repo, &opts(&src), &NoProgress).unwrap();
     assert_eq!(s3.files_read, 1);
     let out = d.path().join("out");
-    let st = restore(&repo, &s1.snapshot, Some(&out), &[], &NoProgress).unwrap();
+    let st = restore(&repo, &s1.snapshot, Some(&out), &[], true, &NoProgress).unwrap();
     assert_eq!(st.restored.len(), 1);
     let restored = out.join(src.strip_prefix("/").unwrap());
     let got = manifest_of(&restored);
@@ -87,7 +87,7 @@ fn backup_restore_round_trip_and_incremental() {
     );
     // A partial restore of one file.
     let out2 = d.path().join("out2");
-    restore(&repo, "latest", Some(&out2), &[src.join("sub/link")], &NoProgress).unwrap();
+    restore(&repo, "latest", Some(&out2), &[src.join("sub/link")], true, &NoProgress).unwrap();
     let r2 = out2.join(src.strip_prefix("/").unwrap());
     assert_eq!(
         std::fs::read(r2.join("sub/link")).unwrap(),
@@ -111,7 +111,7 @@ fn backup_restore_round_trip_and_incremental() {
     let c = check(&repo).unwrap();
     assert!(c.problems.is_empty(), "{:?}", c.problems);
     let out3 = d.path().join("out3");
-    restore(&repo, "latest", Some(&out3), &[], &NoProgress).unwrap();
+    restore(&repo, "latest", Some(&out3), &[], true, &NoProgress).unwrap();
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn wrong_key_and_tampering_are_detected() {
     let mut data = std::fs::read(&victim).unwrap();
     data[100] ^= 0x40;
     std::fs::write(&victim, &data).unwrap();
-    let e = restore(&repo, &s.snapshot, Some(&d.path().join("out")), &[], &NoProgress).unwrap_err();
+    let e = restore(&repo, &s.snapshot, Some(&d.path().join("out")), &[], true, &NoProgress).unwrap_err();
     assert!(e.to_string().contains(&packs[0].name), "{e}");
     assert!(!check(&repo).unwrap().problems.is_empty());
 }
@@ -185,7 +185,7 @@ fn a_rewrite_that_keeps_size_and_mtime_is_still_read_again() {
     let s = backup(&mut repo, &opts(&src), &NoProgress).unwrap();
     assert_eq!(s.files_read, 1, "{s:?}");
     let out = d.path().join("out");
-    restore(&repo, "latest", Some(&out), &[], &NoProgress).unwrap();
+    restore(&repo, "latest", Some(&out), &[], true, &NoProgress).unwrap();
     let restored = out.join(src.strip_prefix("/").unwrap()).join("doc.txt");
     assert_eq!(std::fs::read(restored).unwrap(), b"version two of the text");
 }

@@ -41,12 +41,21 @@ fn check_pack(repo: &Repo, id: &PackId) -> std::result::Result<u64, String> {
     if Id32::hash(&data) != id.0 {
         return Err(format!("pack {id}: content does not match its name (corrupt)"));
     }
-    check_pack_header(&data).map_err(|e| format!("pack {id}: {e}"))?;
     let idx_bytes = repo
         .storage
         .read(&index_key(id))
         .map_err(|e| format!("pack index {id}: {e}"))?;
     let idx = PackIndex::decode(&idx_bytes).map_err(|e| format!("pack index {id}: {e}"))?;
+    check_index_against_pack(id, &data, &idx)
+}
+
+/// Check that `idx` describes the pack `id` whose bytes are `data` (their
+/// hash already checked against `id`): the pack's header and length, and
+/// every chunk the index names found at the frame and offset it gives,
+/// with the right hash. Returns the number of chunks; the error is one
+/// line naming the pack.
+pub fn check_index_against_pack(id: &PackId, data: &[u8], idx: &PackIndex) -> std::result::Result<u64, String> {
+    check_pack_header(data).map_err(|e| format!("pack {id}: {e}"))?;
     if idx.pack_len != data.len() as u64 {
         return Err(format!(
             "pack index {id}: says the pack is {} bytes, it is {}",

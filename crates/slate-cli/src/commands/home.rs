@@ -49,8 +49,9 @@ pub fn run(cmd: HomeCommand) -> Result<ExitCode> {
             home,
             target,
             snapshot,
+            allow_privileged,
             paths,
-        } => cmd_restore(&home, target.as_deref(), &snapshot, &paths),
+        } => cmd_restore(&home, target.as_deref(), &snapshot, &paths, allow_privileged),
         HomeCommand::Forget {
             home,
             keep_last,
@@ -109,7 +110,15 @@ fn user_name(home: &HomeArgs) -> Result<String> {
             }
         }
     }
-    bail!("cannot tell whose backup this is: give --user NAME")
+    // No environment to go by (a systemd unit, cron, `env -i`): the
+    // process's own user, from the password database.
+    let uid = slate_home::user::current_uid();
+    match slate_home::user::name_of_uid(uid, Path::new("/etc/passwd")) {
+        Some(u) => Ok(u),
+        None => bail!(
+            "cannot tell whose backup this is: uid {uid} is not in /etc/passwd and USER is unset; give --user NAME"
+        ),
+    }
 }
 
 fn passphrase(user: &str, confirm: bool) -> Result<String> {
@@ -294,7 +303,13 @@ fn cmd_snapshots(home: &HomeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_restore(home: &HomeArgs, target: Option<&Path>, snapshot: &str, paths: &[PathBuf]) -> Result<ExitCode> {
+fn cmd_restore(
+    home: &HomeArgs,
+    target: Option<&Path>,
+    snapshot: &str,
+    paths: &[PathBuf],
+    allow_privileged: bool,
+) -> Result<ExitCode> {
     if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
         bail!(
             "{} is not absolute: name paths as they were backed up, e.g. /home/alice/Documents",
@@ -304,7 +319,23 @@ fn cmd_restore(home: &HomeArgs, target: Option<&Path>, snapshot: &str, paths: &[
     let repo = open(home)?;
     let started = std::time::Instant::now();
     let bar = Bar::new(home.out.json || !std::io::stderr().is_terminal());
-    let stats = restore(&repo, snapshot, target, paths, &bar).context("restore failed")?;
+    let stats = restore(&repo, snapshot, target, paths, allow_privileged, &bar).context("restore failed")?;
+    if stats.left_out > 0 {
+        // Said even with --json (on stderr): a restore that silently
+        // differs from the backup would be mistaken for a complete one.
+        eprintln!(
+            "left out {} entr{} that would grant privileges (setuid/setgid bits, file capabilities, device \
+             nodes): {}{}; restore with --allow-privileged to recreate them",
+            stats.left_out,
+            if stats.left_out == 1 { "y" } else { "ies" },
+            stats.left_out_examples.join(", "),
+            if stats.left_out > stats.left_out_examples.len() as u64 {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
     if home.out.json {
         let mut v = serde_json::to_value(&stats)?;
         v["seconds"] = started.elapsed().as_secs_f64().into();

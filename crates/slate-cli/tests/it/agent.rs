@@ -42,6 +42,9 @@ use slate_agent::config::Bootloader;
 use crate::support::{corpus, is_root, s, scratch, slate, slate_bin, slate_ok, FleetKey, Server};
 use crate::treedigest::{assert_same_tree, digest};
 
+#[path = "agent_hostile.rs"]
+mod hostile;
+
 const MIB: u64 = 1 << 20;
 /// The largest Range request the agent makes (`remote::MAX_RANGE`): the
 /// most a killed pass can lose per connection.
@@ -271,6 +274,7 @@ impl Agent {
             .arg("--config")
             .arg(&self.config)
             .env_remove("SLATE_BOOTED_SLOT")
+            .env_remove("SLATE_CMDLINE")
             .env_remove("SLATE_AGENT_CONFIG")
             .stdin(Stdio::null());
         c

@@ -10,6 +10,9 @@ use crate::nasty::{build_nasty_tree, SPARSE_FILES};
 use crate::support::{is_root, s, scratch, slate_bin, Server, Tmpfs};
 use crate::treedigest::{assert_same_tree, assert_sparse_preserved};
 
+#[path = "home_privileged.rs"]
+mod privileged;
+
 /// Run `slate home ARGS` with `env` set (and the passphrase variable unset unless given).
 fn home(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(slate_bin());
@@ -126,7 +129,12 @@ fn home_nasty_tree_round_trips_and_the_store_holds_no_plaintext() {
     ok(
         &m.args(
             "restore",
-            &["--target", s(&target), first["snapshot"].as_str().unwrap()],
+            &[
+                "--allow-privileged",
+                "--target",
+                s(&target),
+                first["snapshot"].as_str().unwrap(),
+            ],
         ),
         &[],
     );
@@ -434,7 +442,14 @@ fn home_crashed_laptop_walkthrough_over_http() {
     let listing = ok(&m2.args("snapshots", &key, &[]), &[]);
     assert!(listing.contains(&snap.trim()[..12]), "{listing}");
     let target = m2.dir.join("root");
-    ok(&m2.args("restore", &key, &["--target", s(&target), "latest"]), &[]);
+    ok(
+        &m2.args(
+            "restore",
+            &key,
+            &["--allow-privileged", "--target", s(&target), "latest"],
+        ),
+        &[],
+    );
     let home2 = target.join(home1.strip_prefix("/").unwrap());
     assert_same_tree(&home1, &home2);
     for rel in SPARSE_FILES {
@@ -541,7 +556,14 @@ fn home_server_vanishing_mid_backup_loses_nothing() {
     assert!(v["added_bytes"].as_u64().unwrap() < (64 << 20) - (8 << 20), "{v}");
     ok(&m.args("check", &key, &[]), &[]);
     let target = m.dir.join("out");
-    ok(&m.args("restore", &key, &["--target", s(&target), "latest"]), &[]);
+    ok(
+        &m.args(
+            "restore",
+            &key,
+            &["--allow-privileged", "--target", s(&target), "latest"],
+        ),
+        &[],
+    );
     assert_same_tree(&home1, &target.join(home1.strip_prefix("/").unwrap()));
 }
 

@@ -364,6 +364,53 @@ mod tests {
     }
 
     #[test]
+    fn forged_counts_are_clean_errors() {
+        // 2^60 entries, then a root directory whose xattr count and a file
+        // whose chunk count are 2^60: errors, nothing reserved for them.
+        let mut w = Writer::new();
+        w.raw(MAGIC);
+        w.varint(VERSION as u64);
+        w.varint(1 << 60);
+        w.raw(&[0u8; 64]);
+        let e = decode(&w.buf).unwrap_err();
+        assert!(e.to_string().contains("count"), "{e}");
+        let root = |w: &mut Writer, xattrs: u64| {
+            w.raw(MAGIC);
+            w.varint(VERSION as u64);
+            w.varint(2);
+            w.varint(0);
+            w.bytes(b"");
+            w.u8(TAG_DIR);
+            w.varint(0o755);
+            w.varint(0);
+            w.varint(0);
+            w.svarint(0);
+            w.varint(0);
+            w.varint(xattrs);
+        };
+        let mut w = Writer::new();
+        root(&mut w, 1 << 60);
+        w.raw(&[0u8; 64]);
+        assert!(decode(&w.buf).is_err());
+        let mut w = Writer::new();
+        root(&mut w, 0);
+        w.varint(0);
+        w.bytes(b"f");
+        w.u8(TAG_FILE);
+        w.varint(0o644);
+        w.varint(0);
+        w.varint(0);
+        w.svarint(0);
+        w.varint(0);
+        w.varint(0);
+        w.varint(1 << 40);
+        w.varint(1 << 60);
+        w.raw(&[0u8; 64]);
+        let e = decode(&w.buf).unwrap_err();
+        assert!(e.to_string().contains("count"), "{e}");
+    }
+
+    #[test]
     fn random_bytes_never_panic() {
         use proptest::prelude::*;
         proptest!(|(mut bytes: Vec<u8>, cut: usize, flip: u8)| {
