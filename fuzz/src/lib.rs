@@ -58,17 +58,20 @@ pub fn reference_chunks() -> HashMap<ChunkId, Vec<u8>> {
     m
 }
 
-/// A scratch directory for targets that need files, made once per process
-/// (AFL runs many inputs in one process) and removed when it exits normally.
+/// A scratch directory for targets that need files: one per process (AFL++
+/// runs many inputs in each), under `$SLATE_FUZZ_SCRATCH`, which
+/// `scripts/fuzz.sh` sets inside the run's output and removes afterwards
+/// (a forked target is killed, never exits cleanly, so it cannot clean up).
 pub fn scratch() -> &'static Path {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        tempfile::Builder::new()
-            .prefix("slate-fuzz-")
-            .tempdir()
-            .expect("a scratch directory for the fuzz target")
+        let base = std::env::var_os("SLATE_FUZZ_SCRATCH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("slate-fuzz-scratch"));
+        let dir = base.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).expect("a scratch directory for the fuzz target");
+        dir
     })
-    .path()
 }
 
 /// A path inside [`scratch`].
