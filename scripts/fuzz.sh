@@ -49,8 +49,7 @@ run() {
     local log=$out/$t.log
     export SLATE_FUZZ_SCRATCH=$dir.scratch
     local rc=0
-    AFL_BENCH_UNTIL_CRASH=${AFL_BENCH_UNTIL_CRASH:-0} \
-        cargo afl fuzz -i "$root/fuzz/corpus/$t" -o "$dir" -V "$secs" -t "$tmo" -- "$bin" "$t" >"$log" 2>&1 || rc=$?
+    cargo afl fuzz -i "$root/fuzz/corpus/$t" -o "$dir" -V "$secs" -t "$tmo" -- "$bin" "$t" >"$log" 2>&1 || rc=$?
     rm -rf "$SLATE_FUZZ_SCRATCH"
     if [ "$rc" -ne 0 ]; then
         echo "fuzz: afl-fuzz failed on $t; its log ($log) ends:" >&2

@@ -214,8 +214,9 @@ pub fn home_objects(data: &[u8]) {
         0 => {
             let sealed = keys.seal(&format::object_ad("config", "config"), rest);
             if let Ok(c) = format::open_json::<RepoConfig>(&keys, "config", "config", &sealed) {
-                // What `slate home backup` does with the config it opened.
-                if c.version == format::FORMAT_VERSION {
+                // What `HomeRepo::open` checks, and what `slate home backup`
+                // then does with the config.
+                if c.version == format::FORMAT_VERSION && c.check().is_ok() {
                     let _ = c.chunker().cut(&[0x5a; 1 << 17]);
                 }
             }
