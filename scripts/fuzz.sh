@@ -4,6 +4,8 @@
 # target (fuzz/src/targets.rs); the seed corpus is fuzz/corpus/TARGET.
 #
 #   scripts/fuzz.sh build                  build the instrumented slate-fuzz
+#                                          (run and long build it first too,
+#                                          unless SLATE_FUZZ_BIN names one)
 #   scripts/fuzz.sh smoke [SECONDS]        every target SECONDS (default 10);
 #                                          fails on any crash or hang
 #   scripts/fuzz.sh run TARGET SECONDS     one target; prints its summary line
@@ -26,8 +28,9 @@ bin=${SLATE_FUZZ_BIN:-$CARGO_TARGET_DIR/release/slate-fuzz}
 out=${SLATE_FUZZ_OUT:-$root/target/fuzz}
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 
+# AFL++ takes a variable that is set at all as "on", whatever its value:
+# set only those wanted.
 export AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINITY=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
-# (AFL++ takes a variable that is set at all as "on", whatever its value.)
 export AFL_NO_UI=1 AFL_FAST_CAL=1
 
 # Not --locked: fuzz/Cargo.lock starts from the workspace's versions, and a
@@ -98,12 +101,13 @@ smoke)
     ;;
 run)
     [ $# -eq 3 ] || { echo "usage: $0 run TARGET SECONDS" >&2; exit 2; }
-    [ -x "$bin" ] || build
+    [ -n "${SLATE_FUZZ_BIN:-}" ] || build
     run "$2" "$3" 5000
     findings "$2"
     ;;
 long)
-    [ -x "$bin" ] || build
+    [ -n "${SLATE_FUZZ_BIN:-}" ] || build
+    mkdir -p "$out"
     mapfile -t ts < <(targets)
     total=${2:-$((3600 * ${#ts[@]}))}
     each=$((total / ${#ts[@]}))
