@@ -27,4 +27,19 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
         qemu-system-x86 qemu-utils/bookworm >/dev/null
 fi
-echo "setup: ok ($(cargo --version))" >&2
+# Fuzzing (scripts/fuzz.sh): cargo-afl at a pinned version. Installing it
+# builds the AFL++ it ships (afl-fuzz and the runtime the targets link)
+# for the current toolchain, so Debian's older afl++ package is not used:
+# its afl-fuzz would not match that runtime.
+CARGO_AFL_VERSION=0.18.2
+if ! cargo afl --version 2>/dev/null | grep -q "^cargo-afl $CARGO_AFL_VERSION "; then
+    echo "setup: installing cargo-afl $CARGO_AFL_VERSION (builds AFL++)" >&2
+    cargo install --locked --force --quiet cargo-afl --version "$CARGO_AFL_VERSION"
+fi
+# A toolchain newer than the one cargo-afl was installed with needs AFL++
+# built again for it; "already built" is the usual answer.
+if ! out=$(cargo afl config --build 2>&1) && ! grep -q 'already built' <<<"$out"; then
+    echo "$out" >&2
+    exit 1
+fi
+echo "setup: ok ($(cargo --version), $(cargo afl --version))" >&2

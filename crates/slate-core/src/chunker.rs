@@ -29,6 +29,27 @@ impl Default for ChunkerParams {
 }
 
 impl ChunkerParams {
+    /// Whether FastCDC accepts these sizes (it panics on others) and every
+    /// chunk they make fits the formats' limit
+    /// ([`MAX_CHUNK_LEN`](crate::manifest::MAX_CHUNK_LEN)). The error is a
+    /// sentence.
+    pub fn check(&self) -> Result<(), String> {
+        use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
+        let (min, avg, max) = (self.min, self.avg, self.max);
+        let ok = (MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
+            && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
+            && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max)
+            && min <= avg
+            && avg <= max
+            && max <= crate::manifest::MAX_CHUNK_LEN;
+        if !ok {
+            return Err(format!(
+                "chunk sizes min {min}, average {avg}, max {max} are not ones slate can use"
+            ));
+        }
+        Ok(())
+    }
+
     /// Cut points of an in-memory buffer, as `(offset, len)`.
     pub fn cut(&self, data: &[u8]) -> Vec<(usize, usize)> {
         if data.len() <= self.min as usize {
@@ -64,5 +85,22 @@ mod tests {
         let ends_a: std::collections::HashSet<_> = a.iter().map(|c| c.0 + c.1).collect();
         let shared = b.iter().filter(|c| ends_a.contains(&(c.0 + c.1 - 1))).count();
         assert!(shared + 3 >= b.len(), "an insertion should move only nearby cut points");
+    }
+
+    #[test]
+    fn check_refuses_sizes_fastcdc_or_the_formats_cannot_take() {
+        ChunkerParams::default().check().unwrap();
+        let with = |min, avg, max| ChunkerParams { min, avg, max }.check();
+        for (min, avg, max) in [
+            (0, 65536, 262144),
+            (16384, 100, 262144),
+            (16384, 65536, 100),
+            (65536, 16384, 262144),
+            (16384, 262144, 65536),
+            (16384, 65536, 2 << 20),
+            (u32::MAX, u32::MAX, u32::MAX),
+        ] {
+            assert!(with(min, avg, max).is_err(), "{min} {avg} {max}");
+        }
     }
 }

@@ -53,6 +53,12 @@ impl RepoConfig {
         }
     }
 
+    /// Check the chunker parameters before anything uses them (a config
+    /// is authenticated, but a bad one must be an error, not a panic).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        self.chunker().check()
+    }
+
     /// The chunker these parameters describe.
     pub fn chunker(&self) -> slate_core::chunker::ChunkerParams {
         slate_core::chunker::ChunkerParams {

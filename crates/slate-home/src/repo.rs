@@ -118,6 +118,12 @@ impl HomeRepo {
                 format::FORMAT_VERSION
             )));
         }
+        config.check().map_err(|e| {
+            Error::Invalid(format!(
+                "the backup repository on {} cannot be used: {e}",
+                backend.location()
+            ))
+        })?;
         std::fs::create_dir_all(cache_dir.join("index"))
             .map_err(|e| local(format!("cannot create the cache {}", cache_dir.display()), e))?;
         let mut repo = HomeRepo {

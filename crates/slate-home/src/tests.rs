@@ -189,3 +189,24 @@ fn a_rewrite_that_keeps_size_and_mtime_is_still_read_again() {
     let restored = out.join(src.strip_prefix("/").unwrap()).join("doc.txt");
     assert_eq!(std::fs::read(restored).unwrap(), b"version two of the text");
 }
+
+/// A config whose chunk sizes FastCDC cannot take (found by the
+/// `home_objects` fuzz target: it made `slate home backup` panic) is
+/// refused when the repository is opened.
+#[test]
+fn a_config_with_unusable_chunk_sizes_is_refused_on_open() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, cache) = (d.path().join("store"), d.path().join("cache"));
+    let keys = Keys::from_master(&[4; 32]);
+    let backend = LocalDir::new(&store, keys.repo_id());
+    let mut cfg = crate::format::RepoConfig::new(1);
+    cfg.chunk_min = 0;
+    let sealed = crate::format::seal_json(&keys, kind::CONFIG, kind::CONFIG, &cfg);
+    use crate::backend::Backend;
+    assert!(backend.put(kind::CONFIG, kind::CONFIG, &sealed).unwrap());
+    match open(&store, &cache, &keys) {
+        Err(Error::Invalid(m)) => assert!(m.contains("chunk sizes"), "{m}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a config with chunk_min 0 was accepted"),
+    }
+}

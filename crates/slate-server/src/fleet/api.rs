@@ -205,7 +205,7 @@ fn check_word(field: &str, v: &str) -> Result<(), String> {
 
 impl ReportRequest {
     /// Check every field; the error names the field.
-    fn validate(mut self, raw: String) -> Result<ReportRecord, String> {
+    pub fn validate(mut self, raw: String) -> Result<ReportRecord, String> {
         self.machine = self.machine.validate()?;
         check_id("current", &self.current)?;
         check_id("target", &self.target)?;
