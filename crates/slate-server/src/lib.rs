@@ -60,6 +60,8 @@ pub struct AppState {
     pub tokens: Arc<dyn TokenStore>,
     /// Machine state and home repositories; `None` serves neither (404).
     pub private: Option<Arc<PrivateStorage>>,
+    /// The administrators' tokens; `None`: no request is an administrator's.
+    pub admin: Option<auth::AdminTokens>,
 }
 
 impl AppState {
@@ -73,7 +75,16 @@ impl AppState {
             store: store.clone(),
             tokens: store,
             private: None,
+            admin: None,
         }
+    }
+
+    /// Accept the administrator tokens listed in `file`.
+    pub fn with_admin_tokens(mut self, file: &std::path::Path) -> Self {
+        self.admin = Some(auth::AdminTokens {
+            file: file.to_path_buf(),
+        });
+        self
     }
 
     /// Keep machine state and home repositories in `private`.

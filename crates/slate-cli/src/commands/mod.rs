@@ -93,6 +93,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             home_dir,
             state_limit,
             state_quota,
+            home_quota,
+            home_append_only,
+            admin_token_file,
+            header_timeout,
+            max_connections,
+            max_connections_per_client,
             tls_cert,
             tls_key,
         } => serve::run(
@@ -105,11 +111,27 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 home_dir,
                 state_limit,
                 state_quota,
+                home_quota,
+                home_append_only,
+            },
+            &serve::Access {
+                admin_tokens: admin_token_file,
+                limits: slate_server::server::Limits {
+                    header_timeout: std::time::Duration::from_secs(header_timeout),
+                    max_connections: max_connections as usize,
+                    max_per_client: max_connections_per_client as usize,
+                },
             },
             tls_cert.zip(tls_key),
         ),
         Command::Fleet { command } => match command {
-            FleetCommand::Status { server, out } => fleet::status(&server, out.json),
+            FleetCommand::Status {
+                server,
+                token_file,
+                ca_file,
+                out,
+            } => fleet::status(&server, token_file.as_deref(), ca_file.as_deref(), out.json),
+            FleetCommand::AdminToken { file, force } => tokens::admin_token(&file, force),
             FleetCommand::Enroll {
                 machine,
                 db,

@@ -24,6 +24,18 @@ pub struct Private {
     pub state_limit: u64,
     /// `--state-quota`, bytes.
     pub state_quota: u64,
+    /// `--home-quota`, bytes.
+    pub home_quota: u64,
+    /// `--home-append-only`.
+    pub home_append_only: bool,
+}
+
+/// Who may do what, and how many connections.
+pub struct Access {
+    /// `--admin-token-file`.
+    pub admin_tokens: Option<PathBuf>,
+    /// `--header-timeout`, `--max-connections`, `--max-connections-per-client`.
+    pub limits: slate_server::server::Limits,
 }
 
 /// Run `slate serve`.
@@ -33,6 +45,7 @@ pub fn run(
     fleet: Option<&Path>,
     db: Option<&Path>,
     private: &Private,
+    access: &Access,
     tls: Option<(PathBuf, PathBuf)>,
 ) -> Result<ExitCode> {
     let repo = super::open(repo_path)?;
@@ -60,9 +73,25 @@ pub fn run(
     let mut storage = PrivateStorage::local(&state_dir, &home_dir);
     storage.state_limit = private.state_limit;
     storage.state_quota = private.state_quota;
-    let state = AppState::new(repo, fleet, store).with_private(storage);
+    storage.home_quota = private.home_quota;
+    storage.home_append_only = private.home_append_only;
+    let mut state = AppState::new(repo, fleet, store).with_private(storage);
+    if let Some(file) = &access.admin_tokens {
+        // A file that cannot be read or holds something else fails now,
+        // not on the admin's first `fleet status`.
+        let admin = slate_server::auth::AdminTokens {
+            file: file.to_path_buf(),
+        };
+        if admin.hashes()?.is_empty() {
+            anyhow::bail!(
+                "{} holds no administrator token (write one with `slate fleet admin-token FILE`)",
+                file.display()
+            );
+        }
+        state = state.with_admin_tokens(file);
+    }
     let tls = tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-    slate_server::server::run_blocking(state, listen, tls, |url| {
+    slate_server::server::run_blocking(state, listen, tls, access.limits, |url| {
         eprintln!("serving {} on {url}", repo_path.display());
     })?;
     Ok(ExitCode::SUCCESS)
