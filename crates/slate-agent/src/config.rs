@@ -24,7 +24,69 @@ pub enum Bootloader {
 #[serde(untagged)]
 enum Servers {
     One(String),
-    Many(Vec<String>),
+    Many(Vec<ServerEntry>),
+}
+
+/// A server as a bare URL or as a table with its own transport settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ServerEntry {
+    Url(String),
+    Table(RawServer),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    url: String,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pin: Vec<String>,
+    token: Option<bool>,
+    #[serde(default)]
+    token_over_http: bool,
+}
+
+/// One server and how the agent talks to it (`docs/agent.md`, "Servers").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Base URL, without a trailing `/`.
+    pub url: String,
+    /// PEM file of the certificate authorities that may vouch for this
+    /// server; when set, the built-in web roots are not used for it.
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 digests of certificates this server may present (its leaf
+    /// certificate, DER); when set, only these are accepted.
+    pub pins: Vec<[u8; 32]>,
+    /// Whether the machine token is sent to this server.
+    pub token: bool,
+}
+
+impl ServerSettings {
+    /// Settings for a bare URL: no CA file, no pin, the token only over
+    /// https (what a `server = "URL"` entry means).
+    pub fn plain(url: &str) -> ServerSettings {
+        let url = url.trim_end_matches('/').to_string();
+        ServerSettings {
+            token: url.starts_with("https://"),
+            url,
+            ca_file: None,
+            pins: Vec::new(),
+        }
+    }
+}
+
+/// Parse a pin: `sha256:` and 64 hex digits (upper or lower case, `:`
+/// separators allowed, as `openssl x509 -fingerprint -sha256` prints them).
+pub fn parse_pin(text: &str) -> Option<[u8; 32]> {
+    let hex: String = text
+        .trim()
+        .strip_prefix("sha256:")?
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    let bytes = hex::decode(hex).ok()?;
+    bytes.try_into().ok()
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +152,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Server base URLs, tried in order.
     pub servers: Vec<String>,
+    /// The same servers with their transport settings.
+    pub server_settings: Vec<ServerSettings>,
     /// Release public key files; a snapshot must be signed by one of them.
     pub trust: Vec<PathBuf>,
     /// Fleet public key files: an assignment must be signed by one of them
@@ -160,17 +224,66 @@ impl Config {
             Error::Config(format!("{} line {line}: {}", path.display(), e.message()))
         })?;
         let bad = |m: String| Error::Config(format!("{}: {m}", path.display()));
-        let servers = match raw.server {
-            Servers::One(s) => vec![s],
+        let entries = match raw.server {
+            Servers::One(s) => vec![ServerEntry::Url(s)],
             Servers::Many(v) => v,
         };
-        if servers.is_empty() {
+        if entries.is_empty() {
             return Err(bad("`server` names no URL".into()));
         }
-        for s in &servers {
-            if !(s.starts_with("http://") || s.starts_with("https://")) {
+        let explicit_token = entries
+            .iter()
+            .any(|e| matches!(e, ServerEntry::Table(RawServer { token: Some(true), .. })));
+        let mut settings = Vec::new();
+        for e in entries {
+            let raw = match e {
+                ServerEntry::Url(url) => RawServer {
+                    url,
+                    ca_file: None,
+                    pin: Vec::new(),
+                    token: None,
+                    token_over_http: false,
+                },
+                ServerEntry::Table(t) => t,
+            };
+            let s = &raw.url;
+            let https = s.starts_with("https://");
+            if !(s.starts_with("http://") || https) {
                 return Err(bad(format!("server {s:?} is not an http:// or https:// URL")));
             }
+            if !https && (raw.ca_file.is_some() || !raw.pin.is_empty()) {
+                return Err(bad(format!(
+                    "server {s:?} is plain http: ca_file and pin apply only to https:// servers"
+                )));
+            }
+            let mut pins = Vec::new();
+            for p in &raw.pin {
+                pins.push(parse_pin(p).ok_or_else(|| {
+                    bad(format!(
+                        "server {s:?}: pin {p:?} is not `sha256:` and 64 hex digits \
+                         (the SHA-256 of the server's certificate, DER)"
+                    ))
+                })?);
+            }
+            // The token goes where the file says it may: to the servers
+            // marked `token = true` when any is, else to every https one.
+            let token = match raw.token {
+                Some(t) => t,
+                None => https && !explicit_token,
+            };
+            if token && !https && !raw.token_over_http {
+                return Err(bad(format!(
+                    "server {s:?} is plain http: the machine token is not sent over plain http \
+                     (anyone on the path could copy it); use https, or set token_over_http = true \
+                     for this server if the network is trusted"
+                )));
+            }
+            settings.push(ServerSettings {
+                url: s.trim_end_matches('/').to_string(),
+                ca_file: raw.ca_file,
+                pins,
+                token,
+            });
         }
         if raw.trust.is_empty() {
             return Err(bad("`trust` must name at least one public key file".into()));
@@ -185,10 +298,8 @@ impl Config {
         }
         Ok(Config {
             path: path.to_path_buf(),
-            servers: servers
-                .into_iter()
-                .map(|s| s.trim_end_matches('/').to_string())
-                .collect(),
+            servers: settings.iter().map(|s| s.url.clone()).collect(),
+            server_settings: settings,
             trust: raw.trust,
             fleet_trust: raw.fleet_trust,
             state_dir: raw.state_dir,
@@ -240,10 +351,25 @@ impl Config {
         self.state_dir.join("state-policy.toml")
     }
 
-    /// An HTTP client for this machine's servers, sending its token.
+    /// An HTTP client for this machine's servers, sending its token to
+    /// those that may have it.
     pub fn http(&self) -> Result<crate::http::Http> {
-        let mut http = crate::http::Http::new(&self.servers, self.timeout_secs)?;
-        http.set_token(self.token()?);
+        self.http_with_timeout(self.timeout_secs)
+    }
+
+    /// [`Config::http`] with another per-request timeout.
+    pub fn http_with_timeout(&self, timeout_secs: u64) -> Result<crate::http::Http> {
+        let token = self.token()?;
+        if token.is_some() && !self.server_settings.iter().any(|s| s.token) {
+            return Err(Error::Config(format!(
+                "{}: token_file is set but no server may receive the token: plain http servers \
+                 never get it unless their entry says token = true and token_over_http = true \
+                 (see docs/agent.md, \"Servers\")",
+                self.path.display()
+            )));
+        }
+        let mut http = crate::http::Http::with_settings(&self.server_settings, timeout_secs)?;
+        http.set_token(token);
         Ok(http)
     }
 
@@ -326,6 +452,57 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    fn servers(text: &str) -> Result<Vec<ServerSettings>> {
+        Config::parse(
+            &format!("{text}\ntrust = [\"/k\"]\nstate_dir = \"/x\"\n[slots]\na = \"/a\"\nb = \"/b\"\n"),
+            Path::new("agent.toml"),
+        )
+        .map(|c| c.server_settings)
+    }
+
+    #[test]
+    fn the_token_goes_only_where_the_file_allows() {
+        // Bare URLs: https servers get the token, plain http ones never.
+        let s = servers("server = [\"https://a/\", \"http://b\"]").unwrap();
+        assert_eq!((s[0].url.as_str(), s[0].token), ("https://a", true));
+        assert_eq!((s[1].url.as_str(), s[1].token), ("http://b", false));
+        // Once one server is marked, only the marked ones get it.
+        let s = servers("server = [{ url = \"https://a\", token = true }, \"https://mirror\"]").unwrap();
+        assert_eq!((s[0].token, s[1].token), (true, false));
+        // Plain http with the token: only when said twice.
+        let e = servers("server = [{ url = \"http://a\", token = true }]").unwrap_err();
+        assert!(e.to_string().contains("token_over_http = true"), "{e}");
+        let s = servers("server = [{ url = \"http://a\", token = true, token_over_http = true }]").unwrap();
+        assert!(s[0].token);
+        // No server may have it, but there is a token file: the client says so.
+        let c = Config::parse(
+            "server = \"http://a\"\ntrust = [\"/k\"]\nstate_dir = \"/x\"\ntoken_file = \"/nonexistent\"\n[slots]\na = \"/a\"\nb = \"/b\"\n",
+            Path::new("agent.toml"),
+        )
+        .unwrap();
+        assert!(!c.server_settings[0].token);
+    }
+
+    #[test]
+    fn pins_and_ca_files() {
+        let hex = "ab".repeat(32);
+        let s = servers(&format!(
+            "server = [{{ url = \"https://a\", ca_file = \"/ca.pem\", pin = [\"sha256:{hex}\", \"sha256:{}\"] }}]",
+            "AB:".repeat(31) + "AB"
+        ))
+        .unwrap();
+        assert_eq!(s[0].pins, vec![[0xab; 32], [0xab; 32]]);
+        assert_eq!(s[0].ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        for bad in ["sha256:abc", "ab".repeat(32).as_str(), "sha1:00"] {
+            let e = servers(&format!("server = [{{ url = \"https://a\", pin = [\"{bad}\"] }}]")).unwrap_err();
+            assert!(e.to_string().contains("is not `sha256:`"), "{e}");
+        }
+        let e = servers("server = [{ url = \"http://a\", ca_file = \"/ca.pem\" }]").unwrap_err();
+        assert!(e.to_string().contains("only to https"), "{e}");
+        let e = servers("server = [{ url = \"https://a\", tokens = true }]").unwrap_err();
+        assert!(e.to_string().contains("agent.toml line 1"), "{e}");
     }
 
     #[test]

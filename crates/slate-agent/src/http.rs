@@ -1,18 +1,37 @@
 //! The agent's HTTP client: server failover, bounded downloads, ranged
 //! reads checked against what was asked, uploads and deletes of private
 //! data, and errors that say what to do when the machine token is refused.
+//!
+//! Transport rules (`docs/agent.md`, "Servers"): only a server that cannot
+//! be reached at all passes a request to the next one. A TLS failure (an
+//! unknown authority, a wrong name, a pin that does not match, a server
+//! that does not speak TLS) is an error, never "offline": an attacker who
+//! can break the handshake must not be able to push the agent to another
+//! server, nor make a pass end quietly. Each server has a client of its
+//! own, with its CA file or certificate pins, and the machine token goes
+//! only to the servers AGENT.toml lets have it. Redirects are not
+//! followed, so no answer can send the token (or the agent) elsewhere.
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::ServerSettings;
 use crate::error::{Error, Result};
 
 /// Largest single response the agent accepts, whatever the server says.
 const MAX_BODY: u64 = 256 << 20;
 
+/// One server and the client that talks to it.
+struct Endpoint {
+    client: reqwest::blocking::Client,
+    /// Whether the machine token may be sent to it.
+    token: bool,
+}
+
 /// A client bound to the first server that answers.
 pub struct Http {
-    client: reqwest::blocking::Client,
+    endpoints: Vec<Endpoint>,
     servers: Vec<String>,
     current: std::sync::atomic::AtomicUsize,
     /// Bytes received in response bodies.
@@ -49,22 +68,206 @@ pub fn auth_error(server: &str, status: reqwest::StatusCode, what: &str) -> Opti
     }
 }
 
+/// Whether `e` comes from TLS: a handshake that failed, a certificate
+/// refused, or a peer that broke the protocol. reqwest reports these as
+/// connect errors, so they are told apart by the rustls error inside.
+pub fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        // io::Error::source skips the error it wraps: look at it directly.
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| is_tls_error(inner)) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Whether a request failed because the server cannot be reached at all
+/// (the only failure that moves on to the next server).
 fn offline(e: &reqwest::Error) -> bool {
-    e.is_connect() || e.is_timeout() && !e.is_body()
+    !is_tls_error(e) && (e.is_connect() || e.is_timeout() && !e.is_body())
+}
+
+/// The certificate check of a server with pins: its leaf certificate must
+/// hash to one of them (and chain to its CA file, when one is given too).
+/// The handshake signatures are checked as always, so a pinned certificate
+/// is only accepted from whoever holds its private key.
+#[derive(Debug)]
+struct PinVerifier {
+    pins: Vec<[u8; 32]>,
+    /// The CA check, when the server also has a CA file.
+    ca: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
+        if !self.pins.iter().any(|p| p.as_slice() == digest.as_ref()) {
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                rustls::OtherError(Arc::new(PinMismatch(hex::encode(digest.as_ref())))),
+            )));
+        }
+        match &self.ca {
+            Some(ca) => ca.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            None => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A certificate that is not the pinned one.
+#[derive(Debug)]
+struct PinMismatch(String);
+
+impl std::fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the server's certificate (sha256:{}) matches no pin in AGENT.toml",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
+/// The TLS setup of a server with a CA file or pins; None for the
+/// defaults (the built-in web roots).
+fn tls_config(s: &ServerSettings) -> Result<Option<rustls::ClientConfig>> {
+    if s.ca_file.is_none() && s.pins.is_empty() {
+        return Ok(None);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca = match &s.ca_file {
+        None => None,
+        Some(path) => {
+            use rustls::pki_types::pem::PemObject;
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::Config(format!(
+                    "cannot read ca_file {} of server {}: {e}",
+                    path.display(),
+                    s.url
+                ))
+            })?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    Error::Config(format!(
+                        "ca_file {} of server {}: not PEM certificates: {e}",
+                        path.display(),
+                        s.url
+                    ))
+                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::Config(format!("ca_file {} of server {}: {e}", path.display(), s.url)))?;
+            }
+            if roots.is_empty() {
+                return Err(Error::Config(format!(
+                    "ca_file {} of server {} holds no certificate",
+                    path.display(),
+                    s.url
+                )));
+            }
+            let verifier =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| Error::Config(format!("ca_file {} of server {}: {e}", path.display(), s.url)))?;
+            Some(verifier)
+        }
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Local(format!("cannot set up TLS: {e}")))?;
+    let config = if s.pins.is_empty() {
+        let ca = ca.expect("a CA file, since there are no pins");
+        builder.with_webpki_verifier(ca).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                pins: s.pins.clone(),
+                ca,
+                provider,
+            }))
+            .with_no_client_auth()
+    };
+    Ok(Some(config))
+}
+
+fn client(s: &ServerSettings, timeout_secs: u64) -> Result<reqwest::blocking::Client> {
+    let mut b = reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(timeout_secs.min(10)))
+        .timeout(Duration::from_secs(timeout_secs))
+        .user_agent(concat!("slate-agent/", env!("CARGO_PKG_VERSION")))
+        // A redirect could carry the token to another host, or the agent
+        // to a server it was not configured with: a 3xx is an answer.
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(tls) = tls_config(s)? {
+        b = b.use_preconfigured_tls(tls);
+    }
+    b.build()
+        .map_err(|e| Error::Local(format!("cannot create an HTTP client: {}", root_cause(&e))))
 }
 
 impl Http {
-    /// A client for `servers` (tried in order) with a per-request timeout.
+    /// A client for `servers` (tried in order) with a per-request timeout,
+    /// with the settings of bare URLs ([`ServerSettings::plain`]).
     pub fn new(servers: &[String], timeout_secs: u64) -> Result<Http> {
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(timeout_secs.min(10)))
-            .timeout(Duration::from_secs(timeout_secs))
-            .user_agent(concat!("slate-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Local(format!("cannot create an HTTP client: {e}")))?;
+        let settings: Vec<ServerSettings> = servers.iter().map(|s| ServerSettings::plain(s)).collect();
+        Self::with_settings(&settings, timeout_secs)
+    }
+
+    /// A client for `servers` (tried in order), each with its own TLS
+    /// settings and token permission.
+    pub fn with_settings(servers: &[ServerSettings], timeout_secs: u64) -> Result<Http> {
+        let endpoints = servers
+            .iter()
+            .map(|s| {
+                Ok(Endpoint {
+                    client: client(s, timeout_secs)?,
+                    token: s.token,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Http {
-            client,
-            servers: servers.to_vec(),
+            endpoints,
+            servers: servers.iter().map(|s| s.url.clone()).collect(),
             current: 0.into(),
             received: 0.into(),
             token: None,
@@ -83,13 +286,17 @@ impl Http {
 
     /// Send a request to the current server, failing over to the next ones
     /// when a server cannot be reached at all.
-    fn send(&self, build: impl Fn(&str) -> reqwest::blocking::RequestBuilder) -> Result<reqwest::blocking::Response> {
+    fn send(
+        &self,
+        build: impl Fn(&reqwest::blocking::Client, &str) -> reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response> {
         let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
         let mut last = String::new();
         for k in 0..self.servers.len() {
             let i = (start + k) % self.servers.len();
-            let mut req = build(&self.servers[i]);
-            if let Some(t) = &self.token {
+            let endpoint = &self.endpoints[i];
+            let mut req = build(&endpoint.client, &self.servers[i]);
+            if let Some(t) = self.token.as_ref().filter(|_| endpoint.token) {
                 req = req.bearer_auth(t);
             }
             match req.send() {
@@ -98,14 +305,41 @@ impl Http {
                     return Ok(r);
                 }
                 Err(e) if offline(&e) => last = format!("{}: {}", self.servers[i], root_cause(&e)),
+                Err(e) if is_tls_error(&e) => {
+                    return Err(Error::Server(format!(
+                        "{}: TLS failed: {}; the server was not used and no other was tried \
+                         (check its certificate, or AGENT.toml's ca_file and pin for it)",
+                        self.servers[i],
+                        root_cause(&e)
+                    )))
+                }
                 Err(e) => return Err(Error::Server(format!("{}: {}", self.servers[i], root_cause(&e)))),
             }
         }
         Err(Error::Offline(last))
     }
 
+    /// Whether the server in use gets the machine token.
+    fn current_has_token(&self) -> bool {
+        self.token.is_some() && self.endpoints[self.current.load(std::sync::atomic::Ordering::Relaxed)].token
+    }
+
     fn body(&self, what: &str, resp: reqwest::blocking::Response, expect_len: Option<u64>) -> Result<Vec<u8>> {
         let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED && !self.current_has_token() {
+            return Err(Error::Config(format!(
+                "server {} refused {what}: it needs the machine token, which the agent does not send it \
+                 ({}); see docs/agent.md, \"Servers\"",
+                self.server(),
+                if self.token.is_none() {
+                    "AGENT.toml has no token_file; run `slate fleet enroll MACHINE` on the server and name \
+                     the file holding the token in token_file"
+                } else {
+                    "its entry in AGENT.toml does not allow it: plain http needs token = true and \
+                     token_over_http = true, another server needs token = true"
+                }
+            )));
+        }
         if let Some(e) = auth_error(self.server(), status, what) {
             return Err(e);
         }
@@ -160,13 +394,13 @@ impl Http {
 
     /// GET `path` (below the server's base URL).
     pub fn get(&self, path: &str) -> Result<Vec<u8>> {
-        let resp = self.send(|base| self.client.get(format!("{base}{path}")))?;
+        let resp = self.send(|c, base| c.get(format!("{base}{path}")))?;
         self.body(path, resp, None)
     }
 
     /// GET `path`, or None on 404.
     pub fn get_optional(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let resp = self.send(|base| self.client.get(format!("{base}{path}")))?;
+        let resp = self.send(|c, base| c.get(format!("{base}{path}")))?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -175,9 +409,8 @@ impl Http {
 
     /// Bytes `start..end` of `path`, exactly.
     pub fn get_range(&self, path: &str, start: u64, end: u64) -> Result<Vec<u8>> {
-        let resp = self.send(|base| {
-            self.client
-                .get(format!("{base}{path}"))
+        let resp = self.send(|c, base| {
+            c.get(format!("{base}{path}"))
                 .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1))
         })?;
         if resp.status() == reqwest::StatusCode::OK {
@@ -206,9 +439,8 @@ impl Http {
     /// Up to `len` bytes of `path` from `start`, and the object's total
     /// length; None when the object does not exist (404).
     pub fn get_chunked(&self, path: &str, start: u64, len: u64) -> Result<Option<(Vec<u8>, u64)>> {
-        let resp = self.send(|base| {
-            self.client
-                .get(format!("{base}{path}"))
+        let resp = self.send(|c, base| {
+            c.get(format!("{base}{path}"))
                 .header(reqwest::header::RANGE, format!("bytes={start}-{}", start + len - 1))
         })?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
@@ -250,8 +482,8 @@ impl Http {
     /// PUT `body` at `path`; with `create_only`, only if nothing is there
     /// yet (`If-None-Match: *`), else [`PutOutcome::AlreadyExists`].
     pub fn put(&self, path: &str, body: &[u8], create_only: bool) -> Result<PutOutcome> {
-        let resp = self.send(|base| {
-            let req = self.client.put(format!("{base}{path}")).body(body.to_vec());
+        let resp = self.send(|c, base| {
+            let req = c.put(format!("{base}{path}")).body(body.to_vec());
             if create_only {
                 req.header(reqwest::header::IF_NONE_MATCH, "*")
             } else {
@@ -273,7 +505,7 @@ impl Http {
 
     /// DELETE `path`; false when there was nothing (404).
     pub fn delete(&self, path: &str) -> Result<bool> {
-        let resp = self.send(|base| self.client.delete(format!("{base}{path}")))?;
+        let resp = self.send(|c, base| c.delete(format!("{base}{path}")))?;
         match resp.status() {
             reqwest::StatusCode::NOT_FOUND => Ok(false),
             s if s.is_success() => Ok(true),
@@ -283,7 +515,7 @@ impl Http {
 
     /// POST JSON, return the JSON answer (or null for 204).
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
-        let resp = self.send(|base| self.client.post(format!("{base}{path}")).json(body))?;
+        let resp = self.send(|c, base| c.post(format!("{base}{path}")).json(body))?;
         if resp.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(serde_json::Value::Null);
         }

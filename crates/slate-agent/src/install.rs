@@ -267,6 +267,37 @@ pub fn machine_cmdline(template: &str) -> String {
     c
 }
 
+/// A server of the template as AGENT.toml writes it: a bare URL when its
+/// settings are a bare URL's, else a table that keeps them (a CA file path
+/// must exist on the installed machine too).
+fn server_entry(s: &crate::config::ServerSettings, all_plain: bool) -> toml::Value {
+    use toml::Value;
+    if all_plain {
+        return Value::String(s.url.clone());
+    }
+    let mut t = toml::Table::new();
+    t.insert("url".into(), Value::String(s.url.clone()));
+    if let Some(ca) = &s.ca_file {
+        t.insert("ca_file".into(), Value::String(ca.display().to_string()));
+    }
+    if !s.pins.is_empty() {
+        t.insert(
+            "pin".into(),
+            Value::Array(
+                s.pins
+                    .iter()
+                    .map(|p| Value::String(format!("sha256:{}", hex::encode(p))))
+                    .collect(),
+            ),
+        );
+    }
+    t.insert("token".into(), Value::Boolean(s.token));
+    if s.token && s.url.starts_with("http://") {
+        t.insert("token_over_http".into(), Value::Boolean(true));
+    }
+    Value::Table(t)
+}
+
 /// The AGENT.toml the machine runs with.
 fn machine_config(
     t: &Config,
@@ -281,11 +312,18 @@ fn machine_config(
     // hardly how the machine will: tried last, it costs nothing when
     // unreachable (an initramfs has no loopback interface up, so a connect
     // there waits for its timeout).
-    let (mut servers, lo): (Vec<&String>, Vec<&String>) = t.servers.iter().partition(|s| !is_loopback_url(s));
+    // Once one server needs a table, all get one with an explicit `token`:
+    // an explicit `token = true` changes what bare URLs mean.
+    let all_plain = t
+        .server_settings
+        .iter()
+        .all(|s| *s == crate::config::ServerSettings::plain(&s.url));
+    let (mut servers, lo): (Vec<&crate::config::ServerSettings>, Vec<&crate::config::ServerSettings>) =
+        t.server_settings.iter().partition(|s| !is_loopback_url(&s.url));
     servers.extend(lo);
     root.insert(
         "server".into(),
-        Value::Array(servers.into_iter().map(|s| Value::String(s.clone())).collect()),
+        Value::Array(servers.into_iter().map(|s| server_entry(s, all_plain)).collect()),
     );
     root.insert(
         "trust".into(),

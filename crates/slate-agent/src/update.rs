@@ -955,8 +955,7 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
         state.known_good.push(booted.clone());
     }
     state.save(&cfg.state_dir)?;
-    if let Ok(mut http) = Http::new(&cfg.servers, cfg.timeout_secs.min(5)) {
-        http.set_token(cfg.token().ok().flatten());
+    if let Ok(http) = cfg.http_with_timeout(cfg.timeout_secs.min(5)) {
         report(&http, &identity::detect(cfg.machine_id.as_deref(), &cfg.labels), &state);
     }
     Ok(msg)

@@ -219,6 +219,24 @@ pub enum Command {
         /// Most state bytes one machine may keep, e.g. 64M.
         #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = slate_server::blobs::parse_size)]
         state_quota: u64,
+        /// Most bytes of home repositories one machine may own, e.g. 100G.
+        #[arg(long, value_name = "SIZE", default_value = "100G", value_parser = slate_server::blobs::parse_size)]
+        home_quota: u64,
+        /// Home repositories are append-only: no object is deleted or replaced, except locks.
+        #[arg(long)]
+        home_append_only: bool,
+        /// File of administrator tokens (`slate fleet admin-token FILE`), needed to list machines.
+        #[arg(long, value_name = "FILE")]
+        admin_token_file: Option<PathBuf>,
+        /// Seconds a client may take to send a request's head (also the TLS handshake and idle keep-alive).
+        #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        header_timeout: u64,
+        /// Most connections open at once.
+        #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_connections: u64,
+        /// Most connections open at once from one client address.
+        #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_connections_per_client: u64,
         /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
         #[arg(long, value_name = "F", requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -410,8 +428,22 @@ pub enum FleetCommand {
         /// Server URL.
         #[arg(long, value_name = "URL")]
         server: String,
+        /// File holding an administrator token (one of slate serve's --admin-token-file).
+        #[arg(long, value_name = "FILE", env = "SLATE_ADMIN_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// PEM file of the authority that signed the server's certificate (else the built-in roots).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
         #[command(flatten)]
         out: OutputArg,
+    },
+    /// Write a new administrator token to FILE (mode 0600), for slate serve --admin-token-file and fleet status --token-file.
+    AdminToken {
+        /// Where to write it.
+        file: PathBuf,
+        /// Replace the file if it exists (its old token stops working once the server reads the new file).
+        #[arg(long)]
+        force: bool,
     },
     /// Issue MACHINE's token (printed alone on stdout) for AGENT.toml's token_file.
     Enroll {

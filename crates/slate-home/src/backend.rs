@@ -197,6 +197,8 @@ impl Http {
             .connect_timeout(Duration::from_secs(timeout_secs.min(10)))
             // A whole request may move a 24 MiB pack over a slow link.
             .timeout(Duration::from_secs(timeout_secs.max(600)))
+            // A redirect could carry the machine token to another host.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Invalid(format!("cannot set up an HTTP client: {e}")))?;
         Ok(Http {
@@ -243,6 +245,15 @@ impl Http {
                     }
                     return Ok((server.clone(), resp));
                 }
+                // A failed handshake is an attack or a misconfiguration,
+                // never "offline": it must not pass to another server nor
+                // let a quiet timer run report success.
+                Err(e) if is_tls_error(&e) => {
+                    return Err(Error::Storage(format!(
+                        "{server}: TLS failed while trying to {what} ({}); nothing was sent",
+                        error_chain(&e)
+                    )))
+                }
                 Err(e) => last = format!("{server}: {}", error_chain(&e)),
             }
         }
@@ -254,6 +265,24 @@ impl Http {
     fn unexpected(server: &str, what: &str, resp: reqwest::blocking::Response) -> Error {
         Error::Storage(format!("{server} answered {} to {what}", resp.status()))
     }
+}
+
+/// Whether `e` comes from TLS (reqwest reports a failed handshake as a
+/// connect error; the rustls error inside tells them apart).
+fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| is_tls_error(inner)) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

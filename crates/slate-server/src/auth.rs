@@ -109,10 +109,76 @@ pub async fn require_machine(st: &AppState, headers: &HeaderMap, machine: &str) 
     if caller != machine {
         return Err(ApiError::Forbidden(format!(
             "the token presented belongs to machine {caller}, not to {machine}; \
-             a machine may only use its own state"
+             a machine may only read and write its own data"
         )));
     }
     Ok(())
+}
+
+/// Where the administrators' tokens are: a file of `slate1-` tokens, one
+/// a line (`slate fleet admin-token FILE` writes one), read again on every
+/// administrator request so that a token added or removed takes effect at
+/// once. `#` lines and blank lines are ignored.
+#[derive(Debug, Clone)]
+pub struct AdminTokens {
+    /// The file.
+    pub file: std::path::PathBuf,
+}
+
+impl AdminTokens {
+    /// The hashes of the tokens in the file; an error names the file.
+    pub fn hashes(&self) -> anyhow::Result<Vec<String>> {
+        let text = std::fs::read_to_string(&self.file)
+            .map_err(|e| anyhow::anyhow!("cannot read the administrator token file {}: {e}", self.file.display()))?;
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if !is_token(line) {
+                anyhow::bail!(
+                    "{} line {}: not a slate token (write one with `slate fleet admin-token FILE`)",
+                    self.file.display(),
+                    n + 1
+                );
+            }
+            out.push(hash(line));
+        }
+        Ok(out)
+    }
+}
+
+/// Require an administrator's token (`GET /v1/fleet/machines`): 401
+/// without one, with a machine's token, or when the server has none.
+pub async fn require_admin(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(admin) = st.admin.clone() else {
+        return Err(ApiError::Unauthorized(
+            "this server has no administrator credential: start slate serve with --admin-token-file FILE \
+             (`slate fleet admin-token FILE` writes one) and pass it to `slate fleet status --token-file FILE`"
+                .into(),
+        ));
+    };
+    let not_admin = |why: &str| {
+        ApiError::Unauthorized(format!(
+            "{why}; listing machines needs an administrator token as `Authorization: Bearer TOKEN` \
+             (`slate fleet status --token-file FILE`, FILE one of slate serve's --admin-token-file)"
+        ))
+    };
+    let presented = match bearer(headers) {
+        Ok(t) => hash(t),
+        Err(_) => return Err(not_admin("the request has no administrator token")),
+    };
+    // Reading a file blocks.
+    let hashes = tokio::task::spawn_blocking(move || admin.hashes())
+        .await?
+        .map_err(ApiError::internal)?;
+    // Hashes are compared, never the secrets: nothing to time.
+    if hashes.contains(&presented) {
+        Ok(())
+    } else {
+        Err(not_admin("the token presented is not an administrator token"))
+    }
 }
 
 #[cfg(test)]

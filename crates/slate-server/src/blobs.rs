@@ -33,6 +33,9 @@ pub const DEFAULT_STATE_LIMIT: u64 = 1 << 20;
 pub const DEFAULT_STATE_QUOTA: u64 = 64 << 20;
 /// Largest home object.
 pub const HOME_LIMIT: u64 = 128 << 20;
+/// Default most bytes of home repositories one machine owns
+/// (`slate serve --home-quota`).
+pub const DEFAULT_HOME_QUOTA: u64 = 100 << 30;
 
 /// A blob storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +130,10 @@ pub trait BlobStore: Send + Sync {
 
     /// Every blob of `space`, ordered by name (empty when the space has none).
     fn list(&self, space: &str) -> Result<Vec<(String, BlobMeta)>, BlobError>;
+
+    /// Bytes of every blob in `space` and in the spaces below it (0 when
+    /// there are none): what a home repository takes, for quotas.
+    fn usage(&self, space: &str) -> Result<u64, BlobError>;
 }
 
 /// Check one path segment or blob name: 1 to 128 of `A-Z a-z 0-9 . _ -`,
@@ -175,6 +182,14 @@ pub struct PrivateStorage {
     pub state_quota: u64,
     /// Largest home object, bytes.
     pub home_limit: u64,
+    /// Most bytes of home repositories one machine owns.
+    pub home_quota: u64,
+    /// Home repositories only grow: no object is deleted or replaced,
+    /// except locks (`slate serve --home-append-only`).
+    pub home_append_only: bool,
+    /// Ownership and quota bookkeeping of home repositories: claims, and
+    /// the bytes each machine has reserved for uploads in flight.
+    pub(crate) home_owners: Mutex<std::collections::HashMap<String, u64>>,
     /// Held while a state write checks the quota and writes, so that two
     /// concurrent writes of one machine cannot both fit "under" the quota.
     pub(crate) state_writes: Mutex<()>,
@@ -189,6 +204,9 @@ impl PrivateStorage {
             state_limit: DEFAULT_STATE_LIMIT,
             state_quota: DEFAULT_STATE_QUOTA,
             home_limit: HOME_LIMIT,
+            home_quota: DEFAULT_HOME_QUOTA,
+            home_append_only: false,
+            home_owners: Mutex::default(),
             state_writes: Mutex::new(()),
         }
     }
@@ -438,6 +456,33 @@ impl BlobStore for LocalBlobs {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    fn usage(&self, space: &str) -> Result<u64, BlobError> {
+        fn walk(dir: &Path) -> Result<u64, BlobError> {
+            let rd = match fs::read_dir(dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(io_err(format!("listing {}", dir.display()))(e)),
+            };
+            let mut total = 0;
+            for ent in rd {
+                let ent = ent.map_err(io_err(format!("listing {}", dir.display())))?;
+                // Uploads in progress count too: they are on the disk.
+                let m = match ent.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(format!("listing {}", dir.display()))(e)),
+                };
+                if m.is_dir() {
+                    total += walk(&ent.path())?;
+                } else if m.is_file() {
+                    total += m.len();
+                }
+            }
+            Ok(total)
+        }
+        walk(&self.dir(space)?)
     }
 }
 

@@ -63,6 +63,8 @@ pub struct AppState {
     /// The fleet key that signs assignments, and how long they stay fresh;
     /// `None` answers unsigned assignments, which agents refuse.
     pub signer: Option<Arc<fleet::sign::Signer>>,
+    /// The administrators' tokens; `None`: no request is an administrator's.
+    pub admin: Option<auth::AdminTokens>,
 }
 
 impl AppState {
@@ -77,12 +79,21 @@ impl AppState {
             tokens: store,
             private: None,
             signer: None,
+            admin: None,
         }
     }
 
     /// Sign every assignment with `signer`'s fleet key.
     pub fn with_signer(mut self, signer: fleet::sign::Signer) -> Self {
         self.signer = Some(Arc::new(signer));
+        self
+    }
+
+    /// Accept the administrator tokens listed in `file`.
+    pub fn with_admin_tokens(mut self, file: &std::path::Path) -> Self {
+        self.admin = Some(auth::AdminTokens {
+            file: file.to_path_buf(),
+        });
         self
     }
 

@@ -134,12 +134,18 @@ async fn state_access(st: &AppState, headers: &HeaderMap, machine: &str) -> ApiR
     storage(st)
 }
 
-/// Any enrolled machine may use home repositories.
-async fn home_access(st: &AppState, headers: &HeaderMap, repo: &str, kind: &str) -> ApiResult<Arc<PrivateStorage>> {
-    auth::authenticate(st, headers).await?;
+/// Any enrolled machine may read home repositories; returns the storage
+/// and the machine.
+async fn home_access(
+    st: &AppState,
+    headers: &HeaderMap,
+    repo: &str,
+    kind: &str,
+) -> ApiResult<(Arc<PrivateStorage>, String)> {
+    let machine = auth::authenticate(st, headers).await?;
     check_repo(repo)?;
     check_kind(kind)?;
-    storage(st)
+    Ok((storage(st)?, machine))
 }
 
 /// `If-None-Match: *` on a PUT: create, never replace.
@@ -454,7 +460,141 @@ pub async fn state_list(
 
 // ---- home repositories ----
 
+// Ownership and quotas of home repositories. A repository belongs to the
+// machine that first wrote to it: its name is the blob `_owner` in the
+// repository's space (no kind is spelled with `_`, no object lives there),
+// and each machine's repositories are listed as empty blobs in
+// `_owners/<state_space(machine)>/` (no repository id starts with `_`), so
+// that its quota is the size of those repositories. Only the owner adds,
+// replaces or deletes objects; any enrolled machine may read (the id is a
+// capability only a key holder can derive). When the owner is no longer
+// enrolled (revoked after a theft, say), the next machine that writes takes
+// the repository over: that is how a replacement laptop continues backups.
+
+/// The blob naming a home repository's owner, in the repository's space.
+const OWNER_BLOB: &str = "_owner";
+/// The space below which each machine's repositories are listed.
+const OWNERS_SPACE: &str = "_owners";
+/// The kind of lock objects, which a backup creates and deletes even in
+/// append-only mode.
+const LOCK_KIND: &str = "lock";
+
+fn owner_of(home: &dyn BlobStore, repo: &str) -> Result<Option<String>, BlobError> {
+    let Some((r, _)) = home.open(repo, OWNER_BLOB)? else {
+        return Ok(None);
+    };
+    let mut text = String::new();
+    r.take(1024).read_to_string(&mut text).map_err(|e| BlobError::Io {
+        what: format!("reading the owner of home repository {repo}"),
+        source: e,
+    })?;
+    Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
+fn owned_space(machine: &str) -> String {
+    format!("{OWNERS_SPACE}/{}", state_space(machine))
+}
+
+/// Bytes of every home repository `machine` owns.
+fn owned_usage(home: &dyn BlobStore, machine: &str) -> Result<u64, BlobError> {
+    let mut total = 0;
+    for (repo, _) in home.list(&owned_space(machine))? {
+        total += home.usage(&repo)?;
+    }
+    Ok(total)
+}
+
+/// Make `machine` the owner of `repo`, in place of `previous`.
+fn set_owner(home: &dyn BlobStore, repo: &str, machine: &str, previous: Option<&str>) -> Result<(), BlobError> {
+    home.put(&owned_space(machine), repo, &mut io::empty(), 0, false)?;
+    home.put(repo, OWNER_BLOB, &mut machine.as_bytes(), 1024, false)?;
+    if let Some(p) = previous {
+        home.delete(&owned_space(p), repo)?;
+    }
+    Ok(())
+}
+
+/// What a write by a machine does to a repository's ownership.
+enum Claim {
+    /// The machine owns it already.
+    Owned,
+    /// Nobody does: the machine becomes its owner.
+    New,
+    /// Its owner is no longer enrolled: the machine takes it over.
+    TakeOver(String),
+}
+
+/// Whether `machine` may change `repo`: 403 when another enrolled machine
+/// owns it. Nothing is written until [`take`]. Blocking; the caller holds
+/// `home_owners` until it has taken the claim.
+fn check_owner(st: &AppState, home: &dyn BlobStore, repo: &str, machine: &str) -> ApiResult<Claim> {
+    let what = format!("the owner of home repository {repo}");
+    let owner = owner_of(home, repo).map_err(|e| blob_error(e, &what))?;
+    match owner {
+        Some(o) if o == machine => Ok(Claim::Owned),
+        Some(o) => {
+            let enrolled = st
+                .tokens
+                .tokens()
+                .map_err(ApiError::internal)?
+                .iter()
+                .any(|t| t.machine == o);
+            if enrolled {
+                return Err(ApiError::Forbidden(format!(
+                    "home repository {}… belongs to machine {o}; only its owner may add, replace or delete \
+                     its objects (other machines may read it). To hand it to this machine, revoke {o} \
+                     (`slate fleet revoke {o}`) on the server",
+                    &repo[..16]
+                )));
+            }
+            Ok(Claim::TakeOver(o))
+        }
+        None => Ok(Claim::New),
+    }
+}
+
+/// Record what [`check_owner`] decided.
+fn take(home: &dyn BlobStore, repo: &str, machine: &str, claim: Claim) -> ApiResult<()> {
+    let what = format!("the owner of home repository {repo}");
+    match claim {
+        Claim::Owned => Ok(()),
+        Claim::New => set_owner(home, repo, machine, None).map_err(|e| blob_error(e, &what)),
+        Claim::TakeOver(o) => {
+            tracing::info!("home repository {repo}: machine {machine} takes it over from {o}, no longer enrolled");
+            set_owner(home, repo, machine, Some(&o)).map_err(|e| blob_error(e, &what))
+        }
+    }
+}
+
+/// Bytes reserved by a machine's upload in flight, given back on drop.
+struct Reservation {
+    store: Arc<PrivateStorage>,
+    machine: String,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut r = self.store.home_owners.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = r.get_mut(&self.machine) {
+            *n = n.saturating_sub(self.bytes);
+            if *n == 0 {
+                r.remove(&self.machine);
+            }
+        }
+    }
+}
+
+fn over_quota(machine: &str, quota: u64) -> ApiError {
+    ApiError::InsufficientStorage(format!(
+        "machine {machine}'s home repositories would take more than its quota of {quota} bytes; \
+         nothing was stored: forget and prune old snapshots, or raise slate serve --home-quota"
+    ))
+}
+
 /// `PUT /v1/home/{repo}/{kind}/{name}`: streamed to disk; 201 or 204.
+/// Only the repository's owner writes; the machine's home quota and the
+/// append-only mode are checked before a byte is stored.
 pub async fn home_put(
     State(st): State<AppState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -462,18 +602,76 @@ pub async fn home_put(
     body: Body,
 ) -> ApiResult<Response> {
     let Path((repo, kind, name)) = path.map_err(bad_path)?;
-    let store = home_access(&st, &headers, &repo, &kind).await?;
+    let (store, machine) = home_access(&st, &headers, &repo, &kind).await?;
     check_name(&name)?;
     let what = format!("home object {kind}/{name}");
     check_length(&headers, store.home_limit, &what)?;
-    let create_only = create_only(&headers);
+    let announced = header_str(&headers, header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
+    let asked_create_only = create_only(&headers);
+    // Append-only: an object is written once; only locks come and go.
+    let append_only = store.home_append_only && kind != LOCK_KIND;
+    let create_only = asked_create_only || append_only;
     let space = format!("{repo}/{kind}");
+    let (st2, s2, r2, sp2, n2, m2, w2) = (
+        st.clone(),
+        store.clone(),
+        repo.clone(),
+        space.clone(),
+        name.clone(),
+        machine.clone(),
+        what.clone(),
+    );
+    // Claim, then reserve the bytes under the lock: two uploads of one
+    // machine cannot both fit "under" its quota.
+    let (reservation, limit) = tokio::task::spawn_blocking(move || -> ApiResult<(Reservation, u64)> {
+        let home = s2.home.as_ref();
+        let mut reserved = s2.home_owners.lock().unwrap_or_else(|p| p.into_inner());
+        let claim = check_owner(&st2, home, &r2, &m2)?;
+        let existing = home
+            .open(&sp2, &n2)
+            .map_err(|e| blob_error(e, &w2))?
+            .map(|(_, meta)| meta.size);
+        if append_only && !asked_create_only && existing.is_some() {
+            return Err(ApiError::Forbidden(format!(
+                "{w2} exists and this server keeps home repositories append-only: nothing is replaced or \
+                 deleted except locks (prune runs on the server; see docs/home.md)"
+            )));
+        }
+        if create_only && existing.is_some() {
+            return Err(blob_error(BlobError::Exists { what: n2.clone() }, &w2));
+        }
+        let used = owned_usage(home, &m2).map_err(|e| blob_error(e, &w2))? + reserved.get(&m2).copied().unwrap_or(0);
+        // A replaced object gives its bytes back.
+        let room = s2.home_quota.saturating_sub(used.saturating_sub(existing.unwrap_or(0)));
+        if announced.is_some_and(|n| n > room) {
+            return Err(over_quota(&m2, s2.home_quota));
+        }
+        let bytes = announced.unwrap_or(room).min(room).min(s2.home_limit);
+        // Only a write that may go ahead claims the repository.
+        take(home, &r2, &m2, claim)?;
+        *reserved.entry(m2.clone()).or_insert(0) += bytes;
+        Ok((
+            Reservation {
+                store: s2.clone(),
+                machine: m2,
+                bytes,
+            },
+            bytes,
+        ))
+    })
+    .await??;
+    let quota_bound = limit < store.home_limit;
+    let s3 = store.clone();
     let result = stream_into(body, move |reader| {
-        store.home.put(&space, &name, reader, store.home_limit, create_only)
+        s3.home.put(&space, &name, reader, limit, create_only)
     })
     .await?
-    .map_err(|e| blob_error(e, &what))?;
-    Ok(no_store(written(result)))
+    .map_err(|e| match e {
+        BlobError::TooLarge { .. } if quota_bound => over_quota(&machine, store.home_quota),
+        e => blob_error(e, &what),
+    });
+    drop(reservation);
+    Ok(no_store(written(result?)))
 }
 
 /// `GET|HEAD /v1/home/{repo}/{kind}/{name}`: streamed, with single ranges.
@@ -484,7 +682,7 @@ pub async fn home_get(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let Path((repo, kind, name)) = path.map_err(bad_path)?;
-    let store = home_access(&st, &headers, &repo, &kind).await?;
+    let (store, _) = home_access(&st, &headers, &repo, &kind).await?;
     check_name(&name)?;
     let what = format!("home object {kind}/{name}");
     let space = format!("{repo}/{kind}");
@@ -521,21 +719,32 @@ pub async fn home_get(
     Ok((status, h, body).into_response())
 }
 
-/// `DELETE /v1/home/{repo}/{kind}/{name}`: 204, or 404 when absent.
+/// `DELETE /v1/home/{repo}/{kind}/{name}`: 204, or 404 when absent. Only
+/// the repository's owner deletes; in append-only mode, only locks.
 pub async fn home_delete(
     State(st): State<AppState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let Path((repo, kind, name)) = path.map_err(bad_path)?;
-    let store = home_access(&st, &headers, &repo, &kind).await?;
+    let (store, machine) = home_access(&st, &headers, &repo, &kind).await?;
     check_name(&name)?;
     let what = format!("home object {kind}/{name}");
+    if store.home_append_only && kind != LOCK_KIND {
+        return Err(ApiError::Forbidden(format!(
+            "this server keeps home repositories append-only: {what} is not deleted \
+             (prune runs on the server; see docs/home.md)"
+        )));
+    }
     let space = format!("{repo}/{kind}");
     let w = what.clone();
-    let deleted = tokio::task::spawn_blocking(move || store.home.delete(&space, &name))
-        .await?
-        .map_err(|e| blob_error(e, &w))?;
+    let deleted = tokio::task::spawn_blocking(move || {
+        let _owners = store.home_owners.lock().unwrap_or_else(|p| p.into_inner());
+        let claim = check_owner(&st, store.home.as_ref(), &repo, &machine)?;
+        take(store.home.as_ref(), &repo, &machine, claim)?;
+        store.home.delete(&space, &name).map_err(|e| blob_error(e, &w))
+    })
+    .await??;
     if !deleted {
         return Err(ApiError::NotFound(format!("there is no {what}")));
     }
@@ -549,7 +758,7 @@ pub async fn home_list(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let Path((repo, kind)) = path.map_err(bad_path)?;
-    let store = home_access(&st, &headers, &repo, &kind).await?;
+    let (store, _) = home_access(&st, &headers, &repo, &kind).await?;
     let space = format!("{repo}/{kind}");
     let what = format!("home objects of kind {kind}");
     let listed = tokio::task::spawn_blocking(move || store.home.list(&space))

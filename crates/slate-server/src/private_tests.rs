@@ -79,8 +79,11 @@ impl Setup {
         Answer { status, headers, body }
     }
 
+    /// PUT with a Content-Length, as HTTP clients send it.
     async fn put(&self, uri: &str, token: &str, body: &[u8]) -> Answer {
-        self.req(Method::PUT, uri, Some(token), &[], body).await
+        let len = body.len().to_string();
+        self.req(Method::PUT, uri, Some(token), &[("content-length", &len)], body)
+            .await
     }
 
     async fn get(&self, uri: &str, token: &str) -> Answer {
@@ -347,7 +350,7 @@ async fn home_objects_round_trip_with_ranges() {
     assert_eq!(r.json(), serde_json::json!({ "objects": [] }));
 
     assert_eq!(s.put(&uri, &s.a, &data).await.status, StatusCode::CREATED);
-    // Any enrolled machine may read and write home objects.
+    // Any enrolled machine may read home objects; only the owner writes.
     let r = s.get(&uri, &s.b).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body.len(), data.len());
@@ -393,14 +396,14 @@ async fn home_objects_round_trip_with_ranges() {
 
     // Create-only, replace, list, delete.
     let once = [("if-none-match", "*")];
-    let r = s.req(Method::PUT, &uri, Some(&s.b), &once, b"other").await;
+    let r = s.req(Method::PUT, &uri, Some(&s.a), &once, b"other").await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(
-        s.put(&format!("{HOME}/index/i1"), &s.b, b"idx").await.status,
+        s.put(&format!("{HOME}/index/i1"), &s.a, b"idx").await.status,
         StatusCode::CREATED
     );
     assert_eq!(
-        s.put(&format!("{HOME}/index/i1"), &s.b, b"idx2").await.status,
+        s.put(&format!("{HOME}/index/i1"), &s.a, b"idx2").await.status,
         StatusCode::NO_CONTENT
     );
     let r = s.get(&format!("{HOME}/index/"), &s.a).await;
@@ -495,4 +498,126 @@ async fn without_private_storage_the_paths_are_404() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(app.oneshot(req).await.unwrap().status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn home_repositories_belong_to_the_machine_that_created_them() {
+    let s = Setup::new();
+    let obj = format!("{HOME}/pack/p1");
+    assert_eq!(s.put(&obj, &s.a, b"alice's pack").await.status, StatusCode::CREATED);
+    // Another enrolled machine reads, but neither adds, replaces nor deletes.
+    assert_eq!(s.get(&obj, &s.b).await.status, StatusCode::OK);
+    for (method, uri, body) in [
+        (Method::PUT, obj.clone(), &b"evil"[..]),
+        (Method::PUT, format!("{HOME}/pack/p2"), &b"junk"[..]),
+        (Method::DELETE, obj.clone(), &b""[..]),
+    ] {
+        let r = s.req(method.clone(), &uri, Some(&s.b), &[], body).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{method} {uri}");
+        assert!(r.error().contains("belongs to machine lab-07"), "{}", r.error());
+    }
+    assert_eq!(&s.get(&obj, &s.a).await.body[..], b"alice's pack");
+    assert_eq!(
+        s.get(&format!("{HOME}/pack/p2"), &s.a).await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Its owner revoked (a stolen laptop), the next machine that writes
+    // takes the repository over, and the old token is of no use.
+    assert!(s.tokens.revoke("lab-07").unwrap());
+    assert_eq!(
+        s.put(&format!("{HOME}/pack/p2"), &s.b, b"new").await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        s.req(Method::DELETE, &obj, Some(&s.b), &[], b"").await.status,
+        StatusCode::NO_CONTENT
+    );
+}
+
+#[tokio::test]
+async fn home_quota_is_per_machine_and_refuses_before_storing() {
+    let s = Setup::with(|p| p.home_quota = 1000);
+    let other = HOME.replace("0123456789abcdef0123", "fedcba98765432100123");
+    assert_eq!(
+        s.put(&format!("{HOME}/pack/p1"), &s.a, &[1u8; 600]).await.status,
+        StatusCode::CREATED
+    );
+    // The machine's repositories together: a second one counts too.
+    let r = s.put(&format!("{other}/pack/p1"), &s.a, &[2u8; 600]).await;
+    assert_eq!(r.status, StatusCode::INSUFFICIENT_STORAGE, "{:?}", r.body);
+    assert!(
+        r.error().contains("quota of 1000 bytes") && r.error().contains("--home-quota"),
+        "{}",
+        r.error()
+    );
+    assert_eq!(
+        s.get(&format!("{other}/pack/p1"), &s.a).await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Without a Content-Length the stream is cut at the quota: nothing
+    // half written, no temporary file.
+    let chunks = futures_util::stream::iter(
+        (0..10)
+            .map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![3u8; 100])))
+            .collect::<Vec<_>>(),
+    );
+    let req = Request::put(format!("{HOME}/pack/p3"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", s.a))
+        .body(Body::from_stream(chunks))
+        .unwrap();
+    let resp = s.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(
+        s.get(&format!("{HOME}/pack/p3"), &s.a).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let dir = s.dir.path().join("home").join(&HOME["/v1/home/".len()..]).join("pack");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["p1"]);
+    // Another machine has a quota of its own.
+    assert_eq!(
+        s.put(&format!("{other}/pack/p1"), &s.b, &[2u8; 600]).await.status,
+        StatusCode::CREATED
+    );
+    // Deleting gives room back.
+    assert_eq!(
+        s.req(Method::DELETE, &format!("{HOME}/pack/p1"), Some(&s.a), &[], b"")
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.put(&format!("{HOME}/pack/p4"), &s.a, &[4u8; 900]).await.status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn append_only_home_refuses_delete_and_overwrite_but_not_locks() {
+    let s = Setup::with(|p| p.home_append_only = true);
+    let obj = format!("{HOME}/snapshot/s1");
+    assert_eq!(s.put(&obj, &s.a, b"first").await.status, StatusCode::CREATED);
+    let r = s.put(&obj, &s.a, b"rewritten").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.error().contains("append-only"), "{}", r.error());
+    let r = s.req(Method::DELETE, &obj, Some(&s.a), &[], b"").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.error().contains("append-only"), "{}", r.error());
+    assert_eq!(&s.get(&obj, &s.a).await.body[..], b"first");
+    // Create-only writes of existing objects are 412 as always.
+    let r = s
+        .req(Method::PUT, &obj, Some(&s.a), &[("if-none-match", "*")], b"x")
+        .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    // Locks come and go: a backup takes one and removes it.
+    let lock = format!("{HOME}/lock/l1");
+    assert_eq!(s.put(&lock, &s.a, b"held").await.status, StatusCode::CREATED);
+    assert_eq!(s.put(&lock, &s.a, b"renewed").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        s.req(Method::DELETE, &lock, Some(&s.a), &[], b"").await.status,
+        StatusCode::NO_CONTENT
+    );
 }

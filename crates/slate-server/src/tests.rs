@@ -17,6 +17,29 @@ use crate::fleet::{FleetConfig, SqliteStore};
 use crate::{app, AppState};
 
 const LAB: &str = "debian/bookworm/lab";
+
+/// The machines the fleet tests use, enrolled with [`token_of`] each.
+const TEST_MACHINES: &[&str] = &[
+    "dmi:4c4c4544",
+    "dmi:1234",
+    "lone",
+    "m",
+    "m-default",
+    "m-ghost",
+    "m-gone",
+    "m-host",
+    "m-labels",
+    "m-mac",
+    "m-uuid",
+];
+
+/// The administrator token of the test servers.
+const ADMIN_TOKEN: &str = "slate1-00000000000000000000000000000000000000000000000000000000000000ad";
+
+/// A test machine's token (made up from its name).
+fn token_of(machine: &str) -> String {
+    format!("slate1-{}", blake3::hash(machine.as_bytes()).to_hex())
+}
 const OTHER: &str = "other";
 
 /// A repository with two channels, each with one commit of a small tree.
@@ -73,7 +96,13 @@ impl Fixture {
 
     fn app_with(&self, fleet: FleetConfig) -> Router {
         let repo = Repo::open(&self.root()).unwrap();
-        app(AppState::new(repo, fleet, SqliteStore::in_memory().unwrap()))
+        let admin = self.dir.path().join("admin.token");
+        std::fs::write(&admin, format!("# the fleet's administrators\n{ADMIN_TOKEN}\n")).unwrap();
+        let st = AppState::new(repo, fleet, SqliteStore::in_memory().unwrap()).with_admin_tokens(&admin);
+        for m in TEST_MACHINES {
+            st.tokens.enroll(m, &crate::auth::hash(&token_of(m)), 1, false).unwrap();
+        }
+        app(st)
     }
 
     /// The storage key and bytes of the repository's files below `dir`
@@ -133,6 +162,10 @@ async fn send(app: &Router, req: Request<Body>) -> Answer {
 }
 
 async fn get(app: &Router, uri: &str) -> Answer {
+    if uri.starts_with("/v1/fleet/machines") {
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        return get_with(app, uri, &[("authorization", &bearer)]).await;
+    }
     get_with(app, uri, &[]).await
 }
 
@@ -144,12 +177,25 @@ async fn get_with(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Answer {
     send(app, b.body(Body::empty()).unwrap()).await
 }
 
+/// POST as the machine the body names (as machine `m` when it names none
+/// that parses): with its token.
 async fn post(app: &Router, uri: &str, body: impl Into<Body>) -> Answer {
-    let req = Request::post(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body.into())
-        .unwrap();
-    send(app, req).await
+    let body: Body = body.into();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let machine = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v["machine"]["id"].as_str().map(str::to_string))
+        .filter(|m| TEST_MACHINES.contains(&m.as_str()))
+        .unwrap_or_else(|| "m".into());
+    post_as(app, uri, Some(&token_of(&machine)), Body::from(bytes)).await
+}
+
+async fn post_as(app: &Router, uri: &str, token: Option<&str>, body: impl Into<Body>) -> Answer {
+    let mut req = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    send(app, req.body(body.into()).unwrap()).await
 }
 
 async fn assign(app: &Router, machine: Value) -> Answer {
@@ -744,7 +790,13 @@ async fn bad_requests_get_one_clear_error() {
             .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
             .collect::<Vec<_>>(),
     );
-    let a = post(&app, "/v1/fleet/assignment", Body::from_stream(chunks)).await;
+    let a = post_as(
+        &app,
+        "/v1/fleet/assignment",
+        Some(&token_of("m")),
+        Body::from_stream(chunks),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
 
     // Wrong method and unknown path: JSON too.
@@ -753,6 +805,64 @@ async fn bad_requests_get_one_clear_error() {
     assert!(!a.error().is_empty());
     let a = post(&app, "/v1/packs", "").await;
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn fleet_requests_need_the_machines_own_token() {
+    let f = Fixture::new();
+    let app = f.app(DEFAULT_LAB);
+    let report = json!({"machine": {"id": "lone"}, "last_update": {"result": "ok"}}).to_string();
+    let ask = json!({"machine": {"id": "lone"}}).to_string();
+    for uri in ["/v1/fleet/report", "/v1/fleet/assignment"] {
+        let body = if uri.ends_with("report") { &report } else { &ask };
+        // No token, or one the server never issued: 401, saying to enroll.
+        for token in [
+            None,
+            Some("slate1-0000000000000000000000000000000000000000000000000000000000000000"),
+        ] {
+            let a = post_as(&app, uri, token, body.clone()).await;
+            assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{uri}");
+            assert!(a.error().contains("slate fleet enroll"), "{}", a.error());
+            assert_eq!(a.header(header::WWW_AUTHENTICATE), "Bearer");
+        }
+        // Another machine's token: 403, and nothing recorded.
+        let a = post_as(&app, uri, Some(&token_of("m")), body.clone()).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{uri}");
+        assert!(a.error().contains("belongs to machine m, not to lone"), "{}", a.error());
+    }
+    assert_eq!(get(&app, "/v1/fleet/machines").await.json(), json!({"machines": []}));
+    // Its own token: accepted.
+    let a = post_as(&app, "/v1/fleet/report", Some(&token_of("lone")), report).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn listing_machines_needs_an_administrator_token() {
+    let f = Fixture::new();
+    let app = f.app(DEFAULT_LAB);
+    let machine = format!("Bearer {}", token_of("m"));
+    for headers in [
+        vec![],
+        vec![("authorization", machine.as_str())],
+        vec![("authorization", "Bearer nope")],
+    ] {
+        let a = get_with(&app, "/v1/fleet/machines", &headers).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+        assert!(a.error().contains("administrator token"), "{}", a.error());
+    }
+    assert_eq!(get(&app, "/v1/fleet/machines").await.status, StatusCode::OK);
+    // A server started without administrator tokens lists nothing to anyone.
+    let repo = Repo::open(&f.root()).unwrap();
+    let bare = app_without_admin(repo);
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let a = get_with(&bare, "/v1/fleet/machines", &[("authorization", &admin)]).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.error().contains("--admin-token-file"), "{}", a.error());
+}
+
+fn app_without_admin(repo: Repo) -> Router {
+    let fleet = FleetConfig::parse(DEFAULT_LAB, "f").unwrap();
+    app(AppState::new(repo, fleet, SqliteStore::in_memory().unwrap()))
 }
 
 /// A client for a server on a socket, trusting `ca` if given.

@@ -12,8 +12,13 @@ use slate_server::fleet::MachineRow;
 
 use crate::output::json;
 
-/// Run `slate fleet status --server URL`.
-pub fn status(server: &str, as_json: bool) -> Result<ExitCode> {
+/// Run `slate fleet status --server URL [--token-file F] [--ca-file F]`.
+pub fn status(
+    server: &str,
+    token_file: Option<&std::path::Path>,
+    ca_file: Option<&std::path::Path>,
+    as_json: bool,
+) -> Result<ExitCode> {
     // `host:port` alone means plain HTTP, as `--listen` takes it.
     let server = if server.contains("://") {
         server.to_string()
@@ -22,12 +27,51 @@ pub fn status(server: &str, as_json: bool) -> Result<ExitCode> {
     };
     let base = server.trim_end_matches('/');
     let url = format!("{base}/v1/fleet/machines");
-    let client = reqwest::blocking::Client::builder()
+    let token = match token_file {
+        None => None,
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| anyhow!("cannot read {}: {e}", f.display()))?;
+            let t = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .unwrap_or("")
+                .to_string();
+            if !slate_server::auth::is_token(&t) {
+                bail!(
+                    "{} holds no administrator token (`slate fleet admin-token FILE` writes one)",
+                    f.display()
+                );
+            }
+            Some(t)
+        }
+    };
+    if token.is_some() && base.starts_with("http://") && !is_loopback(base) {
+        bail!(
+            "{base} is plain http: the administrator token would cross the network in clear; \
+             use https (or run fleet status on the server, against 127.0.0.1)"
+        );
+    }
+    let mut builder = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca).map_err(|e| anyhow!("cannot read {}: {e}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow!("{}: not PEM certificates: {}", ca.display(), root_cause(&e)))?;
+        builder = builder.tls_built_in_root_certs(false);
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    let client = builder
         .build()
         .map_err(|e| anyhow!("cannot set up an HTTP client: {}", root_cause(&e)))?;
-    let resp = client
-        .get(&url)
+    let mut req = client.get(&url);
+    if let Some(t) = &token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
         .send()
         .map_err(|e| anyhow!("cannot reach the slate server at {base}: {}", root_cause(&e)))?;
     let status = resp.status();
@@ -56,6 +100,16 @@ pub fn status(server: &str, as_json: bool) -> Result<ExitCode> {
         eprintln!("no machine has contacted {base} yet");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `base` (a URL) names this machine: 127.0.0.0/8, ::1, localhost.
+fn is_loopback(base: &str) -> bool {
+    let host = base.split("://").nth(1).unwrap_or(base).split('/').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The innermost cause: reqwest's outer messages only repeat the URL.

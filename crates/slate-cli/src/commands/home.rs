@@ -159,7 +159,25 @@ fn context(home: &HomeArgs, confirm: bool) -> Result<RepoAccess> {
     };
     let backend: Box<dyn Backend> = match (&home.repo_dir, &config) {
         (Some(dir), _) => Box::new(LocalDir::new(dir, keys.repo_id())),
-        (None, Some(cfg)) => Box::new(Http::new(&cfg.servers, cfg.token()?, cfg.timeout_secs, keys.repo_id())?),
+        (None, Some(cfg)) => {
+            // Home repositories live on the servers that hold the machine's
+            // token: the token goes nowhere else (docs/agent.md, "Servers").
+            let token = cfg.token()?;
+            let servers: Vec<String> = cfg
+                .server_settings
+                .iter()
+                .filter(|s| token.is_none() || s.token)
+                .map(|s| s.url.clone())
+                .collect();
+            if servers.is_empty() {
+                anyhow::bail!(
+                    "{}: no server may receive the machine token, so none can hold home repositories \
+                     (plain http servers need token = true and token_over_http = true; see docs/agent.md, \"Servers\")",
+                    cfg.path.display()
+                );
+            }
+            Box::new(Http::new(&servers, token, cfg.timeout_secs, keys.repo_id())?)
+        }
         (None, None) => unreachable!("a configuration is loaded when there is no --repo-dir"),
     };
     let state_dir = home

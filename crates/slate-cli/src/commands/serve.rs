@@ -24,6 +24,18 @@ pub struct Private {
     pub state_limit: u64,
     /// `--state-quota`, bytes.
     pub state_quota: u64,
+    /// `--home-quota`, bytes.
+    pub home_quota: u64,
+    /// `--home-append-only`.
+    pub home_append_only: bool,
+}
+
+/// Who may do what, and how many connections.
+pub struct Access {
+    /// `--admin-token-file`.
+    pub admin_tokens: Option<PathBuf>,
+    /// `--header-timeout`, `--max-connections`, `--max-connections-per-client`.
+    pub limits: slate_server::server::Limits,
 }
 
 /// Run `slate serve`; `fleet_key` is the key that signs assignments and
@@ -34,6 +46,7 @@ pub fn run(
     fleet: Option<&Path>,
     db: Option<&Path>,
     private: &Private,
+    access: &Access,
     tls: Option<(PathBuf, PathBuf)>,
     fleet_key: Option<(&Path, u64)>,
 ) -> Result<ExitCode> {
@@ -62,7 +75,23 @@ pub fn run(
     let mut storage = PrivateStorage::local(&state_dir, &home_dir);
     storage.state_limit = private.state_limit;
     storage.state_quota = private.state_quota;
+    storage.home_quota = private.home_quota;
+    storage.home_append_only = private.home_append_only;
     let mut state = AppState::new(repo, fleet, store).with_private(storage);
+    if let Some(file) = &access.admin_tokens {
+        // A file that cannot be read or holds something else fails now,
+        // not on the admin's first `fleet status`.
+        let admin = slate_server::auth::AdminTokens {
+            file: file.to_path_buf(),
+        };
+        if admin.hashes()?.is_empty() {
+            anyhow::bail!(
+                "{} holds no administrator token (write one with `slate fleet admin-token FILE`)",
+                file.display()
+            );
+        }
+        state = state.with_admin_tokens(file);
+    }
     // Said once the server listens: a setup that fails is one error line.
     let signing = match fleet_key {
         Some((k, assignment_ttl)) => {
@@ -74,7 +103,7 @@ pub fn run(
         None => "slate: warning: no --fleet-key: assignments are unsigned and agents will refuse them".to_string(),
     };
     let tls = tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-    slate_server::server::run_blocking(state, listen, tls, |url| {
+    slate_server::server::run_blocking(state, listen, tls, access.limits, |url| {
         eprintln!("{signing}");
         eprintln!("serving {} on {url}", repo_path.display());
     })?;

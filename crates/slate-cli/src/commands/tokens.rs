@@ -71,6 +71,39 @@ pub fn enroll(machine: &str, db: &DbArg, force: bool, as_json: bool) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// `slate fleet admin-token FILE`: a new administrator token in FILE.
+pub fn admin_token(file: &std::path::Path, force: bool) -> Result<ExitCode> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = slate_server::auth::generate()?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(0o600);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts.open(file).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::anyhow!(
+                "{} exists; pass --force to replace it (its token stops working at once)",
+                file.display()
+            )
+        } else {
+            anyhow::anyhow!("cannot write {}: {e}", file.display())
+        }
+    })?;
+    f.write_all(format!("{token}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+    eprintln!(
+        "wrote an administrator token to {}: start slate serve with --admin-token-file {0} \
+         and run slate fleet status --token-file {0}",
+        file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `slate fleet revoke MACHINE`.
 pub fn revoke(machine: &str, db: &DbArg) -> Result<ExitCode> {
     check(machine)?;

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
@@ -336,9 +336,38 @@ pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assig
     })
 }
 
-/// `POST /v1/fleet/assignment`.
-pub async fn assignment(State(st): State<AppState>, body: JsonBody<AssignmentRequest>) -> ApiResult<Json<Assignment>> {
+/// The machine a fleet request comes from, by its token; 401 without a
+/// valid one. Checked before the body is read, so a client without a
+/// token learns nothing, not even whether its request is well formed.
+async fn caller(st: &AppState, headers: &HeaderMap) -> ApiResult<String> {
+    crate::auth::authenticate(st, headers).await.map_err(|e| match e {
+        ApiError::Unauthorized(why) => ApiError::Unauthorized(format!(
+            "{why}. Every machine needs a token for the fleet API: on the server run \
+             `slate fleet enroll MACHINE` and write the token to the file AGENT.toml's token_file names"
+        )),
+        e => e,
+    })
+}
+
+/// 403 unless the machine in the body is the token's.
+fn same_machine(caller: &str, machine: &str) -> ApiResult<()> {
+    if caller != machine {
+        return Err(ApiError::Forbidden(format!(
+            "the token presented belongs to machine {caller}, not to {machine}; \
+             a machine may only ask for and report its own assignment"
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /v1/fleet/assignment`: only with the machine's token, since the
+/// answer carries its group's state policy and the request records when
+/// it was last seen.
+pub async fn assignment(State(st): State<AppState>, headers: HeaderMap, req: Request) -> ApiResult<Json<Assignment>> {
+    let caller = caller(&st, &headers).await?;
+    let body = JsonBody::<AssignmentRequest>::from_request(req, &()).await?;
     let machine = body.value.machine.validate().map_err(ApiError::BadRequest)?;
+    same_machine(&caller, &machine.id)?;
     let (repo, fleet, store, signer) = (st.repo.clone(), st.fleet.clone(), st.store.clone(), st.signer.clone());
     // Reading channel files and writing SQLite both block.
     let answer = tokio::task::spawn_blocking(move || {
@@ -359,9 +388,12 @@ pub async fn assignment(State(st): State<AppState>, body: JsonBody<AssignmentReq
     Ok(Json(answer))
 }
 
-/// `POST /v1/fleet/report`: 204.
-pub async fn report(State(st): State<AppState>, body: JsonBody<ReportRequest>) -> ApiResult<StatusCode> {
+/// `POST /v1/fleet/report`: 204; only with the reporting machine's token.
+pub async fn report(State(st): State<AppState>, headers: HeaderMap, req: Request) -> ApiResult<StatusCode> {
+    let caller = caller(&st, &headers).await?;
+    let body = JsonBody::<ReportRequest>::from_request(req, &()).await?;
     let record = body.value.validate(body.raw).map_err(ApiError::BadRequest)?;
+    same_machine(&caller, &record.machine)?;
     let store = st.store.clone();
     // SQLite writes block (and may wait on the database lock).
     tokio::task::spawn_blocking(move || store.record_report(&record, now()))
@@ -377,8 +409,9 @@ pub struct MachinesResponse {
     pub machines: Vec<MachineRow>,
 }
 
-/// `GET /v1/fleet/machines`.
-pub async fn machines(State(st): State<AppState>) -> ApiResult<Response> {
+/// `GET /v1/fleet/machines`: an administrator's request only.
+pub async fn machines(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    crate::auth::require_admin(&st, &headers).await?;
     let store = st.store.clone();
     // SQLite reads block.
     let machines = tokio::task::spawn_blocking(move || store.machines())
