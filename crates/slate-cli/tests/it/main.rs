@@ -13,4 +13,5 @@ mod selftest;
 mod serve;
 mod state;
 mod support;
+mod transport;
 mod treedigest;
