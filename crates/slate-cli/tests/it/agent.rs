@@ -130,7 +130,18 @@ impl Lab {
         }
         let path = self.path().join("FLEET.toml");
         std::fs::write(&path, fleet).unwrap();
-        let server = Server::start_signed(self.path(), &["--repo", s(&self.repo), "--fleet", s(&path)]);
+        let admin = crate::support::admin_token(self.path());
+        let server = Server::start_signed(
+            self.path(),
+            &[
+                "--repo",
+                s(&self.repo),
+                "--fleet",
+                s(&path),
+                "--admin-token-file",
+                s(&admin),
+            ],
+        );
         let url = server.url.clone();
         self.server = Some(server);
         url
@@ -150,11 +161,27 @@ impl Lab {
         self.server.as_ref().expect("serving")
     }
 
+    /// `slate fleet status --json` as the administrator.
+    fn fleet_status(&self) -> String {
+        let admin = self.path().join("admin.token");
+        slate_ok(&[
+            "fleet",
+            "status",
+            "--json",
+            "--server",
+            &self.url(),
+            "--token-file",
+            s(&admin),
+        ])
+    }
+
     /// A machine named `name` (its machine_id) talking to this lab's server.
     fn agent(&self, name: &str, slots: Slots) -> Agent {
         let dir = self.path().join("machines").join(name);
         std::fs::create_dir_all(&dir).unwrap();
+        let token_file = crate::support::enroll(&self.repo, name, &dir);
         let agent = Agent {
+            token_file,
             name: name.to_string(),
             config: dir.join("agent.toml"),
             state_dir: dir.join("state"),
@@ -208,6 +235,8 @@ enum Slots {
 /// One machine: its AGENT.toml (rewritten whenever a setting changes) and
 /// the `slate` agent commands run against it.
 struct Agent {
+    /// Its machine token (enrolled by [`Lab::agent`]).
+    token_file: PathBuf,
     name: String,
     dir: PathBuf,
     config: PathBuf,
@@ -233,12 +262,14 @@ impl Agent {
     }
 
     fn write_config(&self) {
-        let servers: Vec<String> = self.servers.iter().map(|u| format!("{u:?}")).collect();
+        // Test servers are plain http on 127.0.0.1: each is allowed the token.
+        let servers: Vec<String> = self.servers.iter().map(|u| crate::support::token_server(u)).collect();
         let text = format!(
-            "server = [{}]\ntrust = [{:?}]\n{}state_dir = {:?}\nmachine_id = {:?}\nbootloader = {:?}\n\
+            "server = [{}]\ntoken_file = {:?}\ntrust = [{:?}]\n{}state_dir = {:?}\nmachine_id = {:?}\nbootloader = {:?}\n\
              boot_dir = {:?}\nboot_tries = {}\nslot_size = \"1G\"\nconnections = {}\ntimeout_secs = {}\n\n\
              [slots]\na = {:?}\nb = {:?}\n\n[labels]\nwant = {:?}\n",
             servers.join(", "),
+            s(&self.token_file),
             s(&self.trust),
             self.fleet.agent_toml(),
             s(&self.state_dir),
@@ -1517,7 +1548,7 @@ fn boot_counting_falls_back(kind: Bootloader, name: &'static str) {
     assert!(human.contains("failed to boot here"), "{human}");
 
     // The server heard about it.
-    let out = slate_ok(&["fleet", "status", "--server", &lab.url(), "--json"]);
+    let out = lab.fleet_status();
     let v: Value = serde_json::from_str(&out).unwrap();
     let row = v["machines"]
         .as_array()
@@ -1680,7 +1711,7 @@ fn an_update_names_the_kept_state_that_hides_its_changes() {
     let st = m.status();
     assert_eq!(st["last_pass"]["shadowed"][0], "/var/lib/slate-test/version", "{st}");
     // The server shows it too.
-    let fleet = slate_ok(&["fleet", "status", "--json", "--server", &lab.url()]);
+    let fleet = lab.fleet_status();
     assert!(fleet.contains("/var/lib/slate-test/version"), "{fleet}");
 
     // A group without a policy of its own: the image's applies again.

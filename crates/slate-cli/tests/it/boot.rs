@@ -133,7 +133,18 @@ impl Lab {
         slate_ok(&["init", "--repo", s(&repo)]);
         slate_ok(&["keygen", "--out", s(&dir.join("key"))]);
         std::fs::write(dir.join("FLEET.toml"), "[default]\nchannel = \"lab\"\n").unwrap();
-        let server = Server::start_signed(&dir, &["--repo", s(&repo), "--fleet", s(&dir.join("FLEET.toml"))]);
+        let admin = crate::support::admin_token(&dir);
+        let server = Server::start_signed(
+            &dir,
+            &[
+                "--repo",
+                s(&repo),
+                "--fleet",
+                s(&dir.join("FLEET.toml")),
+                "--admin-token-file",
+                s(&admin),
+            ],
+        );
         let port: u16 = server
             .url
             .rsplit(':')
@@ -178,7 +189,8 @@ impl Lab {
         std::fs::write(
             &p,
             format!(
-                "server = [\"http://127.0.0.1:{port}\", \"http://10.0.2.2:{port}\"]\n\
+                "server = [{{ url = \"http://127.0.0.1:{port}\", token = true, token_over_http = true }}, \
+                 {{ url = \"http://10.0.2.2:{port}\", token = true, token_over_http = true }}]\n\
                  trust = [{key:?}]\n{fleet}state_dir = \"/unused\"\nmachine_id = \"vm1\"\ntoken_file = {token:?}\n\
                  boot_tries = {tries}\ntimeout_secs = 20\nkernel_cmdline = \"console=ttyS0,115200 ip=dhcp\"\n\
                  [slots]\na = \"/unused/a\"\nb = \"/unused/b\"\n",
@@ -421,7 +433,15 @@ fn bios_grub_install_update_and_fall_back_from_a_hung_slot() {
         b6.tail()
     );
     // The fleet knows.
-    let fleet = slate_ok(&["fleet", "status", "--json", "--server", &lab.server.url]);
+    let fleet = slate_ok(&[
+        "fleet",
+        "status",
+        "--json",
+        "--server",
+        &lab.server.url,
+        "--token-file",
+        s(&lab.dir.join("admin.token")),
+    ]);
     assert!(fleet.contains("fell-back"), "{fleet}");
 }
 
@@ -466,6 +486,14 @@ fn uefi_systemd_boot_falls_back_from_a_failing_slot() {
         "not written again: {}",
         b4.tail()
     );
-    let fleet = slate_ok(&["fleet", "status", "--json", "--server", &lab.server.url]);
+    let fleet = slate_ok(&[
+        "fleet",
+        "status",
+        "--json",
+        "--server",
+        &lab.server.url,
+        "--token-file",
+        s(&lab.dir.join("admin.token")),
+    ]);
     assert!(fleet.contains("fell-back"), "{fleet}");
 }

@@ -41,8 +41,9 @@ fn agent_config(dir: &Path, url: &str, machine: &str, token: &str) -> Config {
     let token_file = dir.join(format!("{}.token", machine.replace(':', "_")));
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let text = format!(
-        "server = {url:?}\ntrust = [\"/nonexistent/key.pub\"]\nstate_dir = {:?}\nmachine_id = {machine:?}\n\
+        "server = [{}]\ntrust = [\"/nonexistent/key.pub\"]\nstate_dir = {:?}\nmachine_id = {machine:?}\n\
          token_file = {:?}\n\n[slots]\na = \"/nonexistent/a\"\nb = \"/nonexistent/b\"\n",
+        crate::support::token_server(url),
         s(&dir.join("agent-state")),
         s(&token_file),
     );

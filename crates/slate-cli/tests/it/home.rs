@@ -379,7 +379,8 @@ impl Machine {
     }
     fn point_at(&self, url: &str) {
         let text = format!(
-            "server = {url:?}\ntrust = [\"/nonexistent/key.pub\"]\nstate_dir = {:?}\ntoken_file = {:?}\ntimeout_secs = 5\n\n[slots]\na = \"/nonexistent/a\"\nb = \"/nonexistent/b\"\n",
+            "server = [{}]\ntrust = [\"/nonexistent/key.pub\"]\nstate_dir = {:?}\ntoken_file = {:?}\ntimeout_secs = 5\n\n[slots]\na = \"/nonexistent/a\"\nb = \"/nonexistent/b\"\n",
+            crate::support::token_server(url),
             s(&self.dir.join("state")),
             s(&self.dir.join("token")),
         );
@@ -455,7 +456,11 @@ fn home_crashed_laptop_walkthrough_over_http() {
     for rel in SPARSE_FILES {
         assert_sparse_preserved(&home1, &home2, rel);
     }
-    // Backups continue from machine 2 and send (almost) nothing new.
+    // Backups continue from machine 2 once the stolen laptop is revoked
+    // (the repository is lt-17's until then: another machine only reads).
+    let e = err(&m2.args("backup", &key, &["--json", s(&home2)]), &[]);
+    assert!(e.contains("403"), "{e}");
+    crate::support::slate_ok(&["fleet", "revoke", "lt-17", "--repo", s(&repo)]);
     let v: serde_json::Value =
         serde_json::from_str(ok(&m2.args("backup", &key, &["--json", s(&home2)]), &[]).trim()).unwrap();
     assert!(

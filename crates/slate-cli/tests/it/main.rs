@@ -13,5 +13,6 @@ mod selftest;
 mod serve;
 mod state;
 mod support;
+mod transport;
 mod treedigest;
 mod trust;

@@ -86,8 +86,21 @@ fn serve_objects_assignments_and_fleet_status() {
     )
     .unwrap();
     let db = dir.path().join("machines.db");
-    let mut server = Server::start(&["--repo", s(&repo), "--fleet", s(&fleet), "--db", s(&db)]);
+    let admin = crate::support::admin_token(dir.path());
+    let mut server = Server::start(&[
+        "--repo",
+        s(&repo),
+        "--fleet",
+        s(&fleet),
+        "--db",
+        s(&db),
+        "--admin-token-file",
+        s(&admin),
+    ]);
     let url = server.url.clone();
+    let token = slate_ok(&["fleet", "enroll", "dmi:test-1", "--db", s(&db)])
+        .trim()
+        .to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let c = client();
 
@@ -139,6 +152,7 @@ fn serve_objects_assignments_and_fleet_status() {
     let machine = serde_json::json!({"id": "dmi:test-1", "hostname": "kiosk-1", "macs": ["52:54:00:00:00:01"]});
     let a: serde_json::Value = c
         .post(format!("{url}/v1/fleet/assignment"))
+        .bearer_auth(&token)
         .json(&serde_json::json!({ "machine": machine }))
         .send()
         .unwrap()
@@ -149,6 +163,7 @@ fn serve_objects_assignments_and_fleet_status() {
     assert_eq!(a["rule"], "hostname kiosk-*");
     let r = c
         .post(format!("{url}/v1/fleet/report"))
+        .bearer_auth(&token)
         .json(&serde_json::json!({
             "machine": machine, "current": id, "target": null, "active_slot": "a",
             "slots": {"a": id, "b": null}, "pending": null,
@@ -158,12 +173,17 @@ fn serve_objects_assignments_and_fleet_status() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 204);
-    let bad = c.post(format!("{url}/v1/fleet/report")).body("{oops").send().unwrap();
+    let bad = c
+        .post(format!("{url}/v1/fleet/report"))
+        .bearer_auth(&token)
+        .body("{oops")
+        .send()
+        .unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().unwrap().contains("invalid JSON"));
 
     // The machines table, for people and for scripts.
-    let table = slate_ok(&["fleet", "status", "--server", &url]);
+    let table = slate_ok(&["fleet", "status", "--server", &url, "--token-file", s(&admin)]);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 2, "{table}");
     for col in [
@@ -196,9 +216,24 @@ fn serve_objects_assignments_and_fleet_status() {
     );
     assert!(row[8].ends_with('s') && row[9] == "ago", "{table}");
     // A trailing slash, or no scheme at all, works too.
-    let bare = slate_ok(&["fleet", "status", "--server", url.strip_prefix("http://").unwrap()]);
+    let bare = slate_ok(&[
+        "fleet",
+        "status",
+        "--server",
+        url.strip_prefix("http://").unwrap(),
+        "--token-file",
+        s(&admin),
+    ]);
     assert_eq!(bare.lines().count(), 2, "{bare}");
-    let json = slate_ok(&["fleet", "status", "--server", &format!("{url}/"), "--json"]);
+    let json = slate_ok(&[
+        "fleet",
+        "status",
+        "--server",
+        &format!("{url}/"),
+        "--json",
+        "--token-file",
+        s(&admin),
+    ]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let m = &v["machines"][0];
     assert_eq!(m["machine"], "dmi:test-1");
@@ -248,8 +283,12 @@ fn serve_over_tls_without_a_fleet_file() {
         .build()
         .unwrap();
     // Without --fleet, the repository's only channel is everyone's.
+    let token = slate_ok(&["fleet", "enroll", "m1", "--repo", s(&repo)])
+        .trim()
+        .to_string();
     let a: serde_json::Value = c
         .post(format!("{}/v1/fleet/assignment", server.url))
+        .bearer_auth(&token)
         .json(&serde_json::json!({"machine": {"id": "m1"}}))
         .send()
         .unwrap()

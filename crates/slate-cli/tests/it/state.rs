@@ -410,8 +410,9 @@ fn server_state_is_uploaded_once_and_comes_back_on_the_next_boot() {
         std::fs::write(
             &config,
             format!(
-                "server = {url:?}\ntrust = [\"/nonexistent.pub\"]\nstate_dir = {:?}\nmachine_id = \"lab-07\"\n\
+                "server = [{}]\ntrust = [\"/nonexistent.pub\"]\nstate_dir = {:?}\nmachine_id = \"lab-07\"\n\
                  token_file = {:?}\ntimeout_secs = 5\n[slots]\na = \"/nonexistent/a\"\nb = \"/nonexistent/b\"\n",
+                crate::support::token_server(url),
                 s(&dir.join("agent")),
                 s(&dir.join("token"))
             ),

@@ -256,3 +256,26 @@ impl Server {
         Server::start(&all)
     }
 }
+
+/// Enroll `machine` in the fleet database of `repo` and write its token to
+/// `dir/<machine>.token`; returns that file. Replaces an earlier token.
+pub fn enroll(repo: &Path, machine: &str, dir: &Path) -> PathBuf {
+    let token = slate_ok(&["fleet", "enroll", "--force", "--repo", s(repo), machine]);
+    let file = dir.join(format!("{}.token", machine.replace(':', "_")));
+    std::fs::write(&file, token).unwrap();
+    file
+}
+
+/// A new administrator token file `dir/admin.token` (for `slate serve
+/// --admin-token-file` and `slate fleet status --token-file`).
+pub fn admin_token(dir: &Path) -> PathBuf {
+    let file = dir.join("admin.token");
+    slate_ok(&["fleet", "admin-token", "--force", s(&file)]);
+    file
+}
+
+/// An AGENT.toml `server = [...]` entry for a test server on 127.0.0.1
+/// that holds the machine token over plain http.
+pub fn token_server(url: &str) -> String {
+    format!("{{ url = {url:?}, token = true, token_over_http = true }}")
+}
