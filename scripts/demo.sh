@@ -58,15 +58,21 @@ say "slate serve on 127.0.0.1, and a client with two slots"
 printf '[default]\nchannel = "demo/lab"\n' > "$work/fleet.toml"
 # The online fleet key signs assignments; signing.key (offline) signs snapshots.
 "$slate" keygen --out "$work/fleet.key" >/dev/null
+# Every machine has its own token for the fleet API; the administrator has one
+# for `slate fleet status`.
+"$slate" fleet enroll --force --repo "$work/repo" demo-client > "$work/demo-client.token"
+"$slate" fleet admin-token --force "$work/admin.token" >/dev/null
 "$slate" serve --repo "$work/repo" --listen 127.0.0.1:0 --fleet "$work/fleet.toml" \
-    --fleet-key "$work/fleet.key" 2> "$work/serve.log" &
+    --fleet-key "$work/fleet.key" --admin-token-file "$work/admin.token" 2> "$work/serve.log" &
 server_pid=$!
 trap 'kill $server_pid 2>/dev/null || true' EXIT
 for _ in $(seq 50); do grep -q "serving" "$work/serve.log" 2>/dev/null && break; sleep 0.1; done
 url=$(grep -o 'http://[0-9.:]*' "$work/serve.log" | head -1)
 [ -n "$url" ] || { cat "$work/serve.log" >&2; exit 1; }
 cat > "$work/agent.toml" <<EOT
-server = "$url"
+# Plain http on the loopback address only: the token may cross it.
+server = [{ url = "$url", token = true, token_over_http = true }]
+token_file = "$work/demo-client.token"
 trust = ["$work/signing.key.pub"]
 fleet_trust = ["$work/fleet.key.pub"]
 state_dir = "$work/client/state"
@@ -87,7 +93,7 @@ echo "update 3" > "$tree/etc/motd"
 "$slate" update --config "$work/agent.toml"
 say "slate status (slot b boots next, on trial) and slate fleet status"
 "$slate" status --config "$work/agent.toml"
-"$slate" fleet status --server "$url"
+"$slate" fleet status --server "$url" --token-file "$work/admin.token"
 if [ -f "$digest" ]; then
     python3 "$digest" "$work/client/slot-b" > "$work/slot.digest"
     python3 "$digest" "$tree" > "$work/tree.digest"

@@ -82,7 +82,15 @@ impl Fleet {
     fn serve(&mut self, extra: &[&str]) -> String {
         self.server = None;
         let fleet_file = self.path().join("FLEET.toml");
-        let mut args = vec!["--repo", s(&self.repo), "--fleet", s(&fleet_file)];
+        let admin = crate::support::admin_token(self.path());
+        let mut args = vec![
+            "--repo",
+            s(&self.repo),
+            "--fleet",
+            s(&fleet_file),
+            "--admin-token-file",
+            s(&admin),
+        ];
         args.extend(extra);
         let server = Server::start(&args);
         let url = server.url.clone();
@@ -110,6 +118,7 @@ impl Fleet {
             config: dir.join("agent.toml"),
             release_pub: PathBuf::from(format!("{}.pub", s(&self.release))),
             fleet: self.fleet.clone(),
+            token: crate::support::enroll(&self.repo, name, &dir),
         };
         m.point_at(url);
         m
@@ -117,7 +126,16 @@ impl Fleet {
 
     /// The machine's row in `slate fleet status --json`.
     fn status_of(&self, name: &str) -> Value {
-        let out = slate_ok(&["fleet", "status", "--json", "--server", &self.url()]);
+        let admin = self.path().join("admin.token");
+        let out = slate_ok(&[
+            "fleet",
+            "status",
+            "--json",
+            "--server",
+            &self.url(),
+            "--token-file",
+            s(&admin),
+        ]);
         let v: Value = serde_json::from_str(&out).unwrap();
         v["machines"]
             .as_array()
@@ -135,13 +153,17 @@ struct Machine {
     config: PathBuf,
     release_pub: PathBuf,
     fleet: FleetKey,
+    /// The machine's token, from `slate fleet enroll`.
+    token: PathBuf,
 }
 
 impl Machine {
     fn point_at(&self, url: &str) {
         let text = format!(
-            "server = {url:?}\ntrust = [{:?}]\n{}state_dir = {:?}\nmachine_id = {:?}\ntimeout_secs = 60\n\
+            "server = [{}]\ntoken_file = {:?}\ntrust = [{:?}]\n{}state_dir = {:?}\nmachine_id = {:?}\ntimeout_secs = 60\n\
              [slots]\na = {:?}\nb = {:?}\n",
+            crate::support::token_server(url),
+            s(&self.token),
             s(&self.release_pub),
             self.fleet.agent_toml(),
             s(&self.dir.join("state")),
