@@ -113,7 +113,7 @@ bench_slate() {
     run first slate "$rep" "$SLATE" home backup "${common[@]}" "$TREE"
     run unchanged slate "$rep" "$SLATE" home backup "${common[@]}" "$TREE"
     printf '%s\tsize\tslate\t%s\t0\n' "$rep" "$(du -sb "$repo" | cut -f1)" >>"$OUT/timings.tsv"
-    run restore slate "$rep" "$SLATE" home restore "${common[@]}" --target "$dest" latest
+    run restore slate "$rep" "$SLATE" home restore "${common[@]}" --allow-privileged --target "$dest" latest
     run sync slate "$rep" sync
     if [ "$rep" = 1 ] && [ -f "$ROOT/../shared/bench/treedigest.py" ]; then
         log "checking the restored tree with treedigest (untimed)"
