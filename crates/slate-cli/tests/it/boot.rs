@@ -202,7 +202,9 @@ impl Lab {
     }
 
     /// The AGENT.toml `slate install` starts from: the server as the host
-    /// reaches it, then as the guest does.
+    /// reaches it, then as the guest does. `no_timer_check`: under software
+    /// emulation on a busy host the kernel's IO-APIC timer check can fail
+    /// and panic before anything of slate runs.
     fn template(&self, tries: u32) -> PathBuf {
         let p = self.dir.join("template.toml");
         std::fs::write(
@@ -210,7 +212,7 @@ impl Lab {
             format!(
                 "server = [\"http://127.0.0.1:{port}\", \"http://10.0.2.2:{port}\"]\n\
                  trust = [{key:?}]\nstate_dir = \"/unused\"\nmachine_id = \"vm1\"\ntoken_file = {token:?}\n\
-                 boot_tries = {tries}\ntimeout_secs = 20\nkernel_cmdline = \"console=ttyS0,115200 ip=dhcp\"\n\
+                 boot_tries = {tries}\ntimeout_secs = 20\nkernel_cmdline = \"console=ttyS0,115200 ip=dhcp no_timer_check\"\n\
                  [slots]\na = \"/unused/a\"\nb = \"/unused/b\"\n",
                 port = self.port,
                 key = s(&self.dir.join("key.pub")),
