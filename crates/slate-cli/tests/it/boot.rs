@@ -329,9 +329,12 @@ impl Vm {
         .arg("-serial")
         .arg(format!("file:{}", markers.display()))
         .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", self.disk.display()));
+        .arg(format!("file={},format=raw,if=none,id=d0", self.disk.display()))
+        // The disk keeps its PCI address with or without a network card:
+        // UEFI's boot entries name the disk by it.
+        .args(["-device", "virtio-blk-pci,drive=d0,addr=0x2"]);
         if nic {
-            c.args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]);
+            c.args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,addr=0x3"]);
         }
         if let Some(vars) = &self.uefi_vars {
             c.arg("-drive")
