@@ -191,6 +191,14 @@ pub fn prepare(tree: &Path, binary: &Path) -> Result<PrepareReport> {
         std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), &link)
             .map_err(|e| Error::Local(format!("cannot enable {unit}: {e}")))?;
     }
+    // systemd-tmpfiles makes /etc/mtab at the first boot of a writable
+    // root; on a read-only one it cannot, and systemd-tmpfiles-setup
+    // fails: the image gets it (debootstrap trees lack it).
+    let mtab = tree.join("etc/mtab");
+    if std::fs::symlink_metadata(&mtab).is_err() {
+        std::os::unix::fs::symlink("../proc/self/mounts", &mtab)
+            .map_err(|e| Error::Local(format!("cannot create {}: {e}", mtab.display())))?;
+    }
     let policy = tree.join("etc/slate/state.toml");
     let wrote_policy = !policy.exists();
     if wrote_policy {

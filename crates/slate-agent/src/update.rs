@@ -262,24 +262,31 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
         return Ok(outcome);
     }
     let pinned = verified.pinned;
+    // A fleet policy that cannot work on this machine's tree is refused
+    // before it is kept: the pass fails and the old policy stays.
+    let vetted = vet_fleet_policy(cfg, &state, verified.state_policy.as_deref());
     if !dry_run {
         // The issue time this machine saw, never beyond its own clock: a
         // server's future-dated assignment cannot make later ones replays.
         state.assignment_issued_at = state.assignment_issued_at.max(verified.issued_at.min(now_s));
         state.last_fresh_at = Some(now_s);
-        keep_fleet_policy(cfg, verified.state_policy.as_deref());
+        if vetted.is_ok() {
+            keep_fleet_policy(cfg, verified.state_policy.as_deref());
+        }
     }
 
-    let result = pass(
-        cfg,
-        &mut state,
-        &http,
-        trusted.release(),
-        target,
-        pinned,
-        dry_run,
-        progress,
-    );
+    let result = vetted.and_then(|()| {
+        pass(
+            cfg,
+            &mut state,
+            &http,
+            trusted.release(),
+            target,
+            pinned,
+            dry_run,
+            progress,
+        )
+    });
     let fetched = http.received.load(std::sync::atomic::Ordering::Relaxed);
     if dry_run {
         return result;
@@ -634,6 +641,10 @@ fn pass(
         Some(old) => shadowed_state(cfg, &mounted.path, old, &new_m),
         None => Vec::new(),
     };
+    // Checked on the written tree, refused below before the switch: the
+    // slot is recorded (a later pass finds it written and checks again at
+    // no cost) but never booted.
+    let policy_fits = vet_slot_policy(cfg, &mounted.path);
     drop(mounted);
     drop(active_mount);
 
@@ -650,6 +661,9 @@ fn pass(
         ))
     });
     let first_install = state.active.is_none();
+    // New content: the failed boots of the old content there no longer
+    // count. (The policy that last worked with the slot stays its fallback.)
+    clear_boot_failures(&cfg.state_dir, &reserve);
     let slot_state = state.slot_mut(&reserve);
     slot_state.snapshot = Some(target_hex.clone());
     slot_state.dirty = false;
@@ -660,6 +674,7 @@ fn pass(
     // slot recorded but not pending, so the next pass finishes the switch
     // instead of taking the update for done.
     state.save(&cfg.state_dir)?;
+    policy_fits?;
     if first_install {
         // The first snapshot on a machine is the one it boots: nothing to fall back to.
         boot::switch(cfg.bootloader, &boot_files.path, &entry, None, cfg.boot_tries)?;
@@ -730,6 +745,43 @@ fn keep_fleet_policy(cfg: &Config, text: Option<&str>) {
                 }
             }
         }
+    }
+}
+
+/// Refuse a fleet state policy that does not parse or does not fit the
+/// tree the machine runs (its active slot): kept, it would apply at the
+/// next boot of that slot, and of every slot the machine falls back to.
+/// A policy that needs a newer snapshot is assigned after that snapshot.
+fn vet_fleet_policy(cfg: &Config, state: &State, text: Option<&str>) -> Result<()> {
+    let Some(text) = text else { return Ok(()) };
+    let refuse = |why: String| {
+        Error::Server(format!(
+            "refusing the fleet's state policy for this machine: {why}; keeping the previous one"
+        ))
+    };
+    let policy =
+        slate_state::Policy::parse(text, Path::new("the fleet's state policy")).map_err(|e| refuse(e.to_string()))?;
+    let Some(active) = state.active.as_deref() else {
+        return Ok(());
+    };
+    if state.slot(active).snapshot.is_none() {
+        return Ok(());
+    }
+    if let Some(tree) = slot::open_read(active, cfg.slot_path(active), &cfg.state_dir)? {
+        slate_state::check::check(&policy, &tree.path).map_err(|e| refuse(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Refuse to switch to a tree on which its state policy (the fleet's, else
+/// its own /etc/slate/state.toml) cannot be applied: that slot would fail
+/// at boot.
+fn vet_slot_policy(cfg: &Config, tree: &Path) -> Result<()> {
+    let refuse = |why: String| Error::Local(format!("refusing to switch to the new snapshot: {why}"));
+    match policy_for(cfg, tree) {
+        Ok(Some(p)) => slate_state::check::check(&p, tree).map_err(|e| refuse(e.to_string())),
+        Ok(None) => Ok(()),
+        Err(e) => Err(refuse(e.to_string())),
     }
 }
 
@@ -917,6 +969,19 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
         (Some(b), Some(a)) if a != b && state.pending.as_deref() != Some(b.as_str()) => Some(a.clone()),
         _ => None,
     };
+    let run = BootRun::read();
+    if let Some(why) = &run.rescue {
+        // The initramfs step gave up on the declared state: the slot is not
+        // good, whatever else holds; the fleet hears why.
+        state.boot_result = Some("rescue".into());
+        state.save(&cfg.state_dir)?;
+        if let Ok(http) = cfg.http_with_timeout(cfg.timeout_secs.min(5)) {
+            report(&http, &identity::detect(cfg.machine_id.as_deref(), &cfg.labels), &state);
+        }
+        return Ok(format!(
+            "slot {booted} booted in rescue mode ({why}); not marked good (docs/boot.md)"
+        ));
+    }
     let msg = match state.pending.clone() {
         Some(p) if p != booted => {
             state.boot_result = Some("fell-back".into());
@@ -949,6 +1014,16 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
         }
         None => msg,
     };
+    let msg = match &run.policy_fallback {
+        Some(why) => {
+            if state.boot_result.as_deref() == Some("good") {
+                state.boot_result = Some("policy-fell-back".into());
+            }
+            format!("{msg}; {why}")
+        }
+        None => msg,
+    };
+    run.keep_good_policy(&cfg.state_dir, &booted);
     boot::mark_good(cfg.bootloader, &BootFiles::open(cfg)?.path, &booted)?;
     state.active = Some(booted.clone());
     if !state.known_good.contains(&booted) {
@@ -959,6 +1034,73 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
         report(&http, &identity::detect(cfg.machine_id.as_deref(), &cfg.labels), &state);
     }
     Ok(msg)
+}
+
+/// What the initramfs step left in `/run/slate` (`SLATE_RUN_DIR`) about
+/// this boot: the state policy it applied, whether it fell back to the
+/// last policy that worked with the slot, whether it gave up and booted
+/// in rescue mode (dist/initramfs-tools/scripts/init-bottom/slate).
+struct BootRun {
+    applied: Option<String>,
+    policy_fallback: Option<String>,
+    rescue: Option<String>,
+}
+
+impl BootRun {
+    fn read() -> BootRun {
+        let dir = std::env::var_os("SLATE_RUN_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/run/slate".into());
+        let read = |name: &str| {
+            use std::io::Read;
+            let mut s = String::new();
+            std::fs::File::open(dir.join(name))
+                .and_then(|f| f.take(1 << 20).read_to_string(&mut s))
+                .ok()
+                .map(|_| s)
+        };
+        let line = |name: &str| read(name).map(|s| s.lines().next().unwrap_or("").trim().to_string());
+        BootRun {
+            applied: read("state-policy.toml"),
+            policy_fallback: line("policy-fallback"),
+            rescue: line("rescue"),
+        }
+    }
+
+    /// The policy this good boot ran with is the one the initramfs falls
+    /// back to on this slot when a later policy fails at boot. Only a
+    /// policy that parses is kept; failures are logged (the boot is good
+    /// whatever happens here).
+    fn keep_good_policy(&self, state_dir: &Path, slot: &str) {
+        let Some(text) = &self.applied else { return };
+        if let Err(e) = slate_state::Policy::parse(text, Path::new("the applied state policy")) {
+            tracing::warn!("not keeping the applied state policy as the last good one: {e}");
+            return;
+        }
+        let path = good_policy_path(state_dir, slot);
+        if std::fs::read_to_string(&path).is_ok_and(|old| &old == text) {
+            return;
+        }
+        if let Err(e) = write_atomic(&path, text.as_bytes()) {
+            tracing::warn!("cannot keep the last good state policy: {e}");
+        }
+    }
+}
+
+/// Where the last state policy that booted well on `slot` is kept.
+pub fn good_policy_path(state_dir: &Path, slot: &str) -> std::path::PathBuf {
+    state_dir.join(format!("good-policy-{slot}.toml"))
+}
+
+/// The initramfs step's count of failed boots of `slot` in a row: a slot
+/// written anew starts from zero.
+fn clear_boot_failures(state_dir: &Path, slot: &str) {
+    let p = state_dir.join(format!("boot-failures-{slot}"));
+    if let Err(e) = std::fs::remove_file(&p) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("cannot remove {}: {e}", p.display());
+        }
+    }
 }
 
 /// `slate rollback`: the other slot boots next.

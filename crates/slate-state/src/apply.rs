@@ -22,7 +22,7 @@ use crate::copy::{self, Contents};
 use crate::error::{Error, Result};
 use crate::facts::Facts;
 use crate::mounts::{self, Found, Scratch, Target, TmpfsOptions};
-use crate::policy::{Entry, EntryType, Mode, Policy, Principal, Seed};
+use crate::policy::{Entry, EntryType, Generator, Mode, Policy, Principal, Seed};
 
 /// How the server answered for one blob.
 #[derive(Debug)]
@@ -155,6 +155,8 @@ fn read_in_root(root: &OwnedFd, rel: &str) -> Option<String> {
 struct Ctx<'a> {
     policy: &'a Policy,
     opts: &'a Options<'a>,
+    /// The machine's facts, with the kept seed filled in when needed.
+    facts: Facts,
     root: OwnedFd,
     scratch: Option<Scratch>,
     store: Option<PathBuf>,
@@ -168,6 +170,10 @@ pub fn apply(policy: &Policy, opts: &Options<'_>) -> Result<Report> {
     let root_path = std::fs::canonicalize(&opts.root)
         .map_err(|e| Error(format!("cannot use {} as the root: {e}", opts.root.display())))?;
     let mut report = Report::default();
+    // Before anything is mounted: a policy that does not fit this root is
+    // refused whole, never half applied (the initramfs step then falls
+    // back to the last policy that worked here).
+    crate::check::check(policy, &root_path)?;
 
     // The root: a mount of its own, read-only.
     let mut root = mounts::open_root(&root_path)?;
@@ -200,6 +206,7 @@ pub fn apply(policy: &Policy, opts: &Options<'_>) -> Result<Report> {
     let mut ctx = Ctx {
         policy,
         opts,
+        facts: opts.facts.clone(),
         root,
         scratch: None,
         store: None,
@@ -207,8 +214,18 @@ pub fn apply(policy: &Policy, opts: &Options<'_>) -> Result<Report> {
         report,
         scratch_n: 0,
     };
-    if needs_store {
+    let needs_identity = ctx.facts.lacks_hardware_identity()
+        && policy.entries.iter().any(|e| {
+            matches!(
+                e.generator,
+                Some(Generator::MachineId | Generator::Hostname | Generator::Template(_))
+            )
+        });
+    if needs_store || (needs_identity && !matches!(opts.store, Store::None)) {
         ctx.store = Some(open_store(&mut ctx)?);
+    }
+    if needs_identity {
+        keep_identity(&mut ctx)?;
     }
     fetch_server_state(&mut ctx)?;
     for op in plan(&ctx)? {
@@ -259,6 +276,74 @@ fn open_store(ctx: &mut Ctx<'_>) -> Result<PathBuf> {
             Ok(dir)
         }
     }
+}
+
+/// Where the state store keeps the identity seed of a machine whose
+/// hardware gives none.
+pub const SEED_FILE: &str = "identity/machine-seed";
+
+/// A machine with no DMI UUID and no network interface still gets a
+/// stable identity: a random seed made once and kept in the state store
+/// (a new one only when the store is wiped). Without a store the seed is
+/// made afresh at every boot: the machine boots, with a warning, rather
+/// than failing the same way at every start.
+fn keep_identity(ctx: &mut Ctx<'_>) -> Result<()> {
+    let seed = match &ctx.store {
+        Some(store) => {
+            let at = store.join(SEED_FILE);
+            let (seed, made) = match std::fs::read_to_string(&at) {
+                Ok(s) if is_seed(s.trim()) => (s.trim().to_string(), false),
+                Ok(_) | Err(_) => {
+                    let seed = random_seed()?;
+                    write_durably(&at, format!("{seed}\n").as_bytes())?;
+                    (seed, true)
+                }
+            };
+            ctx.report.warnings.push(format!(
+                "this machine has no DMI UUID and no network interface: its machine id comes from the seed {} in \
+                 the state store {} (stable across boots; a new one only if the state partition is wiped)",
+                if made { "just made" } else { "kept" },
+                at.display()
+            ));
+            seed
+        }
+        None => {
+            ctx.report.warnings.push(
+                "this machine has no DMI UUID, no network interface and no state store: its machine id is \
+                 random and changes at every boot (give it a state partition)"
+                    .into(),
+            );
+            random_seed()?
+        }
+    };
+    ctx.facts.kept_seed = Some(seed);
+    Ok(())
+}
+
+fn is_seed(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn random_seed() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).map_err(|e| Error(format!("cannot make a random machine seed: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+/// Write a small file beside its place and rename it there, synced.
+fn write_durably(at: &Path, data: &[u8]) -> Result<()> {
+    let dir = at.parent().expect("a file in the store");
+    std::fs::create_dir_all(dir).map_err(|e| Error(format!("cannot create {}: {e}", dir.display())))?;
+    let tmp = dir.join(".slate-new-seed");
+    let res = (|| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, at)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    res.map_err(|e| Error(format!("cannot write {}: {e}", at.display())))
 }
 
 fn fetch_server_state(ctx: &mut Ctx<'_>) -> Result<()> {
@@ -510,7 +595,7 @@ fn apply_entry(ctx: &mut Ctx<'_>, i: usize) -> Result<()> {
                     e.origin, e.path
                 )));
             }
-            let content = crate::generate::generate(&e, &ctx.opts.facts, &ctx.opts.root)?;
+            let content = crate::generate::generate(&e, &ctx.facts, &ctx.opts.root)?;
             let (mode, uid, gid) = meta_for(ctx, &e, Some(&target), false)?;
             let dir = scratch(ctx)?;
             let file = dir.join("content");
@@ -532,6 +617,20 @@ fn apply_entry(ctx: &mut Ctx<'_>, i: usize) -> Result<()> {
                 }
                 let contents = if is_dir && !e.include.is_empty() {
                     let globs = include_set(&e)?;
+                    // The server is the source of the included files only:
+                    // anything else its bundle holds (a configuration, a
+                    // binary, a planted file) is never written.
+                    let (c, dropped) = copy::retain(c, &|p| matches_include(&globs, p));
+                    if !dropped.is_empty() {
+                        ctx.report.warnings.push(format!(
+                            "{}: the server's state {} holds {} entries outside `include` ({}{}): refused, not written",
+                            e.path,
+                            e.blob_name(),
+                            dropped.len(),
+                            dropped.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                            if dropped.len() > 5 { ", ..." } else { "" }
+                        ));
+                    }
                     let base = copy::capture_dir(&target.proc_path(), false, &|p| !matches_include(&globs, p))?;
                     copy::merge(base, c)
                 } else {

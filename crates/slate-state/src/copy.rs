@@ -157,6 +157,62 @@ pub fn capture_dir(src: &Path, dirs_only: bool, keep: &dyn Fn(&[u8]) -> bool) ->
     Ok(out)
 }
 
+/// Keep of `c` only the non-directory entries `keep` accepts (by relative
+/// path), the directories that lead to one of them and the directories
+/// `keep` accepts themselves, as [`capture_dir`] does when capturing; a
+/// hard link whose leader goes goes too. Returns what stays and the
+/// paths of the entries dropped.
+pub fn retain(c: Contents, keep: &dyn Fn(&[u8]) -> bool) -> (Contents, Vec<String>) {
+    let m = c.manifest;
+    let n = m.entries.len();
+    let mut wanted = vec![false; n];
+    if n > 0 {
+        wanted[0] = true;
+    }
+    for (i, e) in m.entries.iter().enumerate().skip(1) {
+        let leader_kept = match e.kind {
+            Kind::HardLink(l) => (l as usize) < i && wanted[l as usize],
+            _ => true,
+        };
+        wanted[i] = !matches!(e.kind, Kind::Dir) && leader_kept && keep(&e.path);
+    }
+    for i in (1..n).rev() {
+        let e = &m.entries[i];
+        if matches!(e.kind, Kind::Dir) && !wanted[i] {
+            let len = e.path.len();
+            let under = m.entries[i + 1..]
+                .iter()
+                .zip(&wanted[i + 1..])
+                .take_while(|(x, _)| x.path.len() > len && x.path.starts_with(&e.path) && x.path[len] == b'/')
+                .any(|(_, w)| *w);
+            wanted[i] = under || keep(&e.path);
+        }
+    }
+    let mut new_index = vec![u32::MAX; n];
+    let mut out = Contents::default();
+    let mut dropped = Vec::new();
+    for (i, mut e) in m.entries.into_iter().enumerate() {
+        if !wanted[i] {
+            dropped.push(slate_core::manifest::path::display(&e.path));
+            continue;
+        }
+        new_index[i] = out.manifest.entries.len() as u32;
+        match &mut e.kind {
+            Kind::HardLink(l) => *l = new_index[*l as usize],
+            Kind::File(fd) => {
+                for ch in &fd.chunks {
+                    if let Some(b) = c.chunks.get(&ch.id) {
+                        out.chunks.insert(ch.id, b.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+        out.manifest.entries.push(e);
+    }
+    (out, dropped)
+}
+
 /// The metadata of an open file, xattrs included.
 fn meta_of(f: &std::fs::File, md: &std::fs::Metadata, src: &Path) -> Result<Meta> {
     let err = |e: rustix::io::Errno| {

@@ -20,6 +20,10 @@ pub struct Facts {
     pub dhcp_hostname: Option<String>,
     /// The fleet's id for this machine (AGENT.toml `machine_id` or derived).
     pub machine: Option<String>,
+    /// A random seed kept in the state store, for machines with neither a
+    /// DMI UUID nor a network interface the initramfs can see
+    /// ([`crate::apply`] fills it in when it is needed).
+    pub kept_seed: Option<String>,
 }
 
 fn read_trim(p: &Path) -> Option<String> {
@@ -91,7 +95,15 @@ impl Facts {
             cmdline: read_trim(Path::new("/proc/cmdline")).unwrap_or_default(),
             dhcp_hostname: dhcp_hostname(),
             machine,
+            kept_seed: None,
         }
+    }
+
+    /// Whether the hardware gives no identity: no DMI UUID and no network
+    /// interface (many VMs and cheap boards; a laptop whose only network is
+    /// Wi-Fi, before its driver is loaded).
+    pub fn lacks_hardware_identity(&self) -> bool {
+        self.dmi_uuid.is_none() && self.macs.is_empty()
     }
 
     /// The value of `key=` on the kernel command line.

@@ -12,15 +12,18 @@ use crate::policy::{Entry, Generator};
 pub const MAX_OUTPUT: u64 = 1 << 20;
 
 /// The machine id: 32 hex digits derived from the DMI UUID (else the first
-/// MAC address), so that the same hardware gets the same id after any
-/// reinstall, and the raw UUID is not exposed to every program.
+/// MAC address, else the seed kept in the state store), so that the same
+/// hardware gets the same id after any reinstall, and the raw UUID is not
+/// exposed to every program.
 pub fn machine_id(f: &Facts) -> Result<String> {
-    let basis = match (&f.dmi_uuid, f.macs.first()) {
-        (Some(u), _) => format!("dmi:{u}"),
-        (None, Some(m)) => format!("mac:{m}"),
-        (None, None) => {
+    let basis = match (&f.dmi_uuid, f.macs.first(), &f.kept_seed) {
+        (Some(u), _, _) => format!("dmi:{u}"),
+        (None, Some(m), _) => format!("mac:{m}"),
+        (None, None, Some(k)) => format!("kept:{k}"),
+        (None, None, None) => {
             return Err(Error::new(
-                "cannot derive a machine id: the firmware gives no DMI UUID and there is no network interface",
+                "cannot derive a machine id: the firmware gives no DMI UUID, there is no network interface \
+                 and no state store to keep an id in",
             ))
         }
     };
@@ -55,8 +58,12 @@ pub fn hostname(f: &Facts) -> Result<String> {
     if let Some(m) = f.macs.first() {
         return Ok(format!("slate-{}", m.replace(':', "")));
     }
+    if let Some(k) = &f.kept_seed {
+        let h = blake3::derive_key("slate 2026 hostname v1", format!("kept:{k}").as_bytes());
+        return Ok(format!("slate-{}", hex::encode(&h[..4])));
+    }
     Err(Error::new(
-        "cannot choose a host name: no slate.hostname=, DHCP name, machine id, DMI UUID or MAC address",
+        "cannot choose a host name: no slate.hostname=, DHCP name, machine id, DMI UUID, MAC address or kept seed",
     ))
 }
 
@@ -140,6 +147,15 @@ mod tests {
         assert_ne!(a, machine_id(&other).unwrap());
         other.macs.clear();
         assert!(machine_id(&other).is_err());
+        assert!(hostname(&other).is_err());
+        // No hardware identity: the seed kept in the state store decides.
+        other.kept_seed = Some("00112233445566778899aabbccddeeff".into());
+        let kept = machine_id(&other).unwrap();
+        assert_eq!(kept, machine_id(&other).unwrap());
+        assert_ne!(kept, a);
+        assert!(hostname(&other).unwrap().starts_with("slate-"));
+        other.kept_seed = Some("ffeeddccbbaa99887766554433221100".into());
+        assert_ne!(kept, machine_id(&other).unwrap());
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //! computed at boot (`dynamic`), the server (`server`), a local state
 //! partition (`local`), or a local partition that is also backed up
 //! (`backup`). [`policy`] reads policies (and Fedora's rwtab/statetab
-//! files), [`apply`] sets the root and its mounts up idempotently, and
+//! files), [`check`] checks one against the tree it will run on,
+//! [`apply`] sets the root and its mounts up idempotently, and
 //! [`audit`] finds state nobody declared and persistent state that hides a
 //! file an update changes.
 
 pub mod apply;
 pub mod audit;
 pub mod bundle;
+pub mod check;
 pub mod copy;
 pub mod error;
 pub mod facts;

@@ -18,6 +18,6 @@ installkernel() {
 }
 
 install() {
-    inst_multiple slate mount umount chroot sleep
+    inst_multiple slate mount umount chroot sleep mkdir cat sync
     inst_hook pre-pivot 90 "$moddir/slate-state.sh"
 }

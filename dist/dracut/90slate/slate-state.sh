@@ -1,16 +1,21 @@
 #!/bin/sh
 # dracut pre-pivot hook: the read-only root and its declared state, set up
 # on $NEWROOT before switch_root. The same steps as initramfs-tools'
-# init-bottom/slate; kernel command line: slate.state=DEV, slate.nostate.
+# init-bottom/slate (fallback to the last policy that worked with the slot,
+# a count of failed boots, rescue mode); kernel command line:
+# slate.state=DEV, slate.nostate.
 type getarg >/dev/null 2>&1 || . /lib/dracut-lib.sh
 
 getargbool 0 slate.nostate && return 0
 [ -f "$NEWROOT/etc/slate/state.toml" ] || return 0
 STATE_DEV=$(getarg slate.state=)
 [ -n "$STATE_DEV" ] || STATE_DEV=/dev/disk/by-partlabel/slate-state
+SLOT=$(getarg slate.slot=)
 
 STATE_ARGS=""
 CONFIG=""
+POLICY_FILE="$NEWROOT/etc/slate/state.toml"
+KEPT=""
 if [ "$STATE_DEV" != none ]; then
     mkdir -p /run/slate-state
     if mount -t ext4 "$STATE_DEV" /run/slate-state; then
@@ -20,7 +25,7 @@ if [ "$STATE_DEV" != none ]; then
             CONFIG="--config $KEPT/etc/slate/agent.toml"
             [ -f "$KEPT/var/lib/slate/token" ] && CONFIG="$CONFIG --token-file $KEPT/var/lib/slate/token"
         fi
-        [ -f "$KEPT/var/lib/slate/state-policy.toml" ] && STATE_ARGS="$STATE_ARGS --policy $KEPT/var/lib/slate/state-policy.toml"
+        [ -f "$KEPT/var/lib/slate/state-policy.toml" ] && POLICY_FILE="$KEPT/var/lib/slate/state-policy.toml"
     else
         warn "slate: cannot mount the state partition $STATE_DEV; local state is not available this boot"
     fi
@@ -28,6 +33,8 @@ fi
 if [ -z "$CONFIG" ] && [ -f "$NEWROOT/etc/slate/agent.toml" ]; then
     CONFIG="--config $NEWROOT/etc/slate/agent.toml"
 fi
+AGENT_TOML="${CONFIG#--config }"
+AGENT_TOML="${AGENT_TOML%% *}"
 # Stop a boot that cannot succeed: with panic=N on the kernel command line
 # the machine restarts after N seconds (spending one of the slot's boot
 # tries), else dracut's emergency shell.
@@ -37,14 +44,76 @@ slate_fail() {
     case "$delay" in
     "" | 0 | *[!0-9]*) die "slate: $1" ;;
     esac
+    echo "slate: restarting in $delay seconds"
     sleep "$delay"
     echo b > /proc/sysrq-trigger
     die "slate: $1"
 }
 
-# shellcheck disable=SC2086
-slate state apply --root "$NEWROOT" $STATE_ARGS $CONFIG \
-    || slate_fail "the declared state could not be set up (boot with slate.nostate to skip)"
+apply_state() {
+    # shellcheck disable=SC2086
+    slate state apply --root "$NEWROOT" $STATE_ARGS --policy "$1" $CONFIG
+}
+
+FAILS=""
+[ -n "$KEPT" ] && FAILS="$KEPT/var/lib/slate/boot-failures-${SLOT:-x}"
+TRIES=""
+if [ -f "$AGENT_TOML" ]; then
+    while IFS=' =' read -r k v _; do
+        [ "$k" = boot_tries ] && [ -z "$TRIES" ] && TRIES="$v"
+    done < "$AGENT_TOML"
+fi
+case "$TRIES" in "" | *[!0-9]*) TRIES=3 ;; esac
+GOOD=""
+[ -n "$KEPT" ] && GOOD="$KEPT/var/lib/slate/good-policy-${SLOT:-x}.toml"
+mkdir -p /run/slate
+
+if apply_state "$POLICY_FILE"; then
+    cat "$POLICY_FILE" > /run/slate/state-policy.toml 2>/dev/null
+    [ -n "$FAILS" ] && [ -f "$FAILS" ] && echo 0 > "$FAILS"
+elif [ -f "$GOOD" ] && apply_state "$GOOD"; then
+    warn "slate: the state policy $POLICY_FILE failed on slot ${SLOT:-?}; booted with the last policy that worked with this slot ($GOOD)"
+    echo "the state policy failed at boot on slot ${SLOT:-?}; fell back to the last policy that worked with it" > /run/slate/policy-fallback
+    cat "$GOOD" > /run/slate/state-policy.toml 2>/dev/null
+    [ -n "$FAILS" ] && [ -f "$FAILS" ] && echo 0 > "$FAILS"
+else
+    n=99
+    if [ -n "$FAILS" ]; then
+        n=$(cat "$FAILS" 2>/dev/null)
+        case "$n" in "" | *[!0-9]*) n=0 ;; esac
+        n=$((n + 1))
+        if mkdir -p "${FAILS%/*}" && echo "$n" > "$FAILS"; then sync; else n=99; fi
+    fi
+    if [ "$n" -le "$TRIES" ]; then
+        slate_fail "the declared state could not be set up (failure $n of $TRIES on slot ${SLOT:-?}; boot with slate.nostate to skip)"
+    fi
+    warn "slate: the declared state failed on $n boots in a row of slot ${SLOT:-?} (99: not countable): not restarting again"
+    warn "slate: RESCUE MODE: starting the read-only root without its declared state (docs/boot.md); see the errors above"
+    echo "the declared state failed on every try on slot ${SLOT:-?}; booted in rescue mode" > /run/slate/rescue
+    cat > /run/slate/rescue.toml <<'RESCUE'
+version = 1
+[[path]]
+path = "/tmp"
+state = "ram"
+seed = "none"
+[[path]]
+path = "/var/tmp"
+state = "ram"
+seed = "none"
+[[path]]
+path = "/var/log"
+state = "ram"
+seed = "dirs"
+[[path]]
+path = "/var/cache"
+state = "ram"
+[[path]]
+path = "/var/lib/systemd"
+state = "ram"
+RESCUE
+    apply_state /run/slate/rescue.toml || STATE_ARGS="" apply_state /run/slate/rescue.toml \
+        || warn "slate: even the rescue state failed; the root stays as it is"
+fi
 umount -l /run/slate-state 2>/dev/null
 init=$(getarg init=)
 [ -n "$init" ] || init=/sbin/init

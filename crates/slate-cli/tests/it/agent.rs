@@ -1738,6 +1738,53 @@ fn an_update_names_the_kept_state_that_hides_its_changes() {
     );
 }
 
+/// A fleet policy naming an owner the machine's tree does not have would
+/// fail `slate state apply` at the next boot of every machine of the
+/// group: the agent refuses it, keeps the previous policy, reports the
+/// refusal to the fleet, and changes nothing. A new snapshot whose own
+/// policy does not fit it is written but never switched to.
+#[test]
+fn a_state_policy_that_does_not_fit_the_tree_is_refused_and_reported() {
+    let (mut lab, mut m, ra, _) = lab_with_machine(64 << 10);
+    let policy = "[[path]]\npath = \"/var/lib/slate-test\"\nstate = \"local\"\nowner = \"postgres\"\n";
+    std::fs::write(lab.path().join("group.toml"), policy).unwrap();
+    lab.extra_fleet =
+        "[[machine]]\nlabels = { want = \"b-bad\" }\nchannel = \"t/b\"\nstate_policy = \"group.toml\"\n\n".into();
+    m.via(&[&lab.restart()]);
+    m.target("b-bad");
+    let err = m.update_fails();
+    assert!(
+        err.contains("refusing the fleet's state policy")
+            && err.contains("the fleet's state policy line 2")
+            && err.contains("owner \"postgres\" of /var/lib/slate-test is not in the tree's /etc/passwd"),
+        "{err}"
+    );
+    assert!(!m.state_dir.join("state-policy.toml").exists(), "nothing kept");
+    assert_nothing_switched(&m, &ra);
+    assert!(!m.slot_path("b").exists(), "refused before anything was written");
+    let fleet = slate_ok(&["fleet", "status", "--json", "--server", &lab.url()]);
+    assert!(fleet.contains("refusing the fleet's state policy"), "{fleet}");
+
+    // The image's own policy: a snapshot whose /etc/slate/state.toml does
+    // not fit it is refused before the switch.
+    let tc = small_tree(&lab.path().join("tree-c"), 3, 64 << 10);
+    std::fs::create_dir_all(tc.join("etc/slate")).unwrap();
+    std::fs::write(tc.join("etc/slate/state.toml"), policy).unwrap();
+    lab.commit("c", &tc);
+    m.via(&[&lab.restart()]);
+    m.target("c");
+    let err = m.update_fails();
+    assert!(
+        err.contains("refusing to switch to the new snapshot") && err.contains("postgres"),
+        "{err}"
+    );
+    assert_nothing_switched(&m, &ra);
+    // Asked again, it refuses again, without switching.
+    let again = m.update_fails();
+    assert!(again.contains("refusing to switch"), "{again}");
+    assert_nothing_switched(&m, &ra);
+}
+
 #[test]
 fn an_update_refuses_a_boot_partition_without_room_and_keeps_the_good_entry() {
     if !crate::support::is_root() {

@@ -20,23 +20,48 @@ use std::time::{Duration, Instant};
 use crate::support::{corpus, is_root, s, scratch, slate_ok, FleetKey, Server};
 
 /// Longest one boot may take before the test gives up on it.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 const MARKER: &str = r#"#!/bin/sh
-# slate's boot test: report this boot on the serial console, then let the
-# agent do its work and power off.
-out=/dev/ttyS0
+# slate's boot test: report this boot on the markers port (ttyS1; the
+# console and its getty are on ttyS0, so nothing else writes there), check
+# that ordinary work succeeds on the read-only machine, then let the agent
+# do its work and power off.
+exec 3>/dev/ttyS1
+say() { echo "$*" >&3; }
 slot=$(sed -n 's/.*slate\.slot=\([ab]\).*/\1/p' /proc/cmdline)
 if touch /usr/.slate-test 2>/dev/null; then ro=no; else ro=yes; fi
 if touch /etc/.slate-test 2>/dev/null; then etc=writable; else etc=read-only; fi
 if echo x > /var/log/slate-test 2>/dev/null; then ram=yes; else ram=no; fi
 server=$(cat /etc/slate-test/secret 2>/dev/null || echo none)
 [ -f /etc/slate-test/secret ] || echo "made-on-$(cat /etc/machine-id)" > /etc/slate-test/secret
-echo "SLATE-MARKER slot=$slot ro=$ro etc=$etc ram=$ram server=$server version=$(cat /etc/slate-test-version)" > $out
-echo "SLATE-BOOT-RESULT $(slate status --json | sed -n 's/.*"boot_result":"\([a-z-]*\)".*/\1/p')" > $out
-slate state upload > $out 2>&1
-slate update > $out 2>&1 || echo "SLATE-UPDATE-FAILED" > $out
-echo "SLATE-DONE" > $out
+dmi=$(cat /sys/class/dmi/id/product_uuid 2>/dev/null | tr -d '0-' ; true)
+nics=$(ls /sys/class/net | grep -vx lo | wc -l)
+say "SLATE-MARKER slot=$slot ro=$ro etc=$etc ram=$ram server=$server version=$(cat /etc/slate-test-version) machine-id=$(cat /etc/machine-id) dmi=${dmi:-none} nics=$nics"
+# Ordinary work on the read-only machine.
+if echo x > /tmp/slate-test && echo x > /var/tmp/slate-test; then tmp=yes; else tmp=no; fi
+failed=$(systemctl --failed --no-legend --plain 2>&1 | awk '{print $1}' | paste -sd, -)
+if journalctl -n1 --no-pager >/dev/null 2>&1; then journal=yes; else journal=no; fi
+if runuser -l root -c true </dev/null && su -l root -c true </dev/null; then login=yes; else login=no; fi
+# The package lists of the test's server (which has none: apt fails to
+# fetch, fast, but only after writing its lock, lists and cache).
+t0=$(date +%s)
+apt_out=$(timeout 300 apt-get -o Dir::Etc::SourceList=/etc/slate-test-apt.list -o Dir::Etc::SourceParts=- \
+    -o Acquire::Retries=0 -o Acquire::http::Timeout=10 update 2>&1)
+apt_s=$(( $(date +%s) - t0 ))
+if echo "$apt_out" | grep -qi 'read-only file system'; then apt=read-only
+elif echo "$apt_out" | grep -q -e 'Reading package lists' -e '^Err:1 '; then apt=yes
+else apt=no; fi
+say "SLATE-WORK tmp=$tmp journal=$journal login=$login apt=$apt apt_s=$apt_s failed=${failed:-none}"
+[ "$apt" = yes ] || echo "$apt_out" | sed 's/^/SLATE-APT /' >&3
+for u in $(echo "$failed" | tr , ' '); do
+    systemctl status --no-pager -l "$u" 2>&1 | tail -n 8 | sed 's/^/SLATE-FAILED-UNIT /' >&3
+done
+say "SLATE-BOOT-RESULT $(slate status --json | sed -n 's/.*"boot_result":"\([a-z-]*\)".*/\1/p')"
+# Not on a terminal: no progress bars on the marker port.
+slate state upload 2>&1 | cat >&3
+{ slate update 2>&1 || echo "SLATE-UPDATE-FAILED"; } | cat >&3
+say "SLATE-DONE"
 systemctl poweroff
 "#;
 
@@ -153,6 +178,11 @@ impl Lab {
             .trim_end_matches('/')
             .parse()
             .unwrap();
+        std::fs::write(
+            tree.join("etc/slate-test-apt.list"),
+            format!("deb [trusted=yes] http://10.0.2.2:{port}/debian bookworm main\n"),
+        )
+        .unwrap();
         let token = slate_ok(&["fleet", "enroll", "--repo", s(&repo), "vm1"]);
         std::fs::write(dir.join("token"), token).unwrap();
         Lab {
@@ -183,7 +213,9 @@ impl Lab {
     }
 
     /// The AGENT.toml `slate install` starts from: the server as the host
-    /// reaches it, then as the guest does.
+    /// reaches it, then as the guest does. `no_timer_check`: under software
+    /// emulation on a busy host the kernel's IO-APIC timer check can fail
+    /// and panic before anything of slate runs.
     fn template(&self, tries: u32) -> PathBuf {
         let p = self.dir.join("template.toml");
         std::fs::write(
@@ -192,7 +224,7 @@ impl Lab {
                 "server = [{{ url = \"http://127.0.0.1:{port}\", token = true, token_over_http = true }}, \
                  {{ url = \"http://10.0.2.2:{port}\", token = true, token_over_http = true }}]\n\
                  trust = [{key:?}]\n{fleet}state_dir = \"/unused\"\nmachine_id = \"vm1\"\ntoken_file = {token:?}\n\
-                 boot_tries = {tries}\ntimeout_secs = 20\nkernel_cmdline = \"console=ttyS0,115200 ip=dhcp\"\n\
+                 boot_tries = {tries}\ntimeout_secs = 20\nkernel_cmdline = \"console=ttyS0,115200 ip=dhcp no_timer_check\"\n\
                  [slots]\na = \"/unused/a\"\nb = \"/unused/b\"\n",
                 port = self.port,
                 key = s(&self.dir.join("key.pub")),
@@ -219,27 +251,47 @@ struct Vm {
     boots: u32,
 }
 
-/// What one boot printed.
+/// What one boot printed: the console (firmware, kernel, initramfs,
+/// systemd, getty) and, apart, what the marker unit wrote on its own port.
 struct BootLog {
     text: String,
+    markers: String,
     seconds: f64,
 }
 
 impl BootLog {
-    /// The `key=value` of the marker line, if the boot got that far.
-    fn marker(&self, key: &str) -> Option<String> {
-        let line = self.text.lines().find(|l| l.contains("SLATE-MARKER "))?;
+    /// The marker port's lines that start with `tag` and a space (the port
+    /// carries nothing but the marker script's output, one line per write).
+    fn tagged<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.markers
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter_map(move |l| l.strip_prefix(tag)?.strip_prefix(' '))
+    }
+    /// `key=value` of the first line tagged `tag`.
+    fn field(&self, tag: &str, key: &str) -> Option<String> {
+        let line = self.tagged(tag).next()?;
         line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
             .map(str::to_string)
     }
+    /// The `key=value` of the marker line, if the boot got that far.
+    fn marker(&self, key: &str) -> Option<String> {
+        self.field("SLATE-MARKER", key)
+    }
     fn boot_result(&self) -> Option<String> {
-        let line = self.text.lines().find(|l| l.contains("SLATE-BOOT-RESULT"))?;
-        line.split_whitespace().nth(1).map(str::to_string)
+        self.tagged("SLATE-BOOT-RESULT").next().map(|r| r.trim().to_string())
+    }
+    fn done(&self) -> bool {
+        self.markers.lines().any(|l| l.trim_end_matches('\r') == "SLATE-DONE")
     }
     fn tail(&self) -> String {
         let lines: Vec<&str> = self.text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        format!(
+            "--- console (last 40 lines)\n{}\n--- markers\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n"),
+            self.markers
+        )
     }
 }
 
@@ -259,8 +311,14 @@ impl Vm {
 
     /// Power on; run until the machine powers off or restarts.
     fn boot(&mut self) -> BootLog {
+        self.boot_with(true)
+    }
+
+    /// Power on with or without a network card.
+    fn boot_with(&mut self, nic: bool) -> BootLog {
         self.boots += 1;
         let log = self.disk.with_extension(format!("boot{}.log", self.boots));
+        let markers = self.disk.with_extension(format!("boot{}.markers", self.boots));
         let mut c = Command::new("qemu-system-x86_64");
         // q35 without default devices: no floppy or IDE CD-ROM for the
         // guest's udev to probe (on a loaded machine that alone can take
@@ -277,11 +335,20 @@ impl Vm {
             "1024",
         ])
         .args(["-no-reboot", "-display", "none", "-monitor", "none"])
+        // ttyS0: the console; ttyS1: the marker unit's port, which
+        // nothing else writes to.
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", markers.display()))
         .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", self.disk.display()))
-        .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]);
+        .arg(format!("file={},format=raw,if=none,id=d0", self.disk.display()))
+        // The disk keeps its PCI address with or without a network card:
+        // UEFI's boot entries name the disk by it.
+        .args(["-device", "virtio-blk-pci,drive=d0,addr=0x2"]);
+        if nic {
+            c.args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,addr=0x3"]);
+        }
         if let Some(vars) = &self.uefi_vars {
             c.arg("-drive")
                 .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd")
@@ -301,19 +368,81 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+        let read = |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
         let b = BootLog {
-            text,
+            text: read(&log),
+            markers: read(&markers),
             seconds: started.elapsed().as_secs_f64(),
         };
         eprintln!(
-            "boot {} of {}: {:.1} s, marker {:?}",
+            "boot {} of {}: {:.1} s, marker {:?}, work {:?}",
             self.boots,
             self.disk.display(),
             b.seconds,
-            b.text.lines().find(|l| l.contains("SLATE-MARKER")).map(str::trim)
+            b.tagged("SLATE-MARKER").next(),
+            b.tagged("SLATE-WORK").next(),
         );
         b
+    }
+}
+
+/// The state partition of a disk image, mounted on the host for the life
+/// of the guard (the guest is off): what the machine keeps between boots.
+struct StatePartition {
+    dir: tempfile::TempDir,
+}
+
+impl StatePartition {
+    fn mount(disk: &Path) -> StatePartition {
+        // The partition named slate-state, by its sectors in the GPT.
+        let (first, last) = (1..=8)
+            .find_map(|n: u32| {
+                let out = Command::new("sgdisk")
+                    .arg("-i")
+                    .arg(n.to_string())
+                    .arg(disk)
+                    .output()
+                    .ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if !text.contains("'slate-state'") {
+                    return None;
+                }
+                let sector = |key: &str| -> Option<u64> {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(key))?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                };
+                Some((sector("First sector: ")?, sector("Last sector: ")?))
+            })
+            .expect("the disk has a slate-state partition");
+        let dir = scratch();
+        let st = Command::new("mount")
+            .arg("-o")
+            .arg(format!(
+                "loop,offset={},sizelimit={}",
+                first * 512,
+                (last - first + 1) * 512
+            ))
+            .arg(disk)
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount the state partition of {}", disk.display());
+        StatePartition { dir }
+    }
+
+    /// A file the agent keeps (`/var/lib/slate/...` on the machine).
+    fn agent_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join("store/local/var/lib/slate").join(name)
+    }
+}
+
+impl Drop for StatePartition {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
 
@@ -352,7 +481,28 @@ fn assert_good_boot(b: &BootLog, slot: &str, version: &str) {
         "a ram path is writable: {}",
         b.tail()
     );
-    assert!(b.text.contains("SLATE-DONE"), "{}", b.tail());
+    assert_ordinary_work(b);
+    assert!(b.done(), "{}", b.tail());
+}
+
+/// Ordinary work succeeds on the booted read-only machine: temporary
+/// files, no failed unit, the journal, a login, `apt-get update` (which
+/// may fail to fetch, offline, but not on a read-only path).
+fn assert_ordinary_work(b: &BootLog) {
+    for (key, want) in [
+        ("tmp", "yes"),
+        ("journal", "yes"),
+        ("login", "yes"),
+        ("apt", "yes"),
+        ("failed", "none"),
+    ] {
+        assert_eq!(
+            b.field("SLATE-WORK", key).as_deref(),
+            Some(want),
+            "ordinary work: {key}: {}",
+            b.tail()
+        );
+    }
 }
 
 /// A slot that breaks: `init` exits at once (the kernel panics), or is
@@ -428,7 +578,7 @@ fn bios_grub_install_update_and_fall_back_from_a_hung_slot() {
     assert_eq!(b6.boot_result().as_deref(), Some("fell-back"), "{}", b6.tail());
     assert_eq!(b6.marker("server").as_deref(), Some(secret.as_str()));
     assert!(
-        b6.text.contains("failed to boot on this machine"),
+        b6.markers.contains("failed to boot on this machine"),
         "not written again: {}",
         b6.tail()
     );
@@ -482,7 +632,7 @@ fn uefi_systemd_boot_falls_back_from_a_failing_slot() {
     assert_eq!(b4.boot_result().as_deref(), Some("fell-back"), "{}", b4.tail());
     assert!(b4.marker("server").unwrap().starts_with("made-on-"), "{}", b4.tail());
     assert!(
-        b4.text.contains("failed to boot on this machine"),
+        b4.markers.contains("failed to boot on this machine"),
         "not written again: {}",
         b4.tail()
     );
@@ -496,4 +646,56 @@ fn uefi_systemd_boot_falls_back_from_a_failing_slot() {
         s(&lab.dir.join("admin.token")),
     ]);
     assert!(fleet.contains("fell-back"), "{fleet}");
+
+    // The same machine with no network card (and, as every VM here, no
+    // DMI UUID): nothing identifies it in the initramfs, yet it boots, twice,
+    // with the same machine id, kept on its state partition, and says so.
+    // Meanwhile it holds a fleet policy that passes every check the agent
+    // can make but fails at boot (its generator command fails): the boot
+    // falls back to the last policy that worked with the slot, once per
+    // boot, without a restart, and reports it.
+    let with_nic = b4.marker("machine-id").unwrap();
+    {
+        let part = StatePartition::mount(&vm.disk);
+        assert!(
+            part.agent_file("good-policy-a.toml").is_file(),
+            "boot-ok kept the policy of the good boots of slot a"
+        );
+        let mut bad = std::fs::read_to_string(lab.tree.join("etc/slate/state.toml")).unwrap();
+        bad.push_str("\n[[path]]\npath = \"/etc/slate-broken\"\nstate = \"dynamic\"\ncommand = [\"/bin/false\"]\n");
+        std::fs::write(part.agent_file("state-policy.toml"), bad).unwrap();
+    }
+    let b5 = vm.boot_with(false);
+    assert_good_boot(&b5, "a", "1");
+    assert!(
+        b5.text
+            .contains("booted with the last policy that worked with this slot"),
+        "the failing policy is replaced on the console: {}",
+        b5.tail()
+    );
+    assert!(!b5.text.contains("restarting in"), "no restart: {}", b5.tail());
+    assert_eq!(b5.boot_result().as_deref(), Some("policy-fell-back"), "{}", b5.tail());
+    assert_eq!(b5.marker("nics").as_deref(), Some("0"), "{}", b5.tail());
+    assert_eq!(b5.marker("dmi").as_deref(), Some("none"), "no DMI UUID: {}", b5.tail());
+    assert!(
+        b5.text.contains("no DMI UUID and no network interface"),
+        "the warning is on the console: {}",
+        b5.tail()
+    );
+    let kept = b5.marker("machine-id").unwrap();
+    assert_eq!(kept.len(), 32, "{}", b5.tail());
+    assert_ne!(kept, with_nic);
+    let b6 = vm.boot_with(false);
+    assert_good_boot(&b6, "a", "1");
+    assert_eq!(
+        b6.marker("machine-id").as_deref(),
+        Some(kept.as_str()),
+        "stable across boots: {}",
+        b6.tail()
+    );
+    assert!(
+        b6.text.contains("no DMI UUID and no network interface"),
+        "{}",
+        b6.tail()
+    );
 }

@@ -507,6 +507,102 @@ fn server_state_is_uploaded_once_and_comes_back_on_the_next_boot() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("could not be reached"));
 }
 
+/// A server (or whoever answers for it) that puts files outside a server
+/// path's `include` into its bundle: an sshd configuration that lets root
+/// in, a file in a new directory. Only the included files are written;
+/// the rest is refused with a warning naming it, and the image's files
+/// stay.
+#[test]
+fn a_server_bundle_with_files_outside_include_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: needs root (mounts)");
+        return;
+    }
+    let t = scratch();
+    let dir = t.path();
+    let repo = dir.join("repo");
+    slate_ok(&["init", "--repo", s(&repo)]);
+    let _server = Server::start(&["--repo", s(&repo)]);
+    let token = slate_ok(&["fleet", "enroll", "--repo", s(&repo), "lab-08"]);
+    std::fs::write(dir.join("token"), token).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = {:?}\ntrust = [\"/nonexistent.pub\"]\nstate_dir = {:?}\nmachine_id = \"lab-08\"\n\
+             token_file = {:?}\ntimeout_secs = 5\n[slots]\na = \"/nonexistent/a\"\nb = \"/nonexistent/b\"\n",
+            _server.url,
+            s(&dir.join("agent")),
+            s(&dir.join("token"))
+        ),
+    )
+    .unwrap();
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("etc/ssh")).unwrap();
+    std::fs::write(root.join("etc/ssh/sshd_config"), "PermitRootLogin no\n").unwrap();
+    let policy = dir.join("state.toml");
+    std::fs::write(
+        &policy,
+        "[[path]]\npath = \"/etc/ssh\"\nstate = \"server\"\ninclude = [\"ssh_host_*\"]\nname = \"ssh-host-keys\"\n",
+    )
+    .unwrap();
+    let vars = [("ROOT", s(&root)), ("POLICY", s(&policy)), ("CONFIG", s(&config))];
+
+    // The machine's own keys go up once.
+    boot_ok(
+        r#"
+        $SLATE state apply --root "$ROOT" --policy "$POLICY" --config "$CONFIG" >/dev/null
+        printf 'REAL KEY\n' > "$ROOT/etc/ssh/ssh_host_ed25519_key"
+        $SLATE state upload --root "$ROOT" --policy "$POLICY" --config "$CONFIG" >/dev/null
+        "#,
+        &vars,
+    );
+    // The stored blob is swapped for one holding more than the keys.
+    let mut blobs = Vec::new();
+    let mut stack = vec![repo.join("state")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name() == "ssh-host-keys" {
+                blobs.push(e.path());
+            }
+        }
+    }
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let evil = dir.join("evil");
+    std::fs::create_dir_all(evil.join("sshd_config.d")).unwrap();
+    std::fs::write(evil.join("ssh_host_ed25519_key"), "SERVER KEY\n").unwrap();
+    std::fs::write(evil.join("sshd_config"), "PermitRootLogin yes\n").unwrap();
+    std::fs::write(evil.join("sshd_config.d/evil.conf"), "PasswordAuthentication yes\n").unwrap();
+    let bundle = slate_state::bundle::encode(&slate_state::copy::capture(&evil).unwrap());
+    std::fs::write(&blobs[0], bundle).unwrap();
+
+    let out = boot(
+        r#"
+        $SLATE state apply --root "$ROOT" --policy "$POLICY" --config "$CONFIG" >/dev/null
+        cat "$ROOT/etc/ssh/ssh_host_ed25519_key" "$ROOT/etc/ssh/sshd_config"
+        ls "$ROOT/etc/ssh"
+        "#,
+        &vars,
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout, "SERVER KEY\nPermitRootLogin no\nssh_host_ed25519_key\nsshd_config\n",
+        "only the included file came from the server: {stderr}"
+    );
+    let warning: Vec<&str> = stderr.lines().filter(|l| l.contains("outside `include`")).collect();
+    assert_eq!(warning.len(), 1, "one warning line: {stderr}");
+    assert!(
+        warning[0].contains("/etc/ssh") && warning[0].contains("sshd_config") && warning[0].contains("refused"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn install_refuses_a_disk_too_small_before_touching_it() {
     let t = scratch();
