@@ -124,9 +124,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     max_connections: max_connections as usize,
                     max_per_client: max_connections_per_client as usize,
                 },
+                fleet_key: fleet_key.map(|k| (k, assignment_ttl)),
             },
             tls_cert.zip(tls_key),
-            fleet_key.as_deref().map(|k| (k, assignment_ttl)),
         ),
         Command::Policy {
             command: PolicyCommand::Sign { key, policy },

@@ -36,9 +36,12 @@ pub struct Access {
     pub admin_tokens: Option<PathBuf>,
     /// `--header-timeout`, `--max-connections`, `--max-connections-per-client`.
     pub limits: slate_server::server::Limits,
+    /// `--fleet-key` and `--assignment-ttl` (seconds): the key that signs
+    /// assignments and how long they stay fresh.
+    pub fleet_key: Option<(PathBuf, u64)>,
 }
 
-/// Run `slate serve`; `fleet_key` is the key that signs assignments and
+/// Run `slate serve`; `access.fleet_key` is the key that signs assignments and
 /// their lifetime in seconds.
 pub fn run(
     repo_path: &Path,
@@ -48,7 +51,6 @@ pub fn run(
     private: &Private,
     access: &Access,
     tls: Option<(PathBuf, PathBuf)>,
-    fleet_key: Option<(&Path, u64)>,
 ) -> Result<ExitCode> {
     let repo = super::open(repo_path)?;
     let fleet = match fleet {
@@ -93,11 +95,11 @@ pub fn run(
         state = state.with_admin_tokens(file);
     }
     // Said once the server listens: a setup that fails is one error line.
-    let signing = match fleet_key {
+    let signing = match &access.fleet_key {
         Some((k, assignment_ttl)) => {
             let key = super::read_secret_key(k)?;
             let note = format!("signing assignments with fleet key {}", key.public().fingerprint());
-            state = state.with_signer(slate_server::fleet::sign::Signer::new(key, assignment_ttl));
+            state = state.with_signer(slate_server::fleet::sign::Signer::new(key, *assignment_ttl));
             note
         }
         None => "slate: warning: no --fleet-key: assignments are unsigned and agents will refuse them".to_string(),

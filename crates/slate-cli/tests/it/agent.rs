@@ -1762,7 +1762,7 @@ fn a_state_policy_that_does_not_fit_the_tree_is_refused_and_reported() {
     assert!(!m.state_dir.join("state-policy.toml").exists(), "nothing kept");
     assert_nothing_switched(&m, &ra);
     assert!(!m.slot_path("b").exists(), "refused before anything was written");
-    let fleet = slate_ok(&["fleet", "status", "--json", "--server", &lab.url()]);
+    let fleet = lab.fleet_status();
     assert!(fleet.contains("refusing the fleet's state policy"), "{fleet}");
 
     // The image's own policy: a snapshot whose /etc/slate/state.toml does

@@ -30,7 +30,7 @@ fn cmdline(m: &Agent, slot: &str) -> PathBuf {
 
 /// The machine's row in `slate fleet status --json`.
 fn fleet_row(lab: &Lab, m: &Agent) -> Value {
-    let out = slate_ok(&["fleet", "status", "--server", &lab.url(), "--json"]);
+    let out = lab.fleet_status();
     let v: Value = serde_json::from_str(&out).unwrap();
     v["machines"]
         .as_array()

@@ -529,9 +529,9 @@ fn a_server_bundle_with_files_outside_include_is_refused() {
     std::fs::write(
         &config,
         format!(
-            "server = {:?}\ntrust = [\"/nonexistent.pub\"]\nstate_dir = {:?}\nmachine_id = \"lab-08\"\n\
+            "server = [{}]\ntrust = [\"/nonexistent.pub\"]\nstate_dir = {:?}\nmachine_id = \"lab-08\"\n\
              token_file = {:?}\ntimeout_secs = 5\n[slots]\na = \"/nonexistent/a\"\nb = \"/nonexistent/b\"\n",
-            _server.url,
+            crate::support::token_server(&_server.url),
             s(&dir.join("agent")),
             s(&dir.join("token"))
         ),
