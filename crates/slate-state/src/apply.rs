@@ -137,7 +137,7 @@ fn base_name(rel: &str) -> &str {
 }
 
 /// Read a small file inside the root without following links out of it.
-fn read_in_root(root: &OwnedFd, rel: &str) -> Option<String> {
+pub(crate) fn read_in_root(root: &OwnedFd, rel: &str) -> Option<String> {
     let fd = rustix::fs::openat2(
         root,
         rel,

@@ -13,6 +13,7 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use crate::apply::read_in_root;
 use crate::error::{Error, Result};
 use crate::mounts::{self, Found};
 use crate::policy::{Entry, Mode, Policy, Principal};
@@ -110,22 +111,6 @@ fn entry_problem(e: &Entry, root: &OwnedFd) -> Result<Option<String>> {
 
 fn has_name(text: &str, name: &str) -> bool {
     text.lines().any(|l| l.split(':').next() == Some(name))
-}
-
-/// A small file of the tree, read without following a link out of it.
-fn read_in_root(root: &OwnedFd, rel: &str) -> Option<String> {
-    use std::io::Read;
-    let fd = rustix::fs::openat2(
-        root,
-        rel,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-        rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS,
-    )
-    .ok()?;
-    let mut s = String::new();
-    std::fs::File::from(fd).take(4 << 20).read_to_string(&mut s).ok()?;
-    Some(s)
 }
 
 #[cfg(test)]

@@ -164,15 +164,7 @@ impl Lab {
     /// `slate fleet status --json` as the administrator.
     fn fleet_status(&self) -> String {
         let admin = self.path().join("admin.token");
-        slate_ok(&[
-            "fleet",
-            "status",
-            "--json",
-            "--server",
-            &self.url(),
-            "--token-file",
-            s(&admin),
-        ])
+        crate::support::fleet_status(&self.url(), &admin)
     }
 
     /// A machine named `name` (its machine_id) talking to this lab's server.

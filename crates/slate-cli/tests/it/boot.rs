@@ -583,15 +583,7 @@ fn bios_grub_install_update_and_fall_back_from_a_hung_slot() {
         b6.tail()
     );
     // The fleet knows.
-    let fleet = slate_ok(&[
-        "fleet",
-        "status",
-        "--json",
-        "--server",
-        &lab.server.url,
-        "--token-file",
-        s(&lab.dir.join("admin.token")),
-    ]);
+    let fleet = crate::support::fleet_status(&lab.server.url, &lab.dir.join("admin.token"));
     assert!(fleet.contains("fell-back"), "{fleet}");
 }
 
@@ -636,15 +628,7 @@ fn uefi_systemd_boot_falls_back_from_a_failing_slot() {
         "not written again: {}",
         b4.tail()
     );
-    let fleet = slate_ok(&[
-        "fleet",
-        "status",
-        "--json",
-        "--server",
-        &lab.server.url,
-        "--token-file",
-        s(&lab.dir.join("admin.token")),
-    ]);
+    let fleet = crate::support::fleet_status(&lab.server.url, &lab.dir.join("admin.token"));
     assert!(fleet.contains("fell-back"), "{fleet}");
 
     // The same machine with no network card (and, as every VM here, no

@@ -274,6 +274,12 @@ pub fn admin_token(dir: &Path) -> PathBuf {
     file
 }
 
+/// `slate fleet status --json` of the server at `url`, read with the
+/// administrator token in `admin` (made by [`admin_token`]).
+pub fn fleet_status(url: &str, admin: &Path) -> String {
+    slate_ok(&["fleet", "status", "--json", "--server", url, "--token-file", s(admin)])
+}
+
 /// An AGENT.toml `server = [...]` entry for a test server on 127.0.0.1
 /// that holds the machine token over plain http.
 pub fn token_server(url: &str) -> String {

@@ -56,6 +56,9 @@ impl Fleet {
     fn tree(&self, version: &str) -> PathBuf {
         let t = self.path().join(format!("tree-{version}"));
         std::fs::create_dir_all(t.join("etc")).unwrap();
+        // The directory the tests' state policies name (they are checked
+        // against the tree before they are kept).
+        std::fs::create_dir_all(t.join("var/log")).unwrap();
         std::fs::write(t.join("etc/version"), format!("{version}\n")).unwrap();
         t
     }
@@ -127,15 +130,7 @@ impl Fleet {
     /// The machine's row in `slate fleet status --json`.
     fn status_of(&self, name: &str) -> Value {
         let admin = self.path().join("admin.token");
-        let out = slate_ok(&[
-            "fleet",
-            "status",
-            "--json",
-            "--server",
-            &self.url(),
-            "--token-file",
-            s(&admin),
-        ]);
+        let out = crate::support::fleet_status(&self.url(), &admin);
         let v: Value = serde_json::from_str(&out).unwrap();
         v["machines"]
             .as_array()
@@ -398,15 +393,18 @@ fn proxy_one(client: TcpStream, sh: &ProxyShared) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The assignment the server signs for machine `id`, asked directly.
-fn assignment_for(url: &str, id: &str) -> Value {
+/// The assignment the server signs for machine `id`, asked directly with
+/// the machine's token (in the file `token`).
+fn assignment_for(url: &str, id: &str, token: &Path) -> Value {
+    let token = std::fs::read_to_string(token).unwrap();
     let addr = url.strip_prefix("http://").unwrap().trim_end_matches('/');
     let mut c = TcpStream::connect(addr).unwrap();
     let body = serde_json::json!({"machine": {"id": id}}).to_string();
     write!(
         c,
         "POST /v1/fleet/assignment HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+         authorization: Bearer {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        token.trim(),
         body.len()
     )
     .unwrap();
@@ -437,7 +435,9 @@ fn rewritten_assignments_are_refused() {
     let proxy = Proxy::start(&url);
     m.point_at(&proxy.url);
     let policy = "[[path]]\npath = \"/etc/motd\"\nstate = \"dynamic\"\ncommand = [\"/bin/sh\", \"-c\", \"id\"]\n";
-    let other = assignment_for(&url, "m2");
+    let m2 = f.path().join("m2");
+    std::fs::create_dir_all(&m2).unwrap();
+    let other = assignment_for(&url, "m2", &crate::support::enroll(&f.repo, "m2", &m2));
     let v1c = v1.clone();
     let cases: Vec<(&str, Rewrite, &str)> = vec![
         (
