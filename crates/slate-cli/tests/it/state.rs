@@ -218,7 +218,7 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
         r#"
         $SLATE state apply --root "$ROOT" --policy "$POLICY" --state-dir "$STATE" >/dev/null
         for p in etc/x usr/bin/x var/lib/x x; do
-            if touch "$ROOT/$p" 2>err; then echo "WRITABLE $p"; else grep -q "Read-only file system" err && echo "EROFS $p"; fi
+            if touch "$ROOT/$p" 2>"$STATE/../err"; then echo "WRITABLE $p"; else grep -q "Read-only file system" "$STATE/../err" && echo "EROFS $p"; fi
         done
         echo ram > "$ROOT/var/log/ram-marker"
         echo home > "$ROOT/home/home-marker"
@@ -230,8 +230,8 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
         echo "dhcp $(ls -A "$ROOT/var/lib/dhcp" | wc -l) $(stat -c %a "$ROOT/var/lib/dhcp")"
         echo "logdirs $(find "$ROOT/var/log" -type d | wc -l) files $(find "$ROOT/var/log" -type f | wc -l)"
         grep " $ROOT" /proc/self/mountinfo | cut -d' ' -f5,9 | sort > "$STATE/../mounts-1"
-        $SLATE state apply --root "$ROOT" --policy "$POLICY" --state-dir "$STATE" > second
-        echo "second-changed $(grep -vc 'already' second || true)"
+        $SLATE state apply --root "$ROOT" --policy "$POLICY" --state-dir "$STATE" > "$STATE/../second"
+        echo "second-changed $(grep -vc 'already' "$STATE/../second" || true)"
         grep " $ROOT" /proc/self/mountinfo | cut -d' ' -f5,9 | sort > "$STATE/../mounts-2"
         "#,
         &vars,
