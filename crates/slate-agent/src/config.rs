@@ -45,6 +45,8 @@ struct RawServer {
     token: Option<bool>,
     #[serde(default)]
     token_over_http: bool,
+    #[serde(default)]
+    mirror: bool,
 }
 
 /// One server and how the agent talks to it (`docs/agent.md`, "Servers").
@@ -60,6 +62,10 @@ pub struct ServerSettings {
     pub pins: Vec<[u8; 32]>,
     /// Whether the machine token is sent to this server.
     pub token: bool,
+    /// A mirror (`slate pull` served by `slate serve`): asked only for
+    /// signed channel heads and repository objects, when no fleet server
+    /// answers; never sent the token, never asked for an assignment.
+    pub mirror: bool,
 }
 
 impl ServerSettings {
@@ -72,6 +78,7 @@ impl ServerSettings {
             url,
             ca_file: None,
             pins: Vec::new(),
+            mirror: false,
         }
     }
 }
@@ -117,6 +124,7 @@ struct Raw {
     timeout_secs: u64,
     token_file: Option<PathBuf>,
     boot_device: Option<PathBuf>,
+    channel: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +197,8 @@ pub struct Config {
     /// The boot partition (the /boot of GRUB, or the ESP), mounted by the
     /// agent while it writes boot entries; `boot_dir` is then relative to it.
     pub boot_device: Option<PathBuf>,
+    /// The channel to follow from mirrors before any assignment arrived.
+    pub channel: Option<String>,
 }
 
 /// Parse a size like `8G`, `512M`, `1073741824`.
@@ -243,6 +253,7 @@ impl Config {
                     pin: Vec::new(),
                     token: None,
                     token_over_http: false,
+                    mirror: false,
                 },
                 ServerEntry::Table(t) => t,
             };
@@ -268,8 +279,13 @@ impl Config {
             // The token goes where the file says it may: to the servers
             // marked `token = true` when any is, else to every https one.
             let token = match raw.token {
+                Some(true) if raw.mirror => {
+                    return Err(bad(format!(
+                        "server {s:?} is a mirror: mirrors never receive the machine token (remove token = true)"
+                    )))
+                }
                 Some(t) => t,
-                None => https && !explicit_token,
+                None => https && !explicit_token && !raw.mirror,
             };
             if token && !https && !raw.token_over_http {
                 return Err(bad(format!(
@@ -283,7 +299,11 @@ impl Config {
                 ca_file: raw.ca_file,
                 pins,
                 token,
+                mirror: raw.mirror,
             });
+        }
+        if let Some(c) = &raw.channel {
+            slate_repo::channel::check_name(c).map_err(|e| bad(format!("channel {c:?}: {e}")))?;
         }
         if raw.trust.is_empty() {
             return Err(bad("`trust` must name at least one public key file".into()));
@@ -316,6 +336,7 @@ impl Config {
             timeout_secs: raw.timeout_secs.clamp(1, 3600),
             token_file: raw.token_file,
             boot_device: raw.boot_device,
+            channel: raw.channel,
         })
     }
 
@@ -357,7 +378,22 @@ impl Config {
         self.http_with_timeout(self.timeout_secs)
     }
 
-    /// [`Config::http`] with another per-request timeout.
+    /// Whether any server is a fleet server (not a mirror).
+    pub fn has_fleet_server(&self) -> bool {
+        self.server_settings.iter().any(|s| !s.mirror)
+    }
+
+    /// An HTTP client for the mirrors only, with no token.
+    pub fn mirror_http(&self) -> Result<Option<crate::http::Http>> {
+        let mirrors: Vec<ServerSettings> = self.server_settings.iter().filter(|s| s.mirror).cloned().collect();
+        if mirrors.is_empty() {
+            return Ok(None);
+        }
+        crate::http::Http::with_settings(&mirrors, self.timeout_secs).map(Some)
+    }
+
+    /// [`Config::http`] with another per-request timeout. Only the fleet
+    /// servers: mirrors hold no machine data and sign nothing.
     pub fn http_with_timeout(&self, timeout_secs: u64) -> Result<crate::http::Http> {
         let token = self.token()?;
         if token.is_some() && !self.server_settings.iter().any(|s| s.token) {
@@ -368,7 +404,8 @@ impl Config {
                 self.path.display()
             )));
         }
-        let mut http = crate::http::Http::with_settings(&self.server_settings, timeout_secs)?;
+        let fleet: Vec<ServerSettings> = self.server_settings.iter().filter(|s| !s.mirror).cloned().collect();
+        let mut http = crate::http::Http::with_settings(&fleet, timeout_secs)?;
         http.set_token(token);
         Ok(http)
     }
@@ -444,6 +481,7 @@ mod tests {
             "slot_size",
             "connections",
             "timeout_secs",
+            "channel",
             "[slots]",
             "[labels]",
         ] {
@@ -460,6 +498,27 @@ mod tests {
             Path::new("agent.toml"),
         )
         .map(|c| c.server_settings)
+    }
+
+    #[test]
+    fn mirrors_never_get_the_token_nor_the_fleet_questions() {
+        let s = servers("server = [\"https://a\", { url = \"https://m\", mirror = true }]").unwrap();
+        assert_eq!((s[0].token, s[0].mirror), (true, false));
+        assert_eq!((s[1].token, s[1].mirror), (false, true));
+        let e = servers("server = [{ url = \"https://m\", mirror = true, token = true }]").unwrap_err();
+        assert!(e.to_string().contains("mirrors never receive the machine token"), "{e}");
+        let c = Config::parse(
+            "server = [\"https://a\", { url = \"https://m\", mirror = true }]\ntrust = [\"/k\"]\nstate_dir = \"/x\"\n\
+             channel = \"lab/x\"\n[slots]\na = \"/a\"\nb = \"/b\"\n",
+            Path::new("agent.toml"),
+        )
+        .unwrap();
+        assert!(c.has_fleet_server());
+        assert_eq!(c.channel.as_deref(), Some("lab/x"));
+        assert!(c.mirror_http().unwrap().is_some());
+        let bad = "server = \"https://a\"\ntrust = [\"/k\"]\nstate_dir = \"/x\"\nchannel = \"../x\"\n\
+                   [slots]\na = \"/a\"\nb = \"/b\"\n";
+        assert!(Config::parse(bad, Path::new("agent.toml")).is_err());
     }
 
     #[test]

@@ -104,6 +104,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             tls_key,
             fleet_key,
             assignment_ttl,
+            head_ttl,
         } => serve::run(
             &repo.repo,
             &listen,
@@ -124,7 +125,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     max_connections: max_connections as usize,
                     max_per_client: max_connections_per_client as usize,
                 },
-                fleet_key: fleet_key.map(|k| (k, assignment_ttl)),
+                fleet_key: fleet_key.map(|k| (k, assignment_ttl, head_ttl)),
             },
             tls_cert.zip(tls_key),
         ),
@@ -138,6 +139,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     version,
                     expires_days,
                     threshold,
+                    snapshot_threshold,
                     release,
                     fleet,
                     keys,
@@ -147,6 +149,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             version,
             expires_days,
             threshold,
+            snapshot_threshold,
             release: &release,
             fleet: &fleet,
             keys: &keys,
@@ -246,7 +249,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             channel,
             repo,
             trust,
-        } => agent::pull(&from, &channel, &repo.repo, &trust),
+            fleet_trust,
+        } => agent::pull(&from, &channel, &repo.repo, &trust, &fleet_trust),
         Command::Home { command } => home::run(command),
     }
 }
