@@ -94,6 +94,11 @@ pub struct State {
     /// mirror, clamped to this machine's clock: an older one is a replay.
     #[serde(default)]
     pub head_issued_at: u64,
+    /// What the initramfs step warned about on the last boot (a kept
+    /// identity seed, dropped bundle entries, no network): reported with
+    /// the boot so that the fleet sees it, not only the console.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_warnings: Vec<String>,
 }
 
 /// What the last fresh assignment said to follow.
@@ -122,6 +127,7 @@ impl Default for State {
             last_fresh_at: None,
             followed: None,
             head_issued_at: 0,
+            boot_warnings: Vec::new(),
         }
     }
 }

@@ -139,7 +139,8 @@ fn report(http: &Http, who: &Identity, state: &State) {
             "result": p.result, "message": p.message, "bytes_fetched": p.bytes_fetched, "at": p.at,
             "shadowed": p.shadowed.iter().take(MAX_SHADOWED_REPORTED).collect::<Vec<_>>()})),
         "boot": state.boot_result.as_ref().map(|r| serde_json::json!({
-            "result": r, "slot": state.active, "snapshot": state.active.as_deref().and_then(|a| state.slot(a).snapshot.clone())})),
+            "result": r, "slot": state.active, "snapshot": state.active.as_deref().and_then(|a| state.slot(a).snapshot.clone()),
+            "warnings": state.boot_warnings})),
     });
     if let Err(e) = http.post_json("/v1/fleet/report", &body) {
         tracing::warn!("could not report to the server: {e}");
@@ -1120,6 +1121,11 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
         _ => None,
     };
     let run = BootRun::read();
+    state.boot_warnings = run.warnings.clone();
+    let warned = match run.warnings.len() {
+        0 => String::new(),
+        n => format!("; {n} warning(s) at boot: {}", run.warnings.join("; ")),
+    };
     if let Some(why) = &run.rescue {
         // The initramfs step gave up on the declared state: the slot is not
         // good, whatever else holds; the fleet hears why.
@@ -1129,7 +1135,7 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
             report(&http, &identity::detect(cfg.machine_id.as_deref(), &cfg.labels), &state);
         }
         return Ok(format!(
-            "slot {booted} booted in rescue mode ({why}); not marked good (docs/boot.md)"
+            "slot {booted} booted in rescue mode ({why}); not marked good (docs/boot.md){warned}"
         ));
     }
     let msg = match state.pending.clone() {
@@ -1169,9 +1175,9 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
             if state.boot_result.as_deref() == Some("good") {
                 state.boot_result = Some("policy-fell-back".into());
             }
-            format!("{msg}; {why}")
+            format!("{msg}; {why}{warned}")
         }
-        None => msg,
+        None => format!("{msg}{warned}"),
     };
     run.keep_good_policy(&cfg.state_dir, &booted);
     boot::mark_good(cfg.bootloader, &BootFiles::open(cfg)?.path, &booted)?;
@@ -1194,7 +1200,14 @@ struct BootRun {
     applied: Option<String>,
     policy_fallback: Option<String>,
     rescue: Option<String>,
+    /// At most [`MAX_BOOT_WARNINGS`] lines, each cut to [`MAX_WARNING_LEN`].
+    warnings: Vec<String>,
 }
+
+/// Most boot warnings reported (the server refuses longer lists).
+const MAX_BOOT_WARNINGS: usize = 16;
+/// Longest boot warning reported, in bytes.
+const MAX_WARNING_LEN: usize = 512;
 
 impl BootRun {
     fn read() -> BootRun {
@@ -1214,6 +1227,22 @@ impl BootRun {
             applied: read("state-policy.toml"),
             policy_fallback: line("policy-fallback"),
             rescue: line("rescue"),
+            warnings: read("warnings")
+                .map(|s| {
+                    s.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .take(MAX_BOOT_WARNINGS)
+                        .map(|l| {
+                            let mut end = l.len().min(MAX_WARNING_LEN);
+                            while !l.is_char_boundary(end) {
+                                end -= 1;
+                            }
+                            l[..end].to_string()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -1318,6 +1347,7 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         "active": state.active,
         "pending": state.pending,
         "boot_result": state.boot_result,
+        "boot_warnings": state.boot_warnings,
         "failed": state.failed,
         "last_pass": state.last_pass,
         "bootloader": cfg.bootloader,

@@ -524,6 +524,10 @@ pub enum StateCommand {
         /// Machine token file, instead of AGENT.toml's token_file (in the initramfs: on the state partition).
         #[arg(long, value_name = "FILE", requires = "config")]
         token_file: Option<PathBuf>,
+        /// Also append each warning as a line to FILE (the initramfs step
+        /// passes /run/slate/warnings, which `slate boot-ok` reports to the fleet).
+        #[arg(long, value_name = "FILE")]
+        warnings_file: Option<PathBuf>,
         #[command(flatten)]
         out: OutputArg,
     },

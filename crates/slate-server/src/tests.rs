@@ -640,7 +640,8 @@ fn report_body(f: &Fixture) -> Value {
         "active_slot": "a", "slots": {"a": f.lab, "b": null},
         "pending": null,
         "last_update": {"result": "ok", "message": "updated", "bytes_fetched": 123, "at": 1764115200u64},
-        "boot": {"result": "good", "slot": "a", "snapshot": f.lab},
+        "boot": {"result": "good", "slot": "a", "snapshot": f.lab,
+                 "warnings": ["no DMI UUID and no network interface: the machine id comes from a seed kept on the state partition"]},
         "agent_version": "a field this server does not know"
     })
 }
@@ -767,6 +768,16 @@ async fn bad_requests_get_one_clear_error() {
             "/v1/fleet/report",
             json!({"machine": {"id": "m"}, "boot": {"result": ""}}).to_string(),
             "boot.result must be a result word such as good, pending or fell-back",
+        ),
+        (
+            "/v1/fleet/report",
+            json!({"machine": {"id": "m"}, "boot": {"result": "good", "warnings": vec!["w"; 17]}}).to_string(),
+            "boot.warnings lists more than 16",
+        ),
+        (
+            "/v1/fleet/report",
+            json!({"machine": {"id": "m"}, "boot": {"result": "good", "warnings": ["x".repeat(1025)]}}).to_string(),
+            "boot.warnings",
         ),
     ];
     for (uri, body, needle) in cases {

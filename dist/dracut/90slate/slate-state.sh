@@ -12,6 +12,15 @@ STATE_DEV=$(getarg slate.state=)
 [ -n "$STATE_DEV" ] || STATE_DEV=/dev/disk/by-partlabel/slate-state
 SLOT=$(getarg slate.slot=)
 
+# Warnings go to the console and to /run/slate/warnings (kept across
+# switch_root): `slate boot-ok` reports them to the fleet.
+mkdir -p /run/slate
+: > /run/slate/warnings
+slate_warn() {
+    warn "slate: $1"
+    echo "$1" >> /run/slate/warnings
+}
+
 STATE_ARGS=""
 CONFIG=""
 POLICY_FILE="$NEWROOT/etc/slate/state.toml"
@@ -27,7 +36,7 @@ if [ "$STATE_DEV" != none ]; then
         fi
         [ -f "$KEPT/var/lib/slate/state-policy.toml" ] && POLICY_FILE="$KEPT/var/lib/slate/state-policy.toml"
     else
-        warn "slate: cannot mount the state partition $STATE_DEV; local state is not available this boot"
+        slate_warn "cannot mount the state partition $STATE_DEV; local state is not available this boot"
     fi
 fi
 if [ -z "$CONFIG" ] && [ -f "$NEWROOT/etc/slate/agent.toml" ]; then
@@ -52,7 +61,7 @@ slate_fail() {
 
 apply_state() {
     # shellcheck disable=SC2086
-    slate state apply --root "$NEWROOT" $STATE_ARGS --policy "$1" $CONFIG
+    slate state apply --root "$NEWROOT" $STATE_ARGS --policy "$1" $CONFIG --warnings-file /run/slate/warnings
 }
 
 FAILS=""
@@ -66,7 +75,6 @@ fi
 case "$TRIES" in "" | *[!0-9]*) TRIES=3 ;; esac
 GOOD=""
 [ -n "$KEPT" ] && GOOD="$KEPT/var/lib/slate/good-policy-${SLOT:-x}.toml"
-mkdir -p /run/slate
 
 if apply_state "$POLICY_FILE"; then
     cat "$POLICY_FILE" > /run/slate/state-policy.toml 2>/dev/null
@@ -109,6 +117,12 @@ path = "/var/cache"
 state = "ram"
 [[path]]
 path = "/var/lib/systemd"
+state = "ram"
+[[path]]
+path = "/var/lib/dhcp"
+state = "ram"
+[[path]]
+path = "/root"
 state = "ram"
 RESCUE
     apply_state /run/slate/rescue.toml || STATE_ARGS="" apply_state /run/slate/rescue.toml \

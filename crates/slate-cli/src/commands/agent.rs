@@ -133,6 +133,9 @@ pub fn status(config: &Path, as_json: bool) -> Result<ExitCode> {
     if let Some(b) = s["boot_result"].as_str() {
         println!("last boot: {b}");
     }
+    for w in s["boot_warnings"].as_array().into_iter().flatten() {
+        println!("boot warning: {}", w.as_str().unwrap_or_default());
+    }
     if let Some(f) = s["failed"].as_array().filter(|f| !f.is_empty()) {
         let ids: Vec<&str> = f
             .iter()

@@ -155,6 +155,7 @@ fn table(machines: &[MachineRow], now: u64) -> String {
         "ACTIVE",
         "LAST-UPDATE",
         "BOOT",
+        "WARNINGS",
         "LAST-SEEN",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
@@ -168,6 +169,10 @@ fn table(machines: &[MachineRow], now: u64) -> String {
             m.active_slot.clone().unwrap_or_else(|| "-".into()),
             field(&m.last_update, "result"),
             field(&m.boot, "result"),
+            match m.boot.get("warnings").and_then(Value::as_array).map_or(0, Vec::len) {
+                0 => "-".into(),
+                n => n.to_string(),
+            },
             age(now, m.last_seen),
         ]);
     }
@@ -202,7 +207,7 @@ mod tests {
             target: None,
             active_slot: Some("a".into()),
             last_update: serde_json::json!({"result": "ok"}),
-            boot: serde_json::json!({"result": "good"}),
+            boot: serde_json::json!({"result": "good", "warnings": ["no DMI UUID", "no network interface"]}),
             last_seen: 90,
             ..Default::default()
         };
@@ -221,6 +226,7 @@ mod tests {
                 "a",
                 "ok",
                 "good",
+                "2",
                 "10s",
                 "ago"
             ]

@@ -197,13 +197,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 state_dev,
                 config,
                 token_file,
+                warnings_file,
                 out,
             } => state::apply(
                 &root,
                 policy.policy.as_deref(),
                 (state_dir, state_dev),
-                config.as_deref(),
-                token_file,
+                (config.as_deref(), token_file),
+                warnings_file.as_deref(),
                 out.json,
             ),
             StateCommand::Audit {

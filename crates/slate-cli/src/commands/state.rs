@@ -108,8 +108,8 @@ pub fn apply(
     root: &Path,
     policy: Option<&Path>,
     (state_dir, state_dev): (Option<PathBuf>, Option<PathBuf>),
-    config: Option<&Path>,
-    token_file: Option<PathBuf>,
+    (config, token_file): (Option<&Path>, Option<PathBuf>),
+    warnings_file: Option<&Path>,
     as_json: bool,
 ) -> Result<ExitCode> {
     let mut cfg = load_config(config)?;
@@ -135,6 +135,9 @@ pub fn apply(
     };
     let started = std::time::Instant::now();
     let report = apply::apply(&policy, &opts)?;
+    if let (Some(file), false) = (warnings_file, report.warnings.is_empty()) {
+        append_warnings(file, &report.warnings);
+    }
     print_report(&report, as_json)?;
     if !as_json {
         eprintln!(
@@ -149,6 +152,25 @@ pub fn apply(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Append `warnings` to `file`, one line each (newlines inside one become
+/// spaces). Best effort: the warnings are on stderr whatever happens, and a
+/// boot must not fail because /run is full.
+fn append_warnings(file: &Path, warnings: &[String]) {
+    use std::io::Write;
+    let text: String = warnings
+        .iter()
+        .map(|w| format!("{}\n", w.replace(['\n', '\r'], " ")))
+        .collect();
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("slate: warning: cannot write the warnings to {}: {e}", file.display());
+    }
 }
 
 /// Run `slate state upload`.

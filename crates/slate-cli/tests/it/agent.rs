@@ -1560,6 +1560,51 @@ fn boot_counting_falls_back(kind: Bootloader, name: &'static str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(m.status()["pending"], "b");
     assert!(m.status()["failed"].as_array().is_none_or(|f| f.is_empty()));
+
+    // What the initramfs step left in /run/slate reaches the fleet: its
+    // warnings, and a boot in rescue mode (never marked good).
+    let run = lab.path().join(format!("run-{}", m.name));
+    std::fs::create_dir_all(&run).unwrap();
+    let warning = "no network interface: server state is not fetched this boot";
+    std::fs::write(run.join("warnings"), format!("{warning}\n\n{}\n", "x".repeat(2000))).unwrap();
+    std::fs::write(
+        run.join("rescue"),
+        "the declared state failed on every try on slot a; booted in rescue mode\n",
+    )
+    .unwrap();
+    let boot_ok_in = |slot: &str, run: &Path| {
+        let mut c = m.command("boot-ok");
+        c.env("SLATE_BOOTED_SLOT", slot).env("SLATE_RUN_DIR", run);
+        let out = m.output(c);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
+    };
+    let msg = boot_ok_in("a", &run);
+    assert!(msg.contains("rescue mode") && msg.contains("not marked good"), "{msg}");
+    assert!(msg.contains("2 warning(s) at boot"), "{msg}");
+    let row_of = |lab: &Lab| -> Value {
+        let v: Value = serde_json::from_str(&lab.fleet_status()).unwrap();
+        v["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["machine"] == m.name.as_str())
+            .cloned()
+            .unwrap()
+    };
+    let row = row_of(&lab);
+    assert_eq!(row["boot"]["result"], "rescue", "{row}");
+    assert_eq!(row["boot"]["warnings"][0], warning, "{row}");
+    assert_eq!(row["boot"]["warnings"][1].as_str().unwrap().len(), 512, "cut: {row}");
+    // The way out: the next boot (of the slot written meanwhile) without
+    // the failure is good, and its warnings (none) replace the old ones.
+    std::fs::remove_file(run.join("rescue")).unwrap();
+    std::fs::write(run.join("warnings"), "").unwrap();
+    let msg = boot_ok_in("b", &run);
+    assert!(msg.contains("slot b is good"), "{msg}");
+    let row = row_of(&lab);
+    assert_eq!(row["boot"]["result"], "good", "{row}");
+    assert!(row["boot"].get("warnings").is_none(), "{row}");
 }
 
 #[test]

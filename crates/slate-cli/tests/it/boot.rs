@@ -58,6 +58,8 @@ for u in $(echo "$failed" | tr , ' '); do
     systemctl status --no-pager -l "$u" 2>&1 | tail -n 8 | sed 's/^/SLATE-FAILED-UNIT /' >&3
 done
 say "SLATE-BOOT-RESULT $(slate status --json | sed -n 's/.*"boot_result":"\([a-z-]*\)".*/\1/p')"
+# What the initramfs step warned about, as the agent kept it to report.
+slate status | sed -n 's/^boot warning: /SLATE-BOOT-WARNING /p' >&3
 # Not on a terminal: no progress bars on the marker port.
 slate state upload 2>&1 | cat >&3
 { slate update 2>&1 || echo "SLATE-UPDATE-FAILED"; } | cat >&3
@@ -666,6 +668,12 @@ fn uefi_systemd_boot_falls_back_from_a_failing_slot() {
         "the warning is on the console: {}",
         b5.tail()
     );
+    assert!(
+        b5.tagged("SLATE-BOOT-WARNING")
+            .any(|w| w.contains("no DMI UUID and no network interface")),
+        "the agent keeps the warning to report it: {}",
+        b5.tail()
+    );
     let kept = b5.marker("machine-id").unwrap();
     assert_eq!(kept.len(), 32, "{}", b5.tail());
     assert_ne!(kept, with_nic);
@@ -682,4 +690,45 @@ fn uefi_systemd_boot_falls_back_from_a_failing_slot() {
         "{}",
         b6.tail()
     );
+
+    // The failing policy again, with no policy that worked to fall back
+    // to: the boot spends its one try (boot_tries = 1) and restarts; the
+    // next one does not restart into the same failure but boots in rescue
+    // mode, says why on the console and tells the fleet. In rescue mode the
+    // agent still works: it hears from the fleet that the group has no
+    // policy (the administrator's fix), so the next boot is good again.
+    {
+        let part = StatePartition::mount(&vm.disk);
+        std::fs::remove_file(part.agent_file("good-policy-a.toml")).unwrap();
+        assert!(part.agent_file("state-policy.toml").is_file());
+    }
+    let b7 = vm.boot();
+    assert!(b7.marker("slot").is_none(), "{}", b7.tail());
+    assert!(
+        b7.text.contains("failure 1 of 1 on slot a") && b7.text.contains("restarting in"),
+        "{}",
+        b7.tail()
+    );
+    let b8 = vm.boot();
+    assert!(b8.text.contains("RESCUE MODE"), "{}", b8.tail());
+    assert_eq!(b8.marker("slot").as_deref(), Some("a"), "{}", b8.tail());
+    assert_eq!(b8.marker("ro").as_deref(), Some("yes"), "{}", b8.tail());
+    assert_eq!(b8.boot_result().as_deref(), Some("rescue"), "{}", b8.tail());
+    assert!(b8.done(), "{}", b8.tail());
+    let fleet = crate::support::fleet_status(&lab.server.url, &lab.dir.join("admin.token"));
+    assert!(
+        fleet.contains("\"rescue\""),
+        "the fleet hears of the rescue boot: {fleet}"
+    );
+    {
+        let part = StatePartition::mount(&vm.disk);
+        assert!(
+            !part.agent_file("state-policy.toml").exists(),
+            "the agent dropped the policy the fleet no longer gives"
+        );
+    }
+    let b9 = vm.boot();
+    assert_good_boot(&b9, "a", "1");
+    assert_eq!(b9.boot_result().as_deref(), Some("good"), "{}", b9.tail());
+    assert!(!b9.text.contains("RESCUE MODE"), "{}", b9.tail());
 }

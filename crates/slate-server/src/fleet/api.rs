@@ -126,6 +126,9 @@ pub struct Boot {
     /// Snapshot booted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// What the initramfs step warned about.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `POST /v1/fleet/report` body. Unknown fields are accepted (and kept in
@@ -240,6 +243,12 @@ impl ReportRequest {
                 check_slot("boot.slot", s)?;
             }
             check_id("boot.snapshot", &b.snapshot)?;
+            if b.warnings.len() > 16 {
+                return Err("boot.warnings lists more than 16 warnings".into());
+            }
+            for w in &b.warnings {
+                check_text("boot.warnings", w, 1024)?;
+            }
         }
         Ok(ReportRecord {
             machine: self.machine.id,
