@@ -3,8 +3,9 @@
 //! (a TLS failure is an error, never a failover), pins and names that do
 //! not match, listeners that record what the agent sends (the token never
 //! crosses plain http it was not allowed, nor follows a redirect), the
-//! same checks for `slate home`, and a client that opens connections,
-//! sends half requests and holds them.
+//! same checks for `slate home`, a client that opens connections, sends
+//! half requests and holds them, and clients that send request bodies a
+//! byte at a time.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -537,5 +538,151 @@ fn home_sends_the_token_over_plain_http_only_where_agent_toml_allows_it() {
         heads[0].to_lowercase().contains("authorization: bearer slate1-"),
         "{}",
         heads[0]
+    );
+}
+
+/// Send `head`, then a body of `len` bytes in pieces of `piece` bytes
+/// every `every`, until the server closes the connection; returns what it
+/// answered and when it closed (None: still open after `give_up`).
+fn slow_body(
+    addr: &str,
+    head: String,
+    len: usize,
+    piece: usize,
+    every: Duration,
+    give_up: Duration,
+) -> (String, Option<Duration>) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(head.as_bytes()).unwrap();
+    c.set_read_timeout(Some(every)).unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    let mut sent = 0;
+    while start.elapsed() < give_up {
+        if sent < len {
+            // A failed write: the server is gone; read what it said.
+            if c.write_all(&vec![b'{'; piece.min(len - sent)]).is_ok() {
+                sent += piece;
+            }
+        }
+        let mut b = [0u8; 4096];
+        match c.read(&mut b) {
+            Ok(0) => return (String::from_utf8_lossy(&answer).into_owned(), Some(start.elapsed())),
+            Ok(n) => answer.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (String::from_utf8_lossy(&answer).into_owned(), Some(start.elapsed()))
+            }
+            Err(_) => {}
+        }
+    }
+    (String::from_utf8_lossy(&answer).into_owned(), None)
+}
+
+#[test]
+fn slow_request_bodies_are_cut_off_and_do_not_starve_other_clients() {
+    let t = scratch();
+    let repo = repo(t.path());
+    let token_file = enroll(&repo, "m1", t.path());
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    let server = Server::start(&[
+        "--repo",
+        s(&repo),
+        "--header-timeout",
+        "4",
+        "--min-upload-rate",
+        "4096",
+        "--body-timeout",
+        "8",
+    ]);
+    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    let head = |method: &str, path: &str, len: usize| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    // The attacker, with a machine's token, sends every kind of body a
+    // byte a second: a state blob, a home object, a report, an assignment
+    // request. Another sends 10 KiB a second, over the rate but for longer
+    // than --body-timeout allows.
+    let home_path = format!("/v1/home/{}/data/obj", "ab".repeat(32));
+    let slow = [
+        head("PUT", "/v1/state/m1/blob", 100_000),
+        head("PUT", &home_path, 100_000),
+        head("POST", "/v1/fleet/report", 1000),
+        head("POST", "/v1/fleet/assignment", 1000),
+    ];
+    let trickles: Vec<_> = slow
+        .into_iter()
+        .map(|h| {
+            let addr = addr.clone();
+            std::thread::spawn(move || slow_body(&addr, h, 1000, 1, Duration::from_secs(1), Duration::from_secs(30)))
+        })
+        .collect();
+    let steady = {
+        let (addr, h) = (addr.clone(), head("PUT", "/v1/state/m1/steady", 1 << 20));
+        std::thread::spawn(move || {
+            slow_body(
+                &addr,
+                h,
+                1 << 20,
+                1024,
+                Duration::from_millis(100),
+                Duration::from_secs(30),
+            )
+        })
+    };
+    // Meanwhile an ordinary client uploads and reads, while every slow
+    // body is still held open.
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let c = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let r = c
+        .put(format!("{}/v1/state/m1/normal", server.url))
+        .bearer_auth(&token)
+        .body(vec![7u8; 256 << 10])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(c.get(format!("{}/v1/packs", server.url)).send().unwrap().status(), 200);
+    let served = start.elapsed();
+
+    for (i, th) in trickles.into_iter().enumerate() {
+        let (answer, closed) = th.join().unwrap();
+        let closed = closed.unwrap_or_else(|| panic!("slow body {i} still open after 30 s: {answer}"));
+        assert!(
+            served < closed,
+            "the ordinary client waited {served:?}, past the cut ({closed:?})"
+        );
+        // 4 s of grace (--header-timeout), then a byte a second is far
+        // under 4096 bytes a second.
+        assert!(closed < Duration::from_secs(8), "slow body {i} cut after {closed:?}");
+        assert!(answer.starts_with("HTTP/1.1 408"), "slow body {i}: {answer}");
+        assert!(answer.contains("--min-upload-rate"), "slow body {i}: {answer}");
+    }
+    let (answer, closed) = steady.join().unwrap();
+    let closed = closed.expect("the long upload is cut");
+    assert!(
+        closed >= Duration::from_secs(7) && closed < Duration::from_secs(12),
+        "{closed:?}"
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("--body-timeout"),
+        "{answer}"
+    );
+    // Nothing of the cut bodies was stored; the server still answers.
+    let r = c
+        .get(format!("{}/v1/state/m1/", server.url))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        r.contains("\"normal\"") && !r.contains("\"blob\"") && !r.contains("steady"),
+        "{r}"
     );
 }
