@@ -37,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("state_policy", targets::state_policy),
     ("state_bundle", targets::state_bundle),
     ("key_file", targets::key_file),
+    ("trust", targets::trust),
 ];
 
 /// The target called `name`.

@@ -271,6 +271,44 @@ fn made_here(out: &Path) {
         format!("slate-home-key-v1:{}\n", "c3".repeat(32)).as_bytes(),
     );
 
+    // Signed documents: kind byte 0 trust document, 1 channel head, 2 assignment.
+    let key = slate_core::keys::SecretKey::from_text(&format!("slate-secret-key-v1 {}\n", "11".repeat(32)))
+        .expect("a fixed key");
+    let doc = slate_core::trust::TrustDoc {
+        version: 2,
+        expires: 1_900_000_000,
+        threshold: 1,
+        snapshots: 1,
+        release: vec![key.public()],
+        fleet: vec![key.public()],
+    };
+    let mut v = vec![0u8];
+    v.extend_from_slice(doc.to_text(&[&key]).as_bytes());
+    put(out, "trust", "document", &v);
+    let head = slate_core::trust::ChannelHead {
+        channel: "debian/bookworm/lab".into(),
+        snapshot: slate_core::SnapshotId::of(b"seed"),
+        length: 3,
+        issued_at: 1_800_000_000,
+        expires_at: 1_800_086_400,
+    };
+    let mut v = vec![1u8];
+    v.extend_from_slice(head.to_text(&key).as_bytes());
+    put(out, "trust", "head", &v);
+    let a = slate_core::trust::Assignment {
+        machine: "lab-07".into(),
+        channel: "debian/bookworm/lab".into(),
+        snapshot: slate_core::SnapshotId::of(b"seed"),
+        pinned: false,
+        rule: "lab".into(),
+        state_policy: Some("[[path]]\npath = \"/var/log\"\nstate = \"ram\"\n".into()),
+        issued_at: 1_800_000_000,
+        expires_at: 1_800_086_400,
+    };
+    let mut v = vec![2u8];
+    v.extend_from_slice(&a.encode());
+    put(out, "trust", "assignment", &v);
+
     // A state bundle of a small tree.
     let t = tempfile::tempdir().expect("a temporary directory");
     std::fs::create_dir(t.path().join("d")).expect("mkdir");

@@ -399,3 +399,35 @@ pub fn key_file(data: &[u8]) {
     std::fs::write(&path, data).expect("write the key file to scratch");
     let _ = slate_home::crypto::Keys::from_key_file(&path);
 }
+
+/// The fleet's and the release keys' signed documents other than
+/// snapshots: a trust document (`/v1/trust`), a signed channel head
+/// (`/v1/heads/NAME`, kept and passed on by mirrors), and an assignment's
+/// canonical bytes. The first byte picks the decoder.
+pub fn trust(data: &[u8]) {
+    use slate_core::trust::{Assignment, ChannelHead, TrustDoc};
+    let Some((&kind, rest)) = data.split_first() else {
+        return;
+    };
+    match kind % 3 {
+        0 => {
+            if let Some(Ok((doc, _))) = text(rest).map(TrustDoc::parse) {
+                // Canonical: what parses is exactly what would be signed.
+                assert!(text(rest).unwrap_or_default().starts_with(&doc.body()));
+                assert!(doc.threshold >= 1 && doc.threshold as usize <= doc.release.len());
+                assert!(doc.snapshots >= 1 && doc.snapshots as usize <= doc.release.len());
+            }
+        }
+        1 => {
+            if let Some(Ok((head, _))) = text(rest).map(ChannelHead::parse) {
+                assert!(text(rest).unwrap_or_default().starts_with(&head.body()));
+                assert!(head.length >= 1);
+            }
+        }
+        _ => {
+            if let Ok(a) = Assignment::decode(rest) {
+                assert_eq!(a.encode(), rest, "an assignment decodes only from its canonical bytes");
+            }
+        }
+    }
+}

@@ -49,6 +49,8 @@ struct RawServer {
     token: Option<bool>,
     #[serde(default)]
     token_over_http: bool,
+    #[serde(default)]
+    mirror: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +81,7 @@ struct Raw {
     timeout_secs: u64,
     token_file: Option<PathBuf>,
     boot_device: Option<PathBuf>,
+    channel: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +154,8 @@ pub struct Config {
     /// The boot partition (the /boot of GRUB, or the ESP), mounted by the
     /// agent while it writes boot entries; `boot_dir` is then relative to it.
     pub boot_device: Option<PathBuf>,
+    /// The channel to follow from mirrors before any assignment arrived.
+    pub channel: Option<String>,
 }
 
 /// Parse a size like `8G`, `512M`, `1073741824`.
@@ -205,6 +210,7 @@ impl Config {
                     pin: Vec::new(),
                     token: None,
                     token_over_http: false,
+                    mirror: false,
                 },
                 ServerEntry::Table(t) => t,
             };
@@ -230,8 +236,13 @@ impl Config {
             // The token goes where the file says it may: to the servers
             // marked `token = true` when any is, else to every https one.
             let token = match raw.token {
+                Some(true) if raw.mirror => {
+                    return Err(bad(format!(
+                        "server {s:?} is a mirror: mirrors never receive the machine token (remove token = true)"
+                    )))
+                }
                 Some(t) => t,
-                None => https && !explicit_token,
+                None => https && !explicit_token && !raw.mirror,
             };
             if token && !https && !raw.token_over_http {
                 return Err(bad(format!(
@@ -245,7 +256,11 @@ impl Config {
                 ca_file: raw.ca_file,
                 pins,
                 token,
+                mirror: raw.mirror,
             });
+        }
+        if let Some(c) = &raw.channel {
+            slate_repo::channel::check_name(c).map_err(|e| bad(format!("channel {c:?}: {e}")))?;
         }
         if raw.trust.is_empty() {
             return Err(bad("`trust` must name at least one public key file".into()));
@@ -278,6 +293,7 @@ impl Config {
             timeout_secs: raw.timeout_secs.clamp(1, 3600),
             token_file: raw.token_file,
             boot_device: raw.boot_device,
+            channel: raw.channel,
         })
     }
 
@@ -319,7 +335,22 @@ impl Config {
         self.http_with_timeout(self.timeout_secs)
     }
 
-    /// [`Config::http`] with another per-request timeout.
+    /// Whether any server is a fleet server (not a mirror).
+    pub fn has_fleet_server(&self) -> bool {
+        self.server_settings.iter().any(|s| !s.mirror)
+    }
+
+    /// An HTTP client for the mirrors only, with no token.
+    pub fn mirror_http(&self) -> Result<Option<crate::http::Http>> {
+        let mirrors: Vec<ServerSettings> = self.server_settings.iter().filter(|s| s.mirror).cloned().collect();
+        if mirrors.is_empty() {
+            return Ok(None);
+        }
+        crate::http::Http::with_settings(&mirrors, self.timeout_secs).map(Some)
+    }
+
+    /// [`Config::http`] with another per-request timeout. Only the fleet
+    /// servers: mirrors hold no machine data and sign nothing.
     pub fn http_with_timeout(&self, timeout_secs: u64) -> Result<crate::http::Http> {
         let token = self.token()?;
         if token.is_some() && !self.server_settings.iter().any(|s| s.token) {
@@ -330,7 +361,8 @@ impl Config {
                 self.path.display()
             )));
         }
-        let mut http = crate::http::Http::with_settings(&self.server_settings, timeout_secs)?;
+        let fleet: Vec<ServerSettings> = self.server_settings.iter().filter(|s| !s.mirror).cloned().collect();
+        let mut http = crate::http::Http::with_settings(&fleet, timeout_secs)?;
         http.set_token(token);
         Ok(http)
     }
@@ -406,6 +438,7 @@ mod tests {
             "slot_size",
             "connections",
             "timeout_secs",
+            "channel",
             "[slots]",
             "[labels]",
         ] {
@@ -422,6 +455,27 @@ mod tests {
             Path::new("agent.toml"),
         )
         .map(|c| c.server_settings)
+    }
+
+    #[test]
+    fn mirrors_never_get_the_token_nor_the_fleet_questions() {
+        let s = servers("server = [\"https://a\", { url = \"https://m\", mirror = true }]").unwrap();
+        assert_eq!((s[0].token, s[0].mirror), (true, false));
+        assert_eq!((s[1].token, s[1].mirror), (false, true));
+        let e = servers("server = [{ url = \"https://m\", mirror = true, token = true }]").unwrap_err();
+        assert!(e.to_string().contains("mirrors never receive the machine token"), "{e}");
+        let c = Config::parse(
+            "server = [\"https://a\", { url = \"https://m\", mirror = true }]\ntrust = [\"/k\"]\nstate_dir = \"/x\"\n\
+             channel = \"lab/x\"\n[slots]\na = \"/a\"\nb = \"/b\"\n",
+            Path::new("agent.toml"),
+        )
+        .unwrap();
+        assert!(c.has_fleet_server());
+        assert_eq!(c.channel.as_deref(), Some("lab/x"));
+        assert!(c.mirror_http().unwrap().is_some());
+        let bad = "server = \"https://a\"\ntrust = [\"/k\"]\nstate_dir = \"/x\"\nchannel = \"../x\"\n\
+                   [slots]\na = \"/a\"\nb = \"/b\"\n";
+        assert!(Config::parse(bad, Path::new("agent.toml")).is_err());
     }
 
     #[test]

@@ -106,7 +106,9 @@ impl Http {
 
     /// The server in use.
     pub fn server(&self) -> &str {
-        &self.servers[self.current.load(std::sync::atomic::Ordering::Relaxed)]
+        self.servers
+            .get(self.current.load(std::sync::atomic::Ordering::Relaxed))
+            .map_or("(no server)", String::as_str)
     }
 
     /// Send a request to the current server, failing over to the next ones

@@ -9,6 +9,12 @@
 //! whose history no longer holds the head this repository already has (a
 //! mirror rolled back to an older state, or a rewritten history) is
 //! refused before anything is written.
+//!
+//! With fleet keys (`--fleet-trust`), the source's signed channel head
+//! (`/v1/heads/NAME`) is checked too and kept beside the channel, so that
+//! this repository, served as a mirror, hands agents and further mirrors a
+//! head that expires: a mirror that stops pulling is seen as stale, and one
+//! that serves an older head than it served before is refused.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -36,8 +42,26 @@ pub struct PullStats {
     pub bytes: u64,
 }
 
+/// The keys a pull checks against.
+pub struct PullTrust<'a> {
+    /// Release keys: every new snapshot needs a valid signature by one.
+    pub release: &'a [PublicKey],
+    /// Fleet keys: when not empty, the source's signed channel head must
+    /// verify with one of them and is kept for this repository to serve.
+    pub fleet: &'a [PublicKey],
+}
+
+/// The signed head this repository holds for `channel`, if any (as text,
+/// with its issue time when it still parses).
+fn held_head(repo: &Repo, channel: &str) -> Option<u64> {
+    let bytes = repo.storage.read(&slate_repo::channel::head_key(channel)).ok()?;
+    let (head, _) = slate_core::trust::ChannelHead::parse(std::str::from_utf8(&bytes).ok()?).ok()?;
+    Some(head.issued_at)
+}
+
 /// Mirror `channel` from `server` into `repo`.
-pub fn pull(server: &str, channel: &str, repo: &Repo, trusted: &[PublicKey], work: &Path) -> Result<PullStats> {
+pub fn pull(server: &str, channel: &str, repo: &Repo, keys: &PullTrust, work: &Path) -> Result<PullStats> {
+    let trusted = keys.release;
     slate_repo::channel::check_name(channel)?;
     if trusted.is_empty() {
         return Err(Error::Config(
@@ -46,10 +70,44 @@ pub fn pull(server: &str, channel: &str, repo: &Repo, trusted: &[PublicKey], wor
         ));
     }
     let http = Http::new(&[server.trim_end_matches('/').to_string()], 60)?;
+    // The head first: a channel that moves on between the two requests
+    // then still holds it, and is cut back to what the head vouches for.
+    let head = if keys.fleet.is_empty() {
+        None
+    } else {
+        let text = http.get_optional(&format!("/v1/heads/{channel}"))?.ok_or_else(|| {
+            Error::Untrusted(format!(
+                "refusing channel {channel} from {server}: it serves no signed head (/v1/heads/{channel}); \
+                 pull without --fleet-trust to mirror it unsigned"
+            ))
+        })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let held = held_head(repo, channel).unwrap_or(0);
+        let head = crate::trust::check_head(&text, server, channel, keys.fleet, now, held).map_err(|p| match p {
+            crate::trust::HeadProblem::Refused(m) | crate::trust::HeadProblem::Stale(m) => {
+                Error::Untrusted(format!("{m}; nothing was changed"))
+            }
+        })?;
+        Some((head, text))
+    };
     let text = http.get(&format!("/v1/channels/{channel}"))?;
-    let history = slate_repo::channel::decode(channel, &text)?;
+    let mut history = slate_repo::channel::decode(channel, &text)?;
     if history.is_empty() {
         return Err(Error::Server(format!("channel {channel} on {server} is empty")));
+    }
+    if let Some((head, _)) = &head {
+        let at = usize::try_from(head.length).unwrap_or(usize::MAX) - 1;
+        if history.get(at) != Some(&head.snapshot) {
+            return Err(Error::Untrusted(format!(
+                "refusing channel {channel} from {server}: its history does not hold the signed head {} at \
+                 position {}; nothing was changed",
+                &head.snapshot.to_hex()[..12],
+                head.length
+            )));
+        }
+        history.truncate(at + 1);
     }
     let _lock = repo.lock()?;
     let held = repo.channel_history(channel)?;
@@ -141,6 +199,11 @@ pub fn pull(server: &str, channel: &str, repo: &Repo, trusted: &[PublicKey], wor
     }
     repo.storage.sync()?;
     repo.set_channel_history(channel, &history)?;
+    if let Some((_, text)) = &head {
+        let key = slate_repo::channel::head_key(channel);
+        repo.storage.write(&key, text)?;
+        repo.storage.sync_key(&key)?;
+    }
     cache.clear()?;
     stats.bytes = http.received.load(std::sync::atomic::Ordering::Relaxed);
     Ok(stats)

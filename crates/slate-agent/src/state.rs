@@ -85,6 +85,24 @@ pub struct State {
     /// assignment arrived; reported while only stale ones do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fresh_at: Option<u64>,
+    /// The channel of the last fresh assignment, and whether it pinned a
+    /// snapshot: what the machine follows from mirrors while no fleet
+    /// server answers (never a pinned machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followed: Option<Followed>,
+    /// The issue time of the newest signed channel head accepted from a
+    /// mirror, clamped to this machine's clock: an older one is a replay.
+    #[serde(default)]
+    pub head_issued_at: u64,
+}
+
+/// What the last fresh assignment said to follow.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Followed {
+    /// The channel.
+    pub channel: String,
+    /// Whether the fleet pinned a snapshot.
+    pub pinned: bool,
 }
 
 impl Default for State {
@@ -102,6 +120,8 @@ impl Default for State {
             failed: Vec::new(),
             assignment_issued_at: 0,
             last_fresh_at: None,
+            followed: None,
+            head_issued_at: 0,
         }
     }
 }

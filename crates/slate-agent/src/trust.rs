@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use slate_core::keys::PublicKey;
-use slate_core::trust::{parse_signatures, verify_policy, Assignment, Signature, TrustDoc};
+use slate_core::trust::{parse_signatures, verify_policy, Assignment, ChannelHead, Signature, TrustDoc};
 use slate_core::SnapshotId;
 
 use crate::config::Config;
@@ -71,6 +71,7 @@ pub fn load(cfg: &Config) -> Result<Trusted> {
                     version: 0,
                     expires: u64::MAX,
                     threshold: 1,
+                    snapshots: 1,
                     release,
                     fleet,
                 },
@@ -193,6 +194,57 @@ pub fn verify_assignment(answer: &serde_json::Value, machine: &str, trusted: &Tr
     Ok(Verified { assignment: a })
 }
 
+/// Why a channel head was not taken.
+#[derive(Debug)]
+pub enum HeadProblem {
+    /// Not a head of this channel signed by a trusted fleet key: refused.
+    Refused(String),
+    /// Validly signed but expired, or older than one already accepted
+    /// (a frozen or rolled-back mirror): stale.
+    Stale(String),
+}
+
+/// Check a channel head file from `server`: signed by one of `fleet`, for
+/// `channel`, not expired at `now`, and not issued before `held_issued`
+/// (the newest head this machine or repository accepted).
+pub fn check_head(
+    text: &[u8],
+    server: &str,
+    channel: &str,
+    fleet: &[PublicKey],
+    now: u64,
+    held_issued: u64,
+) -> std::result::Result<ChannelHead, HeadProblem> {
+    let refuse =
+        |why: String| HeadProblem::Refused(format!("refusing the head of channel {channel} from {server}: {why}"));
+    if fleet.is_empty() {
+        return Err(refuse(
+            "no fleet key is trusted to sign channel heads (fleet_trust in AGENT.toml, --fleet-trust for pull)".into(),
+        ));
+    }
+    let text = std::str::from_utf8(text).map_err(|_| refuse("it is not text".into()))?;
+    let (head, sigs) = ChannelHead::parse(text).map_err(|e| refuse(e.to_string()))?;
+    head.verify(&sigs, fleet).map_err(|e| refuse(e.to_string()))?;
+    if head.channel != channel {
+        return Err(refuse(format!("it is the head of channel {:?}", head.channel)));
+    }
+    if head.expires_at <= now {
+        return Err(HeadProblem::Stale(format!(
+            "the head of channel {channel} from {server} expired at {} (a mirror that stopped following its source?)",
+            date(head.expires_at)
+        )));
+    }
+    if head.issued_at < held_issued {
+        return Err(HeadProblem::Stale(format!(
+            "the head of channel {channel} from {server} was issued at {}, before the one already accepted ({}): \
+             a rolled-back or replaying mirror",
+            date(head.issued_at),
+            date(held_issued)
+        )));
+    }
+    Ok(head)
+}
+
 /// Whether a verified assignment is fresh: not expired and not older than
 /// the newest one this machine accepted. `Err` holds why it is stale.
 pub fn freshness(a: &Assignment, last_issued: u64, now: u64) -> std::result::Result<(), String> {
@@ -241,6 +293,7 @@ mod tests {
                 version: 0,
                 expires: u64::MAX,
                 threshold: 1,
+                snapshots: 1,
                 release: vec![release.public()],
                 fleet: vec![fleet.public()],
             },

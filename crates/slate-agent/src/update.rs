@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 use slate_core::manifest::{self, Manifest};
-use slate_core::snapshot::{check_trusted, Snapshot};
+use slate_core::snapshot::{check_threshold, Snapshot};
 use slate_core::{ChunkId, Id32, SnapshotId};
 use slate_repo::progress::Progress;
 use slate_repo::reader::ChunkReader;
@@ -210,14 +210,24 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
     let http = cfg.http()?;
     let now_s = now().max(0) as u64;
 
-    let answer = match http.post_json("/v1/fleet/assignment", &serde_json::json!({ "machine": who })) {
+    let answer = if cfg.has_fleet_server() {
+        http.post_json("/v1/fleet/assignment", &serde_json::json!({ "machine": who }))
+    } else {
+        Err(Error::Offline("AGENT.toml names mirrors only".into()))
+    };
+    let answer = match answer {
         Ok(a) => a,
         Err(Error::Offline(why)) => {
-            return Ok(Outcome {
-                result: "offline".into(),
-                message: format!("offline: no server answered ({why}); nothing changed, will try again later"),
-                ..Default::default()
-            })
+            return match cfg.mirror_http()? {
+                Some(mirrors) => follow_mirrors(
+                    cfg, &mut state, &trusted, &mirrors, &http, &who, &why, dry_run, progress,
+                ),
+                None => Ok(Outcome {
+                    result: "offline".into(),
+                    message: format!("offline: no server answered ({why}); nothing changed, will try again later"),
+                    ..Default::default()
+                }),
+            };
         }
         Err(e) => return Err(e),
     };
@@ -232,34 +242,12 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
         }
         Err(e) => return Err(e),
     };
+    if let Some(why) = trust_expired(&trusted, now_s) {
+        return stale(cfg, &mut state, &http, &who, dry_run, "assignment", why);
+    }
     let target = verified.snapshot;
-    let target_hex = target.to_hex();
     if let Err(why) = crate::trust::freshness(&verified, state.assignment_issued_at, now_s) {
-        let message = match state.last_fresh_at {
-            Some(t) => format!(
-                "no fresh assignment since {}: {why}; nothing changed",
-                crate::trust::date(t)
-            ),
-            None => format!("no fresh assignment yet: {why}; nothing changed"),
-        };
-        let outcome = Outcome {
-            result: "stale".into(),
-            message,
-            ..Default::default()
-        };
-        if !dry_run {
-            state.last_pass = Some(LastPass {
-                result: outcome.result.clone(),
-                message: outcome.message.clone(),
-                bytes_fetched: http.received.load(std::sync::atomic::Ordering::Relaxed),
-                at: now(),
-                target: None,
-                shadowed: Vec::new(),
-            });
-            state.save(&cfg.state_dir)?;
-            report(&http, &who, &state);
-        }
-        return Ok(outcome);
+        return stale(cfg, &mut state, &http, &who, dry_run, "assignment", why);
     }
     let pinned = verified.pinned;
     // A fleet policy that cannot work on this machine's tree is refused
@@ -270,31 +258,190 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
         // server's future-dated assignment cannot make later ones replays.
         state.assignment_issued_at = state.assignment_issued_at.max(verified.issued_at.min(now_s));
         state.last_fresh_at = Some(now_s);
+        state.followed = Some(crate::state::Followed {
+            channel: verified.channel.clone(),
+            pinned,
+        });
         if vetted.is_ok() {
             keep_fleet_policy(cfg, verified.state_policy.as_deref());
         }
     }
+    let result = vetted.and_then(|()| pass(cfg, &mut state, &http, &trusted, target, pinned, dry_run, progress));
+    finish_pass(cfg, &mut state, &http, &http, &who, target, dry_run, result)
+}
 
-    let result = vetted.and_then(|()| {
-        pass(
-            cfg,
-            &mut state,
-            &http,
-            trusted.release(),
-            target,
-            pinned,
-            dry_run,
-            progress,
+/// Why the trust document in use no longer vouches for anything: it
+/// expired and no newer one arrived (a server or mirror that withholds
+/// rotations is a freeze too).
+fn trust_expired(trusted: &crate::trust::Trusted, now: u64) -> Option<String> {
+    (trusted.doc.expires <= now).then(|| {
+        format!(
+            "the trust document in use (version {}) expired at {} and no newer one arrived",
+            trusted.doc.version,
+            crate::trust::date(trusted.doc.expires)
         )
-    });
-    let fetched = http.received.load(std::sync::atomic::Ordering::Relaxed);
+    })
+}
+
+/// End a pass that found nothing fresh to act on: record and report it as
+/// `stale`, change nothing else.
+fn stale(
+    cfg: &Config,
+    state: &mut State,
+    http: &Http,
+    who: &Identity,
+    dry_run: bool,
+    what: &str,
+    why: String,
+) -> Result<Outcome> {
+    let message = match state.last_fresh_at {
+        Some(t) => format!(
+            "no fresh {what} since {}: {why}; nothing changed",
+            crate::trust::date(t)
+        ),
+        None => format!("no fresh {what} yet: {why}; nothing changed"),
+    };
+    let outcome = Outcome {
+        result: "stale".into(),
+        message,
+        ..Default::default()
+    };
+    if !dry_run {
+        state.last_pass = Some(LastPass {
+            result: outcome.result.clone(),
+            message: outcome.message.clone(),
+            bytes_fetched: http.received.load(std::sync::atomic::Ordering::Relaxed),
+            at: now(),
+            target: None,
+            shadowed: Vec::new(),
+        });
+        state.save(&cfg.state_dir)?;
+        report(http, who, state);
+    }
+    Ok(outcome)
+}
+
+/// No fleet server answered: follow the channel of the last fresh
+/// assignment (or AGENT.toml's `channel`) from the mirrors, by the head
+/// the fleet key signed. A pinned machine stays where the fleet put it;
+/// an expired or older head is stale, a forged one refused.
+#[allow(clippy::too_many_arguments)]
+fn follow_mirrors(
+    cfg: &Config,
+    state: &mut State,
+    trusted: &crate::trust::Trusted,
+    mirrors: &Http,
+    fleet: &Http,
+    who: &Identity,
+    offline_why: &str,
+    dry_run: bool,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
+    let now_s = now().max(0) as u64;
+    let offline = |why: String| {
+        Ok(Outcome {
+            result: "offline".into(),
+            message: why,
+            ..Default::default()
+        })
+    };
+    let channel = match &state.followed {
+        Some(f) if f.pinned => {
+            return offline(format!(
+                "offline: no fleet server answered ({offline_why}); the fleet pinned this machine, so mirrors' \
+                 channel heads are not followed; nothing changed"
+            ))
+        }
+        Some(f) => f.channel.clone(),
+        None => match &cfg.channel {
+            Some(c) => c.clone(),
+            None => {
+                return offline(format!(
+                    "offline: no fleet server answered ({offline_why}) and no channel is known to follow from the \
+                     mirrors (no assignment yet; set channel in AGENT.toml); nothing changed"
+                ))
+            }
+        },
+    };
+    let text = match mirrors.get_optional(&format!("/v1/heads/{channel}")) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            let e = Error::Untrusted(format!(
+                "refusing mirror {}: it serves no signed head of channel {channel} (pull it with --fleet-trust)",
+                mirrors.server()
+            ));
+            return Err(if dry_run {
+                e
+            } else {
+                failed_pass(cfg, state, fleet, who, "refused", e, None)
+            });
+        }
+        Err(Error::Offline(why)) => {
+            return offline(format!(
+                "offline: no fleet server answered ({offline_why}) and no mirror either ({why}); nothing changed"
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(why) = trust_expired(trusted, now_s) {
+        return stale(cfg, state, fleet, who, dry_run, "channel head", why);
+    }
+    let head = match crate::trust::check_head(
+        &text,
+        mirrors.server(),
+        &channel,
+        trusted.fleet(),
+        now_s,
+        state.head_issued_at,
+    ) {
+        Ok(h) => h,
+        Err(crate::trust::HeadProblem::Stale(why)) => {
+            return stale(cfg, state, fleet, who, dry_run, "channel head", why);
+        }
+        Err(crate::trust::HeadProblem::Refused(why)) => {
+            let e = Error::Untrusted(why);
+            return Err(if dry_run {
+                e
+            } else {
+                failed_pass(cfg, state, fleet, who, "refused", e, None)
+            });
+        }
+    };
+    if !dry_run {
+        state.head_issued_at = state.head_issued_at.max(head.issued_at.min(now_s));
+        state.last_fresh_at = Some(now_s);
+    }
+    tracing::info!(
+        "following channel {channel} from mirror {}: head {}",
+        mirrors.server(),
+        head.snapshot
+    );
+    let result = pass(cfg, state, mirrors, trusted, head.snapshot, false, dry_run, progress);
+    finish_pass(cfg, state, mirrors, fleet, who, head.snapshot, dry_run, result)
+}
+
+/// Record a pass that ran (or failed) against `target`, fetching from
+/// `data`, and report it to the fleet over `fleet`.
+#[allow(clippy::too_many_arguments)]
+fn finish_pass(
+    cfg: &Config,
+    state: &mut State,
+    data: &Http,
+    fleet: &Http,
+    who: &Identity,
+    target: SnapshotId,
+    dry_run: bool,
+    result: Result<Outcome>,
+) -> Result<Outcome> {
+    let target_hex = target.to_hex();
+    let fetched = data.received.load(std::sync::atomic::Ordering::Relaxed);
     if dry_run {
         return result;
     }
     let outcome = match result {
         Ok(o) => o,
         Err(e) => {
-            return Err(failed_pass(cfg, &mut state, &http, &who, "error", e, Some(target_hex)));
+            return Err(failed_pass(cfg, state, fleet, who, "error", e, Some(target_hex)));
         }
     };
     state.last_pass = Some(LastPass {
@@ -306,7 +453,7 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
         shadowed: outcome.shadowed.iter().map(|s| s.path.clone()).collect(),
     });
     state.save(&cfg.state_dir)?;
-    report(&http, &who, &state);
+    report(fleet, who, state);
     Ok(Outcome {
         bytes_fetched: fetched,
         ..outcome
@@ -318,7 +465,7 @@ fn pass(
     cfg: &Config,
     state: &mut State,
     http: &Http,
-    trusted: &[slate_core::keys::PublicKey],
+    trusted: &crate::trust::Trusted,
     target: SnapshotId,
     pinned: bool,
     dry_run: bool,
@@ -366,9 +513,12 @@ fn pass(
 
     let remote = Remote::new(http, &cache_dir(&cfg.state_dir));
     let (snap, sigs) = remote.snapshot(&target)?;
-    let signer = check_trusted(&target, &sigs, trusted)
+    let signers = check_threshold(&target, &sigs, trusted.release(), trusted.doc.snapshots as usize)
         .map_err(|e| Error::Untrusted(format!("refusing snapshot {target_hex}: {e}")))?;
-    tracing::info!("snapshot {target_hex} signed by {}", signer.fingerprint());
+    tracing::info!(
+        "snapshot {target_hex} signed by {}",
+        signers.iter().map(|k| k.fingerprint()).collect::<Vec<_>>().join(", ")
+    );
     // The rollback floor never lies beyond this machine's clock: a snapshot
     // dated in the future raises it only to now, so later ones still pass.
     let now_ns = now_ns();

@@ -256,6 +256,11 @@ pub enum Command {
         /// How long an assignment stays fresh, e.g. 1d, 12h, 90m or seconds.
         #[arg(long, value_name = "TIME", default_value = "1d", value_parser = parse_duration)]
         assignment_ttl: u64,
+        /// How long a signed channel head (GET /v1/heads/NAME) stays fresh:
+        /// longer than mirrors take between pulls, short enough that a
+        /// frozen mirror is noticed soon.
+        #[arg(long, value_name = "TIME", default_value = "1d", value_parser = parse_duration)]
+        head_ttl: u64,
     },
     /// The fleet as the server sees it; machine tokens.
     Fleet {
@@ -362,6 +367,10 @@ pub enum Command {
         /// mirror is never pulled unverified).
         #[arg(long, value_name = "KEY.pub", required = true)]
         trust: Vec<PathBuf>,
+        /// A fleet public key (repeat): the source's channel head must be
+        /// signed by one, and is kept so that this mirror serves it on.
+        #[arg(long = "fleet-trust", value_name = "KEY.pub")]
+        fleet_trust: Vec<PathBuf>,
     },
     /// User data that survives the machine: encrypted, deduplicated backups of home directories.
     Home {
@@ -397,6 +406,9 @@ pub enum TrustCommand {
         /// How many release keys must sign the next trust document.
         #[arg(long, default_value_t = 1)]
         threshold: u32,
+        /// How many distinct release keys must sign every snapshot machines accept.
+        #[arg(long = "snapshot-threshold", default_value_t = 1)]
+        snapshot_threshold: u32,
         /// A release public key (repeat): signs snapshots, command policies, trust documents.
         #[arg(long = "release", value_name = "KEY.pub", required = true)]
         release: Vec<PathBuf>,

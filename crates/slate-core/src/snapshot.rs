@@ -210,14 +210,40 @@ pub fn decode_signatures(data: &[u8]) -> Result<Vec<SnapshotSignature>> {
 /// Check that at least one signature in `sigs` over `id` is by a key in
 /// `trusted` and verifies. Signatures by other keys are ignored.
 pub fn check_trusted(id: &SnapshotId, sigs: &[SnapshotSignature], trusted: &[PublicKey]) -> Result<PublicKey> {
+    check_threshold(id, sigs, trusted, 1).map(|signers| signers[0])
+}
+
+/// Check that at least `threshold` distinct keys of `trusted` made a valid
+/// signature of snapshot `id`; returns those signers. A signature that
+/// claims a trusted key but does not verify, or a key that signed twice,
+/// counts once at most: several lines cannot stand in for several keys.
+pub fn check_threshold(
+    id: &SnapshotId,
+    sigs: &[SnapshotSignature],
+    trusted: &[PublicKey],
+    threshold: usize,
+) -> Result<Vec<PublicKey>> {
+    let threshold = threshold.max(1);
+    let mut signers: Vec<PublicKey> = Vec::new();
     let mut failed = None;
     for s in sigs.iter().filter(|s| trusted.contains(&s.key)) {
+        if signers.contains(&s.key) {
+            continue;
+        }
         match s.verify(id) {
-            Ok(()) => return Ok(s.key),
+            Ok(()) => signers.push(s.key),
             Err(e) => failed = Some(e),
         }
     }
+    if signers.len() >= threshold {
+        return Ok(signers);
+    }
     Err(match failed {
+        _ if !signers.is_empty() => Error::Signature(format!(
+            "snapshot {id} carries valid signatures by {} trusted release key(s) ({}); the trust document requires {threshold}",
+            signers.len(),
+            signers.iter().map(|k| k.fingerprint()).collect::<Vec<_>>().join(", ")
+        )),
         Some(e) => e,
         None if sigs.is_empty() => Error::Signature(format!("snapshot {id} is not signed")),
         None => Error::Signature(format!(
@@ -307,5 +333,24 @@ mod tests {
             sig: evil.sign(SIGN_DOMAIN, id.as_bytes()),
         };
         assert!(check_trusted(&id, &[forged], &[good.public()]).is_err());
+        // A threshold counts distinct keys with valid signatures.
+        let second = SecretKey::generate().unwrap();
+        let both = [good.public(), second.public()];
+        let one = [SnapshotSignature::sign(&id, &good)];
+        assert!(check_threshold(&id, &one, &both, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("requires 2"));
+        // The same key twice is still one key.
+        let twice = [one[0].clone(), one[0].clone()];
+        assert!(check_threshold(&id, &twice, &both, 2).is_err());
+        let two = [one[0].clone(), SnapshotSignature::sign(&id, &second)];
+        assert_eq!(check_threshold(&id, &two, &both, 2).unwrap().len(), 2);
+        // A forged second line claiming the other key does not count.
+        let forged_second = SnapshotSignature {
+            key: second.public(),
+            sig: one[0].sig,
+        };
+        assert!(check_threshold(&id, &[one[0].clone(), forged_second], &both, 2).is_err());
     }
 }

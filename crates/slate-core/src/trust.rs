@@ -1,10 +1,11 @@
 //! Key roles and the signed documents that are not snapshots
-//! (`docs/format/trust.md`): fleet assignments, detached signatures of
-//! state policies, and the trust document that rotates and revokes keys.
+//! (`docs/format/trust.md`): fleet assignments, signed channel heads,
+//! detached signatures of state policies, and the trust document that
+//! rotates and revokes keys.
 //!
 //! Two roles sign: offline **release** keys (snapshots, state policies that
 //! run commands at boot, trust documents) and the online **fleet** key of
-//! `slate serve` (assignments). Every kind of signed message has its own
+//! `slate serve` (assignments and channel heads). Every kind of signed message has its own
 //! domain string, so a signature made for one kind never verifies as
 //! another, whoever holds the key: a snapshot signature is not an
 //! assignment signature, an assignment signature is not a trust document's.
@@ -22,6 +23,8 @@ pub const ASSIGNMENT_DOMAIN: &[u8] = b"slate fleet assignment v1";
 pub const POLICY_DOMAIN: &[u8] = b"slate state policy v1";
 /// Domain of a trust document signature (release role).
 pub const TRUST_DOMAIN: &[u8] = b"slate trust document v1";
+/// Domain of a channel head signature (fleet role).
+pub const HEAD_DOMAIN: &[u8] = b"slate channel head v1";
 
 const ASSIGNMENT_MAGIC: &[u8; 8] = b"SLATEAS\0";
 const ASSIGNMENT_VERSION: u32 = 1;
@@ -245,6 +248,9 @@ pub struct TrustDoc {
     pub expires: u64,
     /// How many release keys must sign the next trust document.
     pub threshold: u32,
+    /// How many distinct release keys must sign a snapshot (1 unless the
+    /// document says `snapshots N`).
+    pub snapshots: u32,
     /// Keys that sign snapshots, state policies with commands and trust documents.
     pub release: Vec<PublicKey>,
     /// Keys that sign assignments.
@@ -258,6 +264,11 @@ impl TrustDoc {
             "{TRUST_MAGIC}\nversion {}\nexpires {}\nthreshold {}\n",
             self.version, self.expires, self.threshold
         );
+        // Written only when it is not the default, so that documents from
+        // before the line existed keep their canonical form (and signatures).
+        if self.snapshots != 1 {
+            s.push_str(&format!("snapshots {}\n", self.snapshots));
+        }
         for k in &self.release {
             s.push_str(&format!("release {}\n", hex::encode(k.0)));
         }
@@ -289,30 +300,16 @@ impl TrustDoc {
     /// form, so the bytes signed are the bytes read.
     pub fn parse(text: &str) -> Result<(TrustDoc, Vec<Signature>)> {
         let bad = |d: &str| Error::corrupt("trust document", d.to_string());
-        if text.len() > 64 << 10 {
-            return Err(bad("larger than 64 KiB"));
-        }
-        let end = text
-            .find(&format!("\n{TRUST_END}\n"))
-            .ok_or_else(|| bad("no `end` line"))?
-            + TRUST_END.len()
-            + 2;
-        let (body, rest) = text.split_at(end);
-        let mut lines = body.lines();
-        if lines.next() != Some(TRUST_MAGIC) {
-            return Err(bad("does not start with slate-trust-v1"));
-        }
-        let mut field = |name: &str| -> Result<u64> {
-            lines
-                .next()
-                .and_then(|l| l.strip_prefix(name))
-                .and_then(|v| v.strip_prefix(' '))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| bad(&format!("expected a `{name} N` line")))
-        };
+        let (body, rest) = split_signed(text, TRUST_MAGIC, "trust document")?;
+        let mut lines = body.lines().skip(1).peekable();
+        let mut field = |name: &str| -> Result<u64> { number_line(lines.next(), name, "trust document") };
         let version = field("version")?;
         let expires = field("expires")?;
         let threshold = field("threshold")?;
+        let snapshots = match lines.peek() {
+            Some(l) if l.starts_with("snapshots ") => number_line(lines.next(), "snapshots", "trust document")?,
+            _ => 1,
+        };
         let mut release = Vec::new();
         let mut fleet = Vec::new();
         for l in lines {
@@ -331,17 +328,21 @@ impl TrustDoc {
         if threshold == 0 || threshold > release.len() as u64 {
             return Err(bad("threshold must be between 1 and the number of release keys"));
         }
+        if snapshots == 0 || snapshots > release.len() as u64 {
+            return Err(bad("snapshots must be between 1 and the number of release keys"));
+        }
         let doc = TrustDoc {
             version,
             expires,
             threshold: threshold as u32,
+            snapshots: snapshots as u32,
             release,
             fleet,
         };
         if doc.body() != body {
             return Err(bad("not in canonical form"));
         }
-        Ok((doc, parse_signatures(rest)?))
+        Ok((doc, rest))
     }
 
     /// Whether this document, with `sigs`, may replace `current` at time
@@ -376,6 +377,135 @@ impl TrustDoc {
             )));
         }
         Ok(())
+    }
+}
+
+/// Split an untrusted signed text document into its body (from the `magic`
+/// line through the `end` line) and its signatures. At most 64 KiB.
+fn split_signed<'a>(text: &'a str, magic: &str, what: &'static str) -> Result<(&'a str, Vec<Signature>)> {
+    let bad = |d: &str| Error::corrupt(what, d.to_string());
+    if text.len() > 64 << 10 {
+        return Err(bad("larger than 64 KiB"));
+    }
+    if !text.starts_with(magic) || text.as_bytes().get(magic.len()) != Some(&b'\n') {
+        return Err(bad(&format!("does not start with {magic}")));
+    }
+    let end = text
+        .find(&format!("\n{TRUST_END}\n"))
+        .ok_or_else(|| bad("no `end` line"))?
+        + TRUST_END.len()
+        + 2;
+    let (body, rest) = text.split_at(end);
+    Ok((body, parse_signatures(rest)?))
+}
+
+/// The number of a `NAME N` line, in canonical decimal.
+fn number_line(line: Option<&str>, name: &str, what: &'static str) -> Result<u64> {
+    line.and_then(|l| l.strip_prefix(name))
+        .and_then(|v| v.strip_prefix(' '))
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && (v.len() == 1 || !v.starts_with('0')))
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| Error::corrupt(what, format!("expected a `{name} N` line")))
+}
+
+const HEAD_MAGIC: &str = "slate-head-v1";
+
+/// A channel's head as the fleet key vouches for it at one moment: which
+/// snapshot ends the channel's history, how long that history is, and until
+/// when the statement holds. A mirror keeps it verbatim and passes it on,
+/// so a mirror that stops following its source (frozen) is seen once the
+/// head it serves expires, and one that goes back in time is seen by the
+/// issue time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelHead {
+    /// The channel.
+    pub channel: String,
+    /// The snapshot at its head.
+    pub snapshot: SnapshotId,
+    /// The number of snapshots in its history (the head is the last).
+    pub length: u64,
+    /// When it was signed, Unix seconds; never decreases for one server.
+    pub issued_at: u64,
+    /// After this (Unix seconds) it is stale.
+    pub expires_at: u64,
+}
+
+impl ChannelHead {
+    /// The canonical text that is signed.
+    pub fn body(&self) -> String {
+        format!(
+            "{HEAD_MAGIC}\nchannel {}\nsnapshot {}\nlength {}\nissued {}\nexpires {}\n{TRUST_END}\n",
+            self.channel,
+            self.snapshot.to_hex(),
+            self.length,
+            self.issued_at,
+            self.expires_at
+        )
+    }
+
+    /// The whole file: the body and one signature line by the fleet key.
+    pub fn to_text(&self, key: &SecretKey) -> String {
+        let body = self.body();
+        let sig = Signature {
+            key: key.public(),
+            sig: key.sign(HEAD_DOMAIN, body.as_bytes()),
+        };
+        format!("{body}{}\n", sig.to_line())
+    }
+
+    /// Parse an untrusted head file; signatures unchecked (see
+    /// [`ChannelHead::verify`]).
+    pub fn parse(text: &str) -> Result<(ChannelHead, Vec<Signature>)> {
+        let bad = |d: &str| Error::corrupt("channel head", d.to_string());
+        let (body, sigs) = split_signed(text, HEAD_MAGIC, "channel head")?;
+        let mut lines = body.lines().skip(1);
+        let channel = lines
+            .next()
+            .and_then(|l| l.strip_prefix("channel "))
+            .filter(|c| !c.is_empty() && c.len() <= 1024)
+            .ok_or_else(|| bad("expected a `channel NAME` line"))?
+            .to_string();
+        let snapshot = lines
+            .next()
+            .and_then(|l| l.strip_prefix("snapshot "))
+            .and_then(SnapshotId::from_hex)
+            .ok_or_else(|| bad("expected a `snapshot ID` line"))?;
+        let length = number_line(lines.next(), "length", "channel head")?;
+        let issued_at = number_line(lines.next(), "issued", "channel head")?;
+        let expires_at = number_line(lines.next(), "expires", "channel head")?;
+        let head = ChannelHead {
+            channel,
+            snapshot,
+            length,
+            issued_at,
+            expires_at,
+        };
+        if length == 0 {
+            return Err(bad("a head of an empty history"));
+        }
+        if head.body() != body {
+            return Err(bad("not in canonical form"));
+        }
+        Ok((head, sigs))
+    }
+
+    /// Check that one of the `fleet` keys signed this head; returns the signer.
+    pub fn verify(&self, sigs: &[Signature], fleet: &[PublicKey]) -> Result<PublicKey> {
+        let body = self.body();
+        for s in sigs {
+            if fleet.contains(&s.key) && s.key.verify(HEAD_DOMAIN, body.as_bytes(), &s.sig).is_ok() {
+                return Ok(s.key);
+            }
+        }
+        Err(Error::Signature(if sigs.is_empty() {
+            format!("the head of channel {} is not signed", self.channel)
+        } else {
+            format!(
+                "the head of channel {} carries no valid signature by a trusted fleet key (signers: {})",
+                self.channel,
+                sigs.iter().map(|s| s.key.fingerprint()).collect::<Vec<_>>().join(", ")
+            )
+        }))
     }
 }
 
@@ -491,6 +621,7 @@ mod tests {
             version: 0,
             expires: u64::MAX,
             threshold: 1,
+            snapshots: 1,
             release: vec![old.public()],
             fleet: vec![fleet.public()],
         };
@@ -498,6 +629,7 @@ mod tests {
             version: 2,
             expires: 2_000_000_000,
             threshold: 1,
+            snapshots: 1,
             release: vec![new.public()],
             fleet: vec![fleet.public()],
         };
@@ -529,5 +661,87 @@ mod tests {
         // Non-canonical spellings are refused.
         assert!(TrustDoc::parse(&text.replace("version 2", "version 02")).is_err());
         assert!(TrustDoc::parse(&text.replace("threshold 1", "threshold 3")).is_err());
+    }
+
+    #[test]
+    fn snapshot_thresholds_in_trust_documents() {
+        let a = SecretKey::generate().unwrap();
+        let b = SecretKey::generate().unwrap();
+        let doc = TrustDoc {
+            version: 3,
+            expires: 2_000_000_000,
+            threshold: 1,
+            snapshots: 2,
+            release: vec![a.public(), b.public()],
+            fleet: vec![],
+        };
+        let text = doc.to_text(&[&a]);
+        assert!(text.contains("\nsnapshots 2\n"));
+        assert_eq!(TrustDoc::parse(&text).unwrap().0, doc);
+        // More than there are release keys, zero, or non-canonical: refused.
+        assert!(TrustDoc::parse(&text.replace("snapshots 2", "snapshots 3")).is_err());
+        assert!(TrustDoc::parse(&text.replace("snapshots 2", "snapshots 0")).is_err());
+        assert!(TrustDoc::parse(&text.replace("snapshots 2", "snapshots 02")).is_err());
+        // The default is not written, so older documents keep their bytes.
+        let one = TrustDoc { snapshots: 1, ..doc };
+        assert!(!one.body().contains("snapshots"));
+        assert_eq!(TrustDoc::parse(&one.to_text(&[&a])).unwrap().0, one);
+    }
+
+    fn head() -> ChannelHead {
+        ChannelHead {
+            channel: "debian/bookworm/lab".into(),
+            snapshot: SnapshotId::of(b"s"),
+            length: 7,
+            issued_at: 1_800_000_000,
+            expires_at: 1_800_003_600,
+        }
+    }
+
+    #[test]
+    fn channel_heads() {
+        let fleet = SecretKey::generate().unwrap();
+        let release = SecretKey::generate().unwrap();
+        let h = head();
+        let text = h.to_text(&fleet);
+        let (parsed, sigs) = ChannelHead::parse(&text).unwrap();
+        assert_eq!(parsed, h);
+        assert_eq!(parsed.verify(&sigs, &[fleet.public()]).unwrap(), fleet.public());
+        // The release key is not a fleet key, and signs no heads.
+        assert!(parsed.verify(&sigs, &[release.public()]).is_err());
+        let (p, s) = ChannelHead::parse(&h.to_text(&release)).unwrap();
+        assert!(p.verify(&s, &[fleet.public()]).is_err());
+        // Every field is covered by the signature.
+        for (from, to) in [
+            ("length 7", "length 8"),
+            ("issued 1800000000", "issued 1800000001"),
+            ("expires 1800003600", "expires 1900003600"),
+            ("bookworm/lab", "bookworm/dev"),
+        ] {
+            let (p, s) = ChannelHead::parse(&text.replace(from, to)).unwrap();
+            assert!(p.verify(&s, &[fleet.public()]).is_err(), "{from} -> {to}");
+        }
+        // Unsigned, truncated, non-canonical, empty: refused.
+        let body = h.body();
+        let (p, s) = ChannelHead::parse(&body).unwrap();
+        assert!(p
+            .verify(&s, &[fleet.public()])
+            .unwrap_err()
+            .to_string()
+            .contains("not signed"));
+        for n in 0..body.len() {
+            assert!(ChannelHead::parse(&text[..n]).is_err(), "truncated at {n}");
+        }
+        assert!(ChannelHead::parse(&text.replace("length 7", "length 07")).is_err());
+        assert!(ChannelHead::parse(&text.replace("length 7", "length 0")).is_err());
+        assert!(ChannelHead::parse(&text.replace("slate-head-v1", "slate-head-v2")).is_err());
+        // A head signature is no other role's signature, and the reverse.
+        let sig = sigs[0];
+        assert_eq!(count_valid(HEAD_DOMAIN, body.as_bytes(), &[sig], &[fleet.public()]), 1);
+        for d in [ASSIGNMENT_DOMAIN, POLICY_DOMAIN, TRUST_DOMAIN] {
+            assert_eq!(count_valid(d, body.as_bytes(), &[sig], &[fleet.public()]), 0);
+        }
+        let as_policy = sign_policy(body.as_bytes(), &fleet);
+        assert!(h.verify(&[as_policy], &[fleet.public()]).is_err());
     }
 }

@@ -50,6 +50,11 @@ pub struct ServerSettings {
     pub pins: Vec<[u8; 32]>,
     /// Whether the machine token is sent to this server.
     pub token: bool,
+    /// A mirror (`slate pull` served by `slate serve`): asked only for
+    /// signed channel heads and repository objects, when no fleet server
+    /// answers; never sent the token, never asked for an assignment (nor
+    /// for home repositories).
+    pub mirror: bool,
 }
 
 impl ServerSettings {
@@ -62,6 +67,7 @@ impl ServerSettings {
             url,
             ca_file: None,
             pins: Vec::new(),
+            mirror: false,
         }
     }
 

@@ -11,6 +11,12 @@ const HEADER: &str = "slate-channel-v1";
 /// Longest history a channel file may hold when read.
 const MAX_HISTORY: usize = 1_000_000;
 
+/// The storage key of the signed head of channel `name` that a mirror
+/// keeps (`slate pull --fleet-trust`) and serves at `/v1/heads/NAME`.
+pub fn head_key(name: &str) -> String {
+    format!("heads/{name}")
+}
+
 /// Check a channel name: `/`-separated components of `[A-Za-z0-9._+-]`,
 /// none empty or starting with a dot.
 pub fn check_name(name: &str) -> Result<()> {

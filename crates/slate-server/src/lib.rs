@@ -117,6 +117,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/fleet/report", post(fleet::api::report))
         .route("/v1/fleet/machines", get(fleet::api::machines))
         .route("/v1/trust", get(fleet::sign::trust_document))
+        .route("/v1/heads/{*name}", get(fleet::sign::channel_head))
         .route("/v1/state/{machine}/", get(private::state_list))
         .route(
             "/v1/state/{machine}/{name}",

@@ -178,11 +178,24 @@ pub fn rollback(config: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn pull(from: &str, channel: &str, repo_path: &Path, trust: &[PathBuf]) -> Result<ExitCode> {
-    let keys = trust
-        .iter()
-        .map(|p| super::read_public_key(p))
-        .collect::<Result<Vec<_>>>()?;
+pub fn pull(
+    from: &str,
+    channel: &str,
+    repo_path: &Path,
+    trust: &[PathBuf],
+    fleet_trust: &[PathBuf],
+) -> Result<ExitCode> {
+    let read = |paths: &[PathBuf]| {
+        paths
+            .iter()
+            .map(|p| super::read_public_key(p))
+            .collect::<Result<Vec<_>>>()
+    };
+    let (release, fleet) = (read(trust)?, read(fleet_trust)?);
+    let keys = slate_agent::pull::PullTrust {
+        release: &release,
+        fleet: &fleet,
+    };
     let repo = if repo_path.join("config").exists() {
         super::open(repo_path)?
     } else {
@@ -192,10 +205,15 @@ pub fn pull(from: &str, channel: &str, repo_path: &Path, trust: &[PathBuf]) -> R
     let stats = slate_agent::pull::pull(from, channel, &repo, &keys, &work)
         .with_context(|| format!("cannot pull {channel} from {from}"))?;
     eprintln!(
-        "pulled {channel}: {} snapshots, {} packs, {} downloaded",
+        "pulled {channel}: {} snapshots, {} packs, {} downloaded{}",
         stats.snapshots,
         stats.packs,
-        human(stats.bytes)
+        human(stats.bytes),
+        if fleet.is_empty() {
+            "; no --fleet-trust: no signed head kept, so agents cannot follow this channel from this mirror"
+        } else {
+            "; signed head kept"
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

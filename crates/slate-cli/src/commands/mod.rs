@@ -106,6 +106,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             tls_key,
             fleet_key,
             assignment_ttl,
+            head_ttl,
         } => serve::run(
             &repo.repo,
             &listen,
@@ -128,7 +129,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     body_timeout: std::time::Duration::from_secs(body_timeout),
                     min_upload_rate,
                 },
-                fleet_key: fleet_key.map(|k| (k, assignment_ttl)),
+                fleet_key: fleet_key.map(|k| (k, assignment_ttl, head_ttl)),
             },
             tls_cert.zip(tls_key),
         ),
@@ -142,6 +143,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     version,
                     expires_days,
                     threshold,
+                    snapshot_threshold,
                     release,
                     fleet,
                     keys,
@@ -151,6 +153,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             version,
             expires_days,
             threshold,
+            snapshot_threshold,
             release: &release,
             fleet: &fleet,
             keys: &keys,
@@ -250,7 +253,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             channel,
             repo,
             trust,
-        } => agent::pull(&from, &channel, &repo.repo, &trust),
+            fleet_trust,
+        } => agent::pull(&from, &channel, &repo.repo, &trust, &fleet_trust),
         Command::Home { command } => home::run(command),
     }
 }

@@ -36,9 +36,10 @@ pub struct Access {
     pub admin_tokens: Option<PathBuf>,
     /// `--header-timeout`, `--max-connections`, `--max-connections-per-client`.
     pub limits: slate_server::server::Limits,
-    /// `--fleet-key` and `--assignment-ttl` (seconds): the key that signs
-    /// assignments and how long they stay fresh.
-    pub fleet_key: Option<(PathBuf, u64)>,
+    /// `--fleet-key`, `--assignment-ttl` and `--head-ttl` (seconds): the
+    /// key that signs assignments and channel heads, and how long each
+    /// stays fresh.
+    pub fleet_key: Option<(PathBuf, u64, u64)>,
 }
 
 /// Run `slate serve`; `access.fleet_key` is the key that signs assignments and
@@ -96,13 +97,17 @@ pub fn run(
     }
     // Said once the server listens: a setup that fails is one error line.
     let signing = match &access.fleet_key {
-        Some((k, assignment_ttl)) => {
+        Some((k, assignment_ttl, head_ttl)) => {
             let key = super::read_secret_key(k)?;
-            let note = format!("signing assignments with fleet key {}", key.public().fingerprint());
-            state = state.with_signer(slate_server::fleet::sign::Signer::new(key, *assignment_ttl));
+            let note = format!(
+                "signing assignments and channel heads with fleet key {}",
+                key.public().fingerprint()
+            );
+            state = state
+                .with_signer(slate_server::fleet::sign::Signer::new(key, *assignment_ttl).with_head_ttl(*head_ttl));
             note
         }
-        None => "slate: warning: no --fleet-key: assignments are unsigned and agents will refuse them".to_string(),
+        None => "slate: warning: no --fleet-key: assignments are unsigned and agents will refuse them; channel heads are served as `slate pull` kept them".to_string(),
     };
     let tls = tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     slate_server::server::run_blocking(state, listen, tls, access.limits, |url| {

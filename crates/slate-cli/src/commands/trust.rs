@@ -58,6 +58,7 @@ pub struct TrustSign<'a> {
     pub version: u64,
     pub expires_days: u64,
     pub threshold: u32,
+    pub snapshot_threshold: u32,
     pub release: &'a [PathBuf],
     pub fleet: &'a [PathBuf],
     pub keys: &'a [PathBuf],
@@ -77,6 +78,13 @@ pub fn trust_sign(o: &TrustSign) -> Result<ExitCode> {
         bail!(
             "--threshold {} must be between 1 and the number of --release keys ({})",
             o.threshold,
+            release.len()
+        );
+    }
+    if o.snapshot_threshold == 0 || o.snapshot_threshold as usize > release.len() {
+        bail!(
+            "--snapshot-threshold {} must be between 1 and the number of --release keys ({})",
+            o.snapshot_threshold,
             release.len()
         );
     }
@@ -100,6 +108,7 @@ pub fn trust_sign(o: &TrustSign) -> Result<ExitCode> {
         version: o.version,
         expires: now + o.expires_days.max(1) * 86400,
         threshold: o.threshold,
+        snapshots: o.snapshot_threshold,
         release,
         fleet,
     };
@@ -115,11 +124,12 @@ pub fn trust_sign(o: &TrustSign) -> Result<ExitCode> {
     std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!(
-        "wrote trust document version {} ({} release, {} fleet keys, threshold {}) to {}",
+        "wrote trust document version {} ({} release, {} fleet keys, threshold {}, {} signature(s) per snapshot) to {}",
         doc.version,
         doc.release.len(),
         doc.fleet.len(),
         doc.threshold,
+        doc.snapshots,
         path.display()
     );
     Ok(ExitCode::SUCCESS)

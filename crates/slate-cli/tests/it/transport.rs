@@ -64,6 +64,7 @@ fn https_settings(url: &str, ca_file: Option<&Path>, pins: Vec<[u8; 32]>) -> Ser
         ca_file: ca_file.map(Path::to_path_buf),
         pins,
         token: false,
+        mirror: false,
     }
 }
 

@@ -796,3 +796,349 @@ fn release_keys_rotate_and_revoke_by_trust_document() {
     let r = m.update_ok();
     assert_eq!(r["result"], "ok", "{r}");
 }
+
+// ---------------------------------------------------------------------------
+// Mirrors and signed channel heads.
+
+/// A mirror of `f`'s channel `c` in `dir`: `slate pull --fleet-trust`.
+fn pull_mirror(f: &Fleet, from: &str, mirror: &Path) -> Output {
+    slate(&[
+        "pull",
+        "--from",
+        from,
+        "c",
+        "--repo",
+        s(mirror),
+        "--trust",
+        &format!("{}.pub", s(&f.release)),
+        "--fleet-trust",
+        s(&f.fleet.public),
+    ])
+}
+
+fn pull_mirror_ok(f: &Fleet, from: &str, mirror: &Path) {
+    let out = pull_mirror(f, from, mirror);
+    assert!(
+        out.status.success(),
+        "pull failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Machine {
+    /// Point at a fleet server that is down and then `mirror` (a `mirror =
+    /// true` entry): the machine follows its channel from the mirror.
+    fn behind_mirror(&self, mirror: &str) {
+        // A port nothing listens on: the fleet server is unreachable.
+        let dead = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let first = text.lines().next().unwrap();
+        let servers = format!(
+            "server = [{}, {{ url = {mirror:?}, mirror = true }}]",
+            crate::support::token_server(&dead)
+        );
+        std::fs::write(&self.config, text.replacen(first, &servers, 1)).unwrap();
+    }
+}
+
+/// Now, in Unix seconds.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A machine whose fleet server is gone follows its channel from a mirror
+/// by the head the fleet key signed (the mirror gets no token); when the
+/// mirror stops pulling, its head expires and the machine says it is
+/// stale instead of "up to date", and changes nothing.
+#[test]
+fn a_frozen_mirror_is_seen_when_its_signed_head_expires() {
+    let mut f = Fleet::new();
+    let release = f.release.clone();
+    f.commit("v1", &release);
+    let key = f.fleet.secret.clone();
+    let url = f.serve(&["--fleet-key", s(&key), "--head-ttl", "6s"]);
+    let m = f.machine("m1", &url);
+    assert_eq!(m.update_ok()["result"], "ok");
+    assert_eq!(m.state()["followed"]["channel"], "c");
+
+    let mirror_repo = f.path().join("mirror");
+    f.commit("v2", &release);
+    pull_mirror_ok(&f, &url, &mirror_repo);
+    assert!(mirror_repo.join("heads/c").exists());
+    let mirror = Server::start(&["--repo", s(&mirror_repo)]);
+    m.behind_mirror(&mirror.url);
+    let r = m.update_ok();
+    assert_eq!(r["result"], "ok", "{r}");
+    assert_eq!(m.version_in("b"), "v2");
+    assert!(
+        mirror.requests("/v1/heads/c").len() == 1,
+        "{:?}",
+        mirror.log.lock().unwrap()
+    );
+    assert!(
+        mirror.requests("/v1/fleet/").is_empty(),
+        "a mirror is never asked for an assignment"
+    );
+
+    // The mirror stops pulling; the origin moves on. Once the head it kept
+    // expires, the machine reports the freeze.
+    f.commit("v3", &release);
+    let head = std::fs::read_to_string(mirror_repo.join("heads/c")).unwrap();
+    let expires: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("expires "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    while unix_now() <= expires {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let before = m.slots();
+    let r = m.update_ok();
+    assert_eq!(r["result"], "stale", "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(msg.starts_with("no fresh channel head since "), "{msg}");
+    assert!(msg.contains("expired"), "{msg}");
+    assert_eq!(m.slots(), before);
+
+    // A pull brings a fresh head, and v3 with it.
+    pull_mirror_ok(&f, &url, &mirror_repo);
+    let r = m.update_ok();
+    assert_eq!(r["result"], "ok", "{r}");
+    assert!(m.version_in("a") == "v3" || m.version_in("b") == "v3");
+}
+
+/// Heads an attacker can produce without the fleet key: one signed by
+/// another key, one of another channel, an older one replayed by a
+/// rolled-back mirror, and a channel history that does not hold its head.
+/// `slate pull` and the agent refuse each, keeping nothing.
+#[test]
+fn replayed_mismatched_and_foreign_channel_heads_are_refused() {
+    let mut f = Fleet::new();
+    let release = f.release.clone();
+    f.commit("v1", &release);
+
+    // A server signing with a key nobody trusts as a fleet key.
+    let evil = f.path().join("evil.key");
+    slate_ok(&["keygen", "--out", s(&evil)]);
+    let url = f.serve(&["--fleet-key", s(&evil)]);
+    let mirror_repo = f.path().join("mirror");
+    let out = pull_mirror(&f, &url, &mirror_repo);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("refusing the head of channel c"), "{err}");
+    assert!(err.contains("no valid signature by a trusted fleet key"), "{err}");
+    assert!(!mirror_repo.join("channels/c").exists(), "nothing kept");
+
+    // Unsigned: a server without a fleet key has no head to give.
+    let url = f.serve(&[]);
+    let out = pull_mirror(&f, &url, &mirror_repo);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serves no signed head"));
+
+    // The genuine origin.
+    let url = f.serve_signed();
+    let m = f.machine("m1", &url);
+    assert_eq!(m.update_ok()["result"], "ok");
+    pull_mirror_ok(&f, &url, &mirror_repo);
+    let old_head = std::fs::read(mirror_repo.join("heads/c")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    f.commit("v2", &release);
+    pull_mirror_ok(&f, &url, &mirror_repo);
+    let mirror = Server::start(&["--repo", s(&mirror_repo)]);
+    m.behind_mirror(&mirror.url);
+    assert_eq!(m.update_ok()["result"], "ok");
+    assert_eq!(m.version_in("b"), "v2");
+
+    // The mirror goes back to the head it served before: stale, not taken.
+    let new_head = std::fs::read(mirror_repo.join("heads/c")).unwrap();
+    std::fs::write(mirror_repo.join("heads/c"), &old_head).unwrap();
+    let before = m.slots();
+    let r = m.update_ok();
+    assert_eq!(r["result"], "stale", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("rolled-back"), "{r}");
+    assert_eq!(m.slots(), before);
+    // And a second mirror pulling from it refuses it too, keeping its own.
+    std::fs::write(mirror_repo.join("heads/c"), &new_head).unwrap();
+    let second = f.path().join("second");
+    pull_mirror_ok(&f, &mirror.url, &second);
+    let kept = std::fs::read(second.join("heads/c")).unwrap();
+    std::fs::write(mirror_repo.join("heads/c"), &old_head).unwrap();
+    let out = pull_mirror(&f, &mirror.url, &second);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rolled-back"));
+    assert_eq!(std::fs::read(second.join("heads/c")).unwrap(), kept);
+
+    // Another channel's genuine head under this channel's name.
+    slate_ok(&[
+        "commit",
+        "--repo",
+        s(&f.repo),
+        "--channel",
+        "d",
+        "--sign",
+        s(&release),
+        s(&f.tree("d1")),
+    ]);
+    let other = Server::start(&["--repo", s(&f.repo), "--fleet-key", s(&f.fleet.secret)]);
+    let d_head = reqwest::blocking::get(format!("{}/v1/heads/d", other.url))
+        .unwrap()
+        .bytes()
+        .unwrap();
+    std::fs::write(mirror_repo.join("heads/c"), &d_head).unwrap();
+    let err = m.update_err();
+    assert!(err.contains("it is the head of channel \"d\""), "{err}");
+    assert_eq!(m.slots(), before);
+    assert_eq!(m.state()["last_pass"]["result"], "refused");
+
+    // A head whose snapshot is not where the history says: pull refuses.
+    std::fs::write(mirror_repo.join("heads/c"), &new_head).unwrap();
+    let history = std::fs::read_to_string(mirror_repo.join("channels/c")).unwrap();
+    let cut: Vec<&str> = history.lines().collect();
+    std::fs::write(
+        mirror_repo.join("channels/c"),
+        format!("{}\n", cut[..cut.len() - 1].join("\n")),
+    )
+    .unwrap();
+    let third = f.path().join("third");
+    let out = pull_mirror(&f, &mirror.url, &third);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not hold the signed head"));
+    assert!(!third.join("channels/c").exists());
+}
+
+/// A trust document that asks for two release signatures per snapshot:
+/// one is refused (clearly, nothing changed), two are accepted.
+#[test]
+fn snapshots_need_the_trust_documents_threshold_of_release_signatures() {
+    let mut f = Fleet::new();
+    let first = f.release.clone();
+    let second = f.path().join("second.key");
+    slate_ok(&["keygen", "--out", s(&second)]);
+    f.commit("v1", &first);
+    let url = f.serve_signed();
+    let m = f.machine("m1", &url);
+    assert_eq!(m.update_ok()["result"], "ok");
+    let pubof = |k: &Path| format!("{}.pub", s(k));
+    slate_ok(&[
+        "trust",
+        "sign",
+        "--repo",
+        s(&f.repo),
+        "--version",
+        "1",
+        "--snapshot-threshold",
+        "2",
+        "--release",
+        &pubof(&first),
+        "--release",
+        &pubof(&second),
+        "--fleet",
+        s(&f.fleet.public),
+        "--key",
+        s(&first),
+    ]);
+    let v2 = f.commit("v2", &first);
+    let before = m.slots();
+    let err = m.update_err();
+    assert!(err.contains("the trust document requires 2"), "{err}");
+    assert_eq!(m.slots(), before);
+    let row = f.status_of("m1");
+    assert!(
+        row["last_update"]["message"].as_str().unwrap().contains("requires 2"),
+        "{row}"
+    );
+    // The same key twice is still one signature.
+    slate_ok(&["sign", "--repo", s(&f.repo), "--key", s(&first), &v2]);
+    assert!(m.update_err().contains("requires 2"));
+    slate_ok(&["sign", "--repo", s(&f.repo), "--key", s(&second), &v2]);
+    let r = m.update_ok();
+    assert_eq!(r["result"], "ok", "{r}");
+    assert_eq!(m.version_in("b"), "v2");
+}
+
+/// The fleet key is rotated by a trust document alone (the old one revoked
+/// after), and a trust document that expires with no newer one in sight
+/// freezes the machine as stale, never trusted on.
+#[test]
+fn fleet_keys_rotate_by_trust_document_and_an_expired_one_is_a_freeze() {
+    use slate_core::keys::SecretKey;
+    use slate_core::trust::TrustDoc;
+    let mut f = Fleet::new();
+    let release = f.release.clone();
+    f.commit("v1", &release);
+    let url = f.serve_signed();
+    let m = f.machine("m1", &url);
+    assert_eq!(m.update_ok()["result"], "ok");
+    let read_secret = |p: &Path| SecretKey::from_text(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let release_key = read_secret(&release);
+    let old_fleet = read_secret(&f.fleet.secret);
+    let new_fleet_path = f.path().join("fleet2.key");
+    slate_ok(&["keygen", "--out", s(&new_fleet_path)]);
+    let new_fleet = read_secret(&new_fleet_path);
+    let doc = |version: u64, expires: u64, fleet: Vec<slate_core::keys::PublicKey>| {
+        TrustDoc {
+            version,
+            expires,
+            threshold: 1,
+            snapshots: 1,
+            release: vec![release_key.public()],
+            fleet,
+        }
+        .to_text(&[&release_key])
+    };
+    let far = unix_now() + 86400;
+    // Both fleet keys; the server still signs with the old one.
+    std::fs::write(
+        f.repo.join("trust"),
+        doc(1, far, vec![old_fleet.public(), new_fleet.public()]),
+    )
+    .unwrap();
+    assert_eq!(m.update_ok()["result"], "up-to-date");
+    // The server moves to the new key: the machine follows without a touch.
+    m.point_at(&f.serve(&["--fleet-key", s(&new_fleet_path)]));
+    f.commit("v2", &release);
+    let r = m.update_ok();
+    assert_eq!(r["result"], "ok", "{r}");
+    // The old key revoked: a server (or thief) still signing with it is refused.
+    std::fs::write(f.repo.join("trust"), doc(2, far, vec![new_fleet.public()])).unwrap();
+    assert_eq!(m.update_ok()["result"], "up-to-date");
+    let old_path = f.fleet.secret.clone();
+    m.point_at(&f.serve(&["--fleet-key", s(&old_path)]));
+    let err = m.update_err();
+    assert!(err.contains("does not trust as a fleet key"), "{err}");
+    assert!(std::fs::read_to_string(&m.config).unwrap().contains("fleet.key.pub"));
+
+    // A document that expires in a few seconds, and nothing newer after it.
+    m.point_at(&f.serve(&["--fleet-key", s(&new_fleet_path)]));
+    let soon = unix_now() + 4;
+    std::fs::write(f.repo.join("trust"), doc(3, soon, vec![new_fleet.public()])).unwrap();
+    assert_eq!(m.update_ok()["result"], "up-to-date");
+    while unix_now() <= soon {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    f.commit("v3", &release);
+    let before = m.slots();
+    let r = m.update_ok();
+    assert_eq!(r["result"], "stale", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("trust document in use (version 3) expired"),
+        "{r}"
+    );
+    assert_eq!(m.slots(), before);
+    assert_eq!(f.status_of("m1")["last_update"]["result"], "stale");
+    // A newer document signed by the release key thaws it.
+    std::fs::write(f.repo.join("trust"), doc(4, far, vec![new_fleet.public()])).unwrap();
+    let r = m.update_ok();
+    assert_eq!(r["result"], "ok", "{r}");
+    assert!(m.version_in("a") == "v3" || m.version_in("b") == "v3");
+}

@@ -2,6 +2,8 @@
 //! fleet key signs every assignment with an issue time and an expiry, and
 //! the trust document that release keys signed offline
 //! (`slate trust sign`, kept as REPO/trust) is served at `GET /v1/trust`.
+//! Channel heads are signed the same way at `GET /v1/heads/NAME`, so that a
+//! mirror, which holds no key, can only pass on heads that expire.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,6 +30,8 @@ pub const TRUST_FILE: &str = "trust";
 pub struct Signer {
     key: SecretKey,
     ttl: u64,
+    /// How long a signed channel head stays fresh.
+    head_ttl: u64,
     /// The last issue time handed out: issue times never go back, even
     /// when the server's clock does.
     last: AtomicU64,
@@ -39,14 +43,41 @@ impl Signer {
         Signer {
             key,
             ttl: ttl_secs.max(1),
+            head_ttl: ttl_secs.max(1),
             last: AtomicU64::new(0),
         }
     }
 
+    /// Channel heads expire `secs` after they are signed.
+    pub fn with_head_ttl(mut self, secs: u64) -> Self {
+        self.head_ttl = secs.max(1);
+        self
+    }
+
+    /// The next issue time: now, or the last one handed out if the clock
+    /// went back.
+    fn issue_time(&self) -> u64 {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.last.fetch_max(now, Ordering::SeqCst).max(now)
+    }
+
+    /// The signed head file of `channel`, whose history ends in `head` and
+    /// holds `length` snapshots.
+    pub fn sign_head(&self, channel: &str, head: SnapshotId, length: u64) -> String {
+        let issued = self.issue_time();
+        trust::ChannelHead {
+            channel: channel.to_string(),
+            snapshot: head,
+            length,
+            issued_at: issued,
+            expires_at: issued.saturating_add(self.head_ttl),
+        }
+        .to_text(&self.key)
+    }
+
     /// Stamp `a` with an issue time and an expiry and sign it.
     pub fn sign(&self, a: &mut Assignment) -> ApiResult<()> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let issued = self.last.fetch_max(now, Ordering::SeqCst).max(now);
+        let issued = self.issue_time();
         let snapshot = SnapshotId::from_hex(&a.snapshot)
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("assignment names no snapshot id")))?;
         let signed = trust::Assignment {
@@ -88,6 +119,69 @@ pub async fn trust_document(State(st): State<AppState>) -> ApiResult<Response> {
         )),
         Err(e) => Err(ApiError::internal(anyhow::anyhow!("{}: {e}", path.display()))),
     }
+}
+
+/// `GET /v1/heads/NAME`: the channel's head, signed now by the fleet key
+/// when this server has one; otherwise (a mirror) the signed head that
+/// `slate pull` kept, served as it is. Never an unsigned head.
+pub async fn channel_head(State(st): State<AppState>, uri: axum::http::Uri) -> ApiResult<Response> {
+    let name = uri.path().strip_prefix("/v1/heads/").unwrap_or_default().to_string();
+    if slate_repo::channel::check_name(&name).is_err() {
+        return Err(ApiError::NotFound(format!("{name:?} is not a valid channel name")));
+    }
+    let repo = st.repo.clone();
+    let signer = st.signer.clone();
+    // The repository API blocks: read (and sign) off the async workers.
+    let text = tokio::task::spawn_blocking(move || -> ApiResult<Option<String>> {
+        match signer {
+            Some(signer) => {
+                let history = match repo.channel_history(&name) {
+                    Ok(h) => h,
+                    // A channel name that is a prefix of another: no such channel.
+                    Err(_)
+                        if repo
+                            .storage
+                            .local_path(&format!("channels/{name}"))
+                            .is_some_and(|p| !p.is_file()) =>
+                    {
+                        return Ok(None)
+                    }
+                    Err(e) => return Err(ApiError::internal(e)),
+                };
+                let Some(head) = history.last() else {
+                    return Ok(None);
+                };
+                Ok(Some(signer.sign_head(&name, *head, history.len() as u64)))
+            }
+            None => match repo.storage.read(&slate_repo::channel::head_key(&name)) {
+                Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(_)
+                    if repo
+                        .storage
+                        .local_path(&slate_repo::channel::head_key(&name))
+                        .is_some_and(|p| !p.is_file()) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(ApiError::internal(e)),
+            },
+        }
+    })
+    .await??;
+    let text = text.ok_or_else(|| {
+        ApiError::NotFound(
+            "no signed head for this channel here (the server has no --fleet-key, or the mirror pulled none)".into(),
+        )
+    })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        text,
+    )
+        .into_response())
 }
 
 #[cfg(test)]
