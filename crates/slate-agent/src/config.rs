@@ -7,6 +7,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+/// A server's transport settings and the pin syntax live in `slate-net`,
+/// shared with `slate home`.
+pub use slate_net::{parse_pin, ServerSettings};
+
 /// Which bootloader the agent drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,53 +51,6 @@ struct RawServer {
     token_over_http: bool,
     #[serde(default)]
     mirror: bool,
-}
-
-/// One server and how the agent talks to it (`docs/agent.md`, "Servers").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerSettings {
-    /// Base URL, without a trailing `/`.
-    pub url: String,
-    /// PEM file of the certificate authorities that may vouch for this
-    /// server; when set, the built-in web roots are not used for it.
-    pub ca_file: Option<PathBuf>,
-    /// SHA-256 digests of certificates this server may present (its leaf
-    /// certificate, DER); when set, only these are accepted.
-    pub pins: Vec<[u8; 32]>,
-    /// Whether the machine token is sent to this server.
-    pub token: bool,
-    /// A mirror (`slate pull` served by `slate serve`): asked only for
-    /// signed channel heads and repository objects, when no fleet server
-    /// answers; never sent the token, never asked for an assignment.
-    pub mirror: bool,
-}
-
-impl ServerSettings {
-    /// Settings for a bare URL: no CA file, no pin, the token only over
-    /// https (what a `server = "URL"` entry means).
-    pub fn plain(url: &str) -> ServerSettings {
-        let url = url.trim_end_matches('/').to_string();
-        ServerSettings {
-            token: url.starts_with("https://"),
-            url,
-            ca_file: None,
-            pins: Vec::new(),
-            mirror: false,
-        }
-    }
-}
-
-/// Parse a pin: `sha256:` and 64 hex digits (upper or lower case, `:`
-/// separators allowed, as `openssl x509 -fingerprint -sha256` prints them).
-pub fn parse_pin(text: &str) -> Option<[u8; 32]> {
-    let hex: String = text
-        .trim()
-        .strip_prefix("sha256:")?
-        .chars()
-        .filter(|c| *c != ':')
-        .collect();
-    let bytes = hex::decode(hex).ok()?;
-    bytes.try_into().ok()
 }
 
 #[derive(Debug, Deserialize)]

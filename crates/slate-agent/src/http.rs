@@ -11,23 +11,17 @@
 //! own, with its CA file or certificate pins, and the machine token goes
 //! only to the servers AGENT.toml lets have it. Redirects are not
 //! followed, so no answer can send the token (or the agent) elsewhere.
+//! Those rules are `slate-net`'s, shared with `slate home`.
 
 use std::io::Read;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::ServerSettings;
+use slate_net::{is_tls_error, root_cause, Endpoint, ServerSettings};
+
 use crate::error::{Error, Result};
 
 /// Largest single response the agent accepts, whatever the server says.
 const MAX_BODY: u64 = 256 << 20;
-
-/// One server and the client that talks to it.
-struct Endpoint {
-    client: reqwest::blocking::Client,
-    /// Whether the machine token may be sent to it.
-    token: bool,
-}
 
 /// A client bound to the first server that answers.
 pub struct Http {
@@ -68,181 +62,11 @@ pub fn auth_error(server: &str, status: reqwest::StatusCode, what: &str) -> Opti
     }
 }
 
-/// Whether `e` comes from TLS: a handshake that failed, a certificate
-/// refused, or a peer that broke the protocol. reqwest reports these as
-/// connect errors, so they are told apart by the rustls error inside.
-pub fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        // io::Error::source skips the error it wraps: look at it directly.
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| is_tls_error(inner)) {
-                return true;
-            }
-        }
-        cur = err.source();
+fn net_error(e: slate_net::Error) -> Error {
+    match e {
+        slate_net::Error::Config(m) => Error::Config(m),
+        slate_net::Error::Local(m) => Error::Local(m),
     }
-    false
-}
-
-/// Whether a request failed because the server cannot be reached at all
-/// (the only failure that moves on to the next server).
-fn offline(e: &reqwest::Error) -> bool {
-    !is_tls_error(e) && (e.is_connect() || e.is_timeout() && !e.is_body())
-}
-
-/// The certificate check of a server with pins: its leaf certificate must
-/// hash to one of them (and chain to its CA file, when one is given too).
-/// The handshake signatures are checked as always, so a pinned certificate
-/// is only accepted from whoever holds its private key.
-#[derive(Debug)]
-struct PinVerifier {
-    pins: Vec<[u8; 32]>,
-    /// The CA check, when the server also has a CA file.
-    ca: Option<Arc<rustls::client::WebPkiServerVerifier>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        server_name: &rustls::pki_types::ServerName<'_>,
-        ocsp_response: &[u8],
-        now: rustls::pki_types::UnixTime,
-    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
-        if !self.pins.iter().any(|p| p.as_slice() == digest.as_ref()) {
-            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-                rustls::OtherError(Arc::new(PinMismatch(hex::encode(digest.as_ref())))),
-            )));
-        }
-        match &self.ca {
-            Some(ca) => ca.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
-            None => Ok(rustls::client::danger::ServerCertVerified::assertion()),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// A certificate that is not the pinned one.
-#[derive(Debug)]
-struct PinMismatch(String);
-
-impl std::fmt::Display for PinMismatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the server's certificate (sha256:{}) matches no pin in AGENT.toml",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for PinMismatch {}
-
-/// The TLS setup of a server with a CA file or pins; None for the
-/// defaults (the built-in web roots).
-fn tls_config(s: &ServerSettings) -> Result<Option<rustls::ClientConfig>> {
-    if s.ca_file.is_none() && s.pins.is_empty() {
-        return Ok(None);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let ca = match &s.ca_file {
-        None => None,
-        Some(path) => {
-            use rustls::pki_types::pem::PemObject;
-            let pem = std::fs::read(path).map_err(|e| {
-                Error::Config(format!(
-                    "cannot read ca_file {} of server {}: {e}",
-                    path.display(),
-                    s.url
-                ))
-            })?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| {
-                    Error::Config(format!(
-                        "ca_file {} of server {}: not PEM certificates: {e}",
-                        path.display(),
-                        s.url
-                    ))
-                })?;
-                roots
-                    .add(cert)
-                    .map_err(|e| Error::Config(format!("ca_file {} of server {}: {e}", path.display(), s.url)))?;
-            }
-            if roots.is_empty() {
-                return Err(Error::Config(format!(
-                    "ca_file {} of server {} holds no certificate",
-                    path.display(),
-                    s.url
-                )));
-            }
-            let verifier =
-                rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| Error::Config(format!("ca_file {} of server {}: {e}", path.display(), s.url)))?;
-            Some(verifier)
-        }
-    };
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Local(format!("cannot set up TLS: {e}")))?;
-    let config = if s.pins.is_empty() {
-        let ca = ca.expect("a CA file, since there are no pins");
-        builder.with_webpki_verifier(ca).with_no_client_auth()
-    } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier {
-                pins: s.pins.clone(),
-                ca,
-                provider,
-            }))
-            .with_no_client_auth()
-    };
-    Ok(Some(config))
-}
-
-fn client(s: &ServerSettings, timeout_secs: u64) -> Result<reqwest::blocking::Client> {
-    let mut b = reqwest::blocking::Client::builder()
-        .connect_timeout(Duration::from_secs(timeout_secs.min(10)))
-        .timeout(Duration::from_secs(timeout_secs))
-        .user_agent(concat!("slate-agent/", env!("CARGO_PKG_VERSION")))
-        // A redirect could carry the token to another host, or the agent
-        // to a server it was not configured with: a 3xx is an answer.
-        .redirect(reqwest::redirect::Policy::none());
-    if let Some(tls) = tls_config(s)? {
-        b = b.use_preconfigured_tls(tls);
-    }
-    b.build()
-        .map_err(|e| Error::Local(format!("cannot create an HTTP client: {}", root_cause(&e))))
 }
 
 impl Http {
@@ -259,10 +83,11 @@ impl Http {
         let endpoints = servers
             .iter()
             .map(|s| {
-                Ok(Endpoint {
-                    client: client(s, timeout_secs)?,
-                    token: s.token,
-                })
+                let timeouts = slate_net::Timeouts {
+                    connect: Duration::from_secs(timeout_secs.min(10)),
+                    request: Duration::from_secs(timeout_secs),
+                };
+                Endpoint::new(s, timeouts, concat!("slate-agent/", env!("CARGO_PKG_VERSION"))).map_err(net_error)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Http {
@@ -297,22 +122,17 @@ impl Http {
         for k in 0..self.servers.len() {
             let i = (start + k) % self.servers.len();
             let endpoint = &self.endpoints[i];
-            let mut req = build(&endpoint.client, &self.servers[i]);
-            if let Some(t) = self.token.as_ref().filter(|_| endpoint.token) {
-                req = req.bearer_auth(t);
-            }
+            let req = endpoint.authorize(build(&endpoint.client, &self.servers[i]), self.token.as_deref());
             match req.send() {
                 Ok(r) => {
                     self.current.store(i, std::sync::atomic::Ordering::Relaxed);
                     return Ok(r);
                 }
-                Err(e) if offline(&e) => last = format!("{}: {}", self.servers[i], root_cause(&e)),
+                Err(e) if slate_net::is_offline(&e) => last = format!("{}: {}", self.servers[i], root_cause(&e)),
                 Err(e) if is_tls_error(&e) => {
                     return Err(Error::Server(format!(
-                        "{}: TLS failed: {}; the server was not used and no other was tried \
-                         (check its certificate, or AGENT.toml's ca_file and pin for it)",
-                        self.servers[i],
-                        root_cause(&e)
+                        "{}; the server was not used and no other was tried",
+                        slate_net::tls_failure(&endpoint.settings, &e)
                     )))
                 }
                 Err(e) => return Err(Error::Server(format!("{}: {}", self.servers[i], root_cause(&e)))),
@@ -323,7 +143,7 @@ impl Http {
 
     /// Whether the server in use gets the machine token.
     fn current_has_token(&self) -> bool {
-        self.token.is_some() && self.endpoints[self.current.load(std::sync::atomic::Ordering::Relaxed)].token
+        self.token.is_some() && self.endpoints[self.current.load(std::sync::atomic::Ordering::Relaxed)].takes_token()
     }
 
     fn body(&self, what: &str, resp: reqwest::blocking::Response, expect_len: Option<u64>) -> Result<Vec<u8>> {
@@ -525,12 +345,4 @@ impl Http {
         serde_json::from_slice(&b)
             .map_err(|e| Error::Server(format!("server {} sent bad JSON for {path}: {e}", self.server())))
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(s) = cur.source() {
-        cur = s;
-    }
-    cur.to_string()
 }

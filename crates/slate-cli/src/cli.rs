@@ -237,6 +237,12 @@ pub enum Command {
         /// Most connections open at once from one client address.
         #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         max_connections_per_client: u64,
+        /// Seconds the server waits for a whole request body (an upload), from its first read.
+        #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        body_timeout: u64,
+        /// Bytes per second a request body must keep up after the first --header-timeout seconds; 0: no minimum.
+        #[arg(long, value_name = "BYTES_PER_SEC", default_value_t = 4096)]
+        min_upload_rate: u64,
         /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
         #[arg(long, value_name = "F", requires = "tls_key")]
         tls_cert: Option<PathBuf>,

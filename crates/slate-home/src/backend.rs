@@ -2,10 +2,18 @@
 //! backend (tests, USB disks, offline backups) and an HTTP backend speaking
 //! `slate serve`'s `/v1/home/{repo}/{kind}/{name}` API with the machine's
 //! token. Objects are immutable: a put creates, never overwrites.
+//!
+//! The HTTP backend follows the agent's transport rules (`slate-net`,
+//! `docs/agent.md`, "Servers"): each server is checked against its own CA
+//! file or pins from AGENT.toml, a TLS failure is an error and never a
+//! reason to try the next server, redirects are not followed, and the
+//! machine token goes only to servers whose settings allow it.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::time::Duration;
+
+use slate_net::{Endpoint, ServerSettings};
 
 use crate::error::{local, Error, Result};
 
@@ -173,8 +181,7 @@ impl Backend for LocalDir {
 /// A repository on `slate serve`: `{server}/v1/home/{repo}/{kind}/{name}`,
 /// trying the servers in order when one cannot be reached.
 pub struct Http {
-    client: reqwest::blocking::Client,
-    servers: Vec<String>,
+    endpoints: Vec<Endpoint>,
     repo_id: String,
     token: Option<String>,
 }
@@ -191,19 +198,26 @@ struct ListedObject {
 }
 
 impl Http {
-    /// A client for repository `repo_id` on `servers`, sending `token`.
-    pub fn new(servers: &[String], token: Option<String>, timeout_secs: u64, repo_id: &str) -> Result<Http> {
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(timeout_secs.min(10)))
+    /// A client for repository `repo_id` on `servers` (tried in order,
+    /// each with its own TLS settings), sending `token` to those whose
+    /// settings allow it.
+    pub fn new(servers: &[ServerSettings], token: Option<String>, timeout_secs: u64, repo_id: &str) -> Result<Http> {
+        let timeouts = slate_net::Timeouts {
+            connect: Duration::from_secs(timeout_secs.min(10)),
             // A whole request may move a 24 MiB pack over a slow link.
-            .timeout(Duration::from_secs(timeout_secs.max(600)))
-            // A redirect could carry the machine token to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::Invalid(format!("cannot set up an HTTP client: {e}")))?;
+            request: Duration::from_secs(timeout_secs.max(600)),
+        };
+        let endpoints = servers
+            .iter()
+            .map(|s| {
+                Endpoint::new(s, timeouts, concat!("slate-home/", env!("CARGO_PKG_VERSION"))).map_err(|e| match e {
+                    slate_net::Error::Config(m) => Error::Invalid(m),
+                    slate_net::Error::Local(m) => Error::Local(m),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Http {
-            client,
-            servers: servers.iter().map(|s| s.trim_end_matches('/').to_string()).collect(),
+            endpoints,
             repo_id: repo_id.to_string(),
             token,
         })
@@ -218,14 +232,12 @@ impl Http {
     fn send(
         &self,
         what: &str,
-        build: &dyn Fn(&str) -> reqwest::blocking::RequestBuilder,
+        build: &dyn Fn(&reqwest::blocking::Client, &str) -> reqwest::blocking::RequestBuilder,
     ) -> Result<(String, reqwest::blocking::Response)> {
         let mut last = String::new();
-        for server in &self.servers {
-            let mut req = build(server);
-            if let Some(t) = &self.token {
-                req = req.bearer_auth(t);
-            }
+        for endpoint in &self.endpoints {
+            let server = endpoint.url();
+            let req = endpoint.authorize(build(&endpoint.client, server), self.token.as_deref());
             match req.send() {
                 Ok(resp) => {
                     let status = resp.status();
@@ -243,15 +255,16 @@ impl Http {
                         last = format!("{server} answered {status}");
                         continue;
                     }
-                    return Ok((server.clone(), resp));
+                    return Ok((server.to_string(), resp));
                 }
                 // A failed handshake is an attack or a misconfiguration,
                 // never "offline": it must not pass to another server nor
-                // let a quiet timer run report success.
-                Err(e) if is_tls_error(&e) => {
+                // let a quiet timer run report success. The request (and
+                // the token in it) is sent only after the handshake.
+                Err(e) if slate_net::is_tls_error(&e) => {
                     return Err(Error::Storage(format!(
-                        "{server}: TLS failed while trying to {what} ({}); nothing was sent",
-                        error_chain(&e)
+                        "{}; nothing was sent to it (trying to {what}) and no other server was tried",
+                        slate_net::tls_failure(&endpoint.settings, &e)
                     )))
                 }
                 Err(e) => last = format!("{server}: {}", error_chain(&e)),
@@ -265,24 +278,6 @@ impl Http {
     fn unexpected(server: &str, what: &str, resp: reqwest::blocking::Response) -> Error {
         Error::Storage(format!("{server} answered {} to {what}", resp.status()))
     }
-}
-
-/// Whether `e` comes from TLS (reqwest reports a failed handshake as a
-/// connect error; the rustls error inside tells them apart).
-fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| is_tls_error(inner)) {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -307,14 +302,13 @@ fn body(server: &str, what: &str, resp: reqwest::blocking::Response) -> Result<V
 
 impl Backend for Http {
     fn location(&self) -> String {
-        self.servers.join(", ")
+        self.endpoints.iter().map(Endpoint::url).collect::<Vec<_>>().join(", ")
     }
 
     fn put(&self, kind: &str, name: &str, data: &[u8]) -> Result<bool> {
         let what = format!("store {kind} {name}");
-        let (server, resp) = self.send(&what, &|s| {
-            self.client
-                .put(self.url(s, kind, name))
+        let (server, resp) = self.send(&what, &|c, s| {
+            c.put(self.url(s, kind, name))
                 .header("If-None-Match", "*")
                 .body(data.to_vec())
         })?;
@@ -328,7 +322,7 @@ impl Backend for Http {
 
     fn get(&self, kind: &str, name: &str) -> Result<Vec<u8>> {
         let what = format!("read {kind} {name}");
-        let (server, resp) = self.send(&what, &|s| self.client.get(self.url(s, kind, name)))?;
+        let (server, resp) = self.send(&what, &|c, s| c.get(self.url(s, kind, name)))?;
         match resp.status().as_u16() {
             200 => body(&server, &what, resp),
             404 => Err(Error::Missing(format!("{kind} {name} is missing on {server}"))),
@@ -339,8 +333,8 @@ impl Backend for Http {
     fn get_range(&self, kind: &str, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let what = format!("read {kind} {name}");
         let range = format!("bytes={}-{}", offset, offset + len - 1);
-        let (server, resp) = self.send(&what, &|s| {
-            self.client.get(self.url(s, kind, name)).header("Range", range.as_str())
+        let (server, resp) = self.send(&what, &|c, s| {
+            c.get(self.url(s, kind, name)).header("Range", range.as_str())
         })?;
         let status = resp.status().as_u16();
         let data = match status {
@@ -365,9 +359,7 @@ impl Backend for Http {
 
     fn list(&self, kind: &str) -> Result<Vec<ObjectInfo>> {
         let what = format!("list {kind} objects");
-        let (server, resp) = self.send(&what, &|s| {
-            self.client.get(format!("{s}/v1/home/{}/{kind}/", self.repo_id))
-        })?;
+        let (server, resp) = self.send(&what, &|c, s| c.get(format!("{s}/v1/home/{}/{kind}/", self.repo_id)))?;
         match resp.status().as_u16() {
             200 => {
                 let b = body(&server, &what, resp)?;
@@ -391,7 +383,7 @@ impl Backend for Http {
 
     fn delete(&self, kind: &str, name: &str) -> Result<()> {
         let what = format!("delete {kind} {name}");
-        let (server, resp) = self.send(&what, &|s| self.client.delete(self.url(s, kind, name)))?;
+        let (server, resp) = self.send(&what, &|c, s| c.delete(self.url(s, kind, name)))?;
         match resp.status().as_u16() {
             200 | 202 | 204 | 404 => Ok(()),
             _ => Err(Self::unexpected(&server, &what, resp)),
@@ -400,7 +392,7 @@ impl Backend for Http {
 
     fn exists(&self, kind: &str, name: &str) -> Result<bool> {
         let what = format!("look for {kind} {name}");
-        let (server, resp) = self.send(&what, &|s| self.client.head(self.url(s, kind, name)))?;
+        let (server, resp) = self.send(&what, &|c, s| c.head(self.url(s, kind, name)))?;
         match resp.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),

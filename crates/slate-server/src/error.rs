@@ -39,6 +39,9 @@ pub enum ApiError {
     /// There is no room to store the body: full disk or quota (507).
     #[error("{0}")]
     InsufficientStorage(String),
+    /// The client sent its request body too slowly (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The handler did not answer in time (503).
     #[error("the request timed out")]
     Timeout,
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -19,6 +19,7 @@ pub mod objects;
 pub mod private;
 pub mod range;
 pub mod server;
+pub mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,6 +8,8 @@
 //! a deadline, idle keep-alive connections are closed after the same time,
 //! and there is a cap on open connections, overall and per client address.
 //! A connection over a cap is closed at once, before anything is read.
+//! Request bodies have a deadline and a minimum rate ([`crate::upload`]),
+//! so a client cannot hold a connection by sending its body slowly either.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,7 +34,8 @@ use tokio::net::TcpStream;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Connection limits of `slate serve` (its flags `--header-timeout`,
-/// `--max-connections`, `--max-connections-per-client`; docs/fleet.md).
+/// `--max-connections`, `--max-connections-per-client`, `--body-timeout`,
+/// `--min-upload-rate`; docs/format/http.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// How long a client may take to send a request's head (request line
@@ -44,6 +47,23 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most connections open at once from one client address.
     pub max_per_client: usize,
+    /// How long the server waits for a whole request body, from its first
+    /// read.
+    pub body_timeout: Duration,
+    /// Bytes per second a request body must keep up once the client has
+    /// had `header_timeout` to get going; 0: no minimum.
+    pub min_upload_rate: u64,
+}
+
+impl Limits {
+    /// The limits on request bodies.
+    pub fn bodies(&self) -> crate::upload::BodyLimits {
+        crate::upload::BodyLimits {
+            timeout: self.body_timeout,
+            min_rate: self.min_upload_rate,
+            grace: self.header_timeout,
+        }
+    }
 }
 
 /// Default of `--header-timeout`.
@@ -61,6 +81,8 @@ impl Default for Limits {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_per_client: DEFAULT_MAX_PER_CLIENT,
+            body_timeout: crate::upload::DEFAULT_BODY_TIMEOUT,
+            min_upload_rate: crate::upload::DEFAULT_MIN_UPLOAD_RATE,
         }
     }
 }
@@ -273,7 +295,7 @@ pub async fn serve_with_limits(
         );
         h.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
-    let service = app.into_make_service();
+    let service = crate::upload::limit_bodies(app, limits.bodies()).into_make_service();
     let limited = LimitAcceptor::new(limits);
     // Refused and failed connections are the clients' business; a debug
     // line is enough (a flood must not flood the log too).

@@ -162,12 +162,14 @@ fn context(home: &HomeArgs, confirm: bool) -> Result<RepoAccess> {
         (None, Some(cfg)) => {
             // Home repositories live on the servers that hold the machine's
             // token: the token goes nowhere else (docs/agent.md, "Servers").
+            // Each keeps its AGENT.toml settings: CA file, pins. Mirrors
+            // serve snapshots only.
             let token = cfg.token()?;
-            let servers: Vec<String> = cfg
+            let servers: Vec<_> = cfg
                 .server_settings
                 .iter()
-                .filter(|s| token.is_none() || s.token)
-                .map(|s| s.url.clone())
+                .filter(|s| !s.mirror && (token.is_none() || s.token))
+                .cloned()
                 .collect();
             if servers.is_empty() {
                 anyhow::bail!(

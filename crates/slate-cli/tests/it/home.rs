@@ -525,12 +525,13 @@ fn home_server_vanishing_mid_backup_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The repository's directory, not the server's `_owners` beside it
+    // (directory order is arbitrary).
     let index_dir = std::fs::read_dir(repo.join("home"))
         .unwrap()
-        .next()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('_'))
         .unwrap()
-        .unwrap()
-        .path()
         .join("index");
     let t0 = std::time::Instant::now();
     while std::fs::read_dir(&index_dir).map(|d| d.count()).unwrap_or(0) < 10 && t0.elapsed().as_secs() < 60 {
