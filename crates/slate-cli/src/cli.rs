@@ -452,6 +452,10 @@ pub enum FleetCommand {
         /// PEM file of the authority that signed the server's certificate (else the built-in roots).
         #[arg(long, value_name = "FILE")]
         ca_file: Option<PathBuf>,
+        /// SHA-256 of the server's certificate (`sha256:` and 64 hex digits, repeat for several):
+        /// only a listed certificate is accepted, as AGENT.toml's `pin`.
+        #[arg(long = "pin", value_name = "sha256:HEX")]
+        pins: Vec<String>,
         #[command(flatten)]
         out: OutputArg,
     },

@@ -126,6 +126,11 @@ impl<'a> Reader<'a> {
             }
             v |= ((b & 0x7f) as u64) << (7 * i);
             if b & 0x80 == 0 {
+                // One value, one encoding: an overlong form (a last byte
+                // of zero) would give signed and hashed records twins.
+                if b == 0 && i > 0 {
+                    return Err(self.corrupt("varint not in its shortest form"));
+                }
                 return Ok(v);
             }
         }
@@ -214,6 +219,12 @@ mod tests {
         assert!(Reader::new(&bad, "t").varint().is_err());
         let bad = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
         assert!(Reader::new(&bad, "t").varint().is_err());
+        // Not the shortest form: 0 as two bytes, 1 with a zero tail.
+        for bad in [vec![0x80u8, 0x00], vec![0x81, 0x80, 0x00]] {
+            let e = Reader::new(&bad, "t").varint().unwrap_err().to_string();
+            assert!(e.contains("shortest form"), "{e}");
+        }
+        assert_eq!(Reader::new(&[0x80, 0x01], "t").varint().unwrap(), 128);
     }
 
     #[test]

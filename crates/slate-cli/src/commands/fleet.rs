@@ -10,13 +10,16 @@ use serde_json::Value;
 use slate_server::fleet::api::MachinesResponse;
 use slate_server::fleet::MachineRow;
 
+use slate_net::root_cause;
+
 use crate::output::json;
 
-/// Run `slate fleet status --server URL [--token-file F] [--ca-file F]`.
+/// Run `slate fleet status --server URL [--token-file F] [--ca-file F]
+/// [--pin sha256:HEX]`: the same TLS checks as the agent's (slate-net).
 pub fn status(
     server: &str,
     token_file: Option<&std::path::Path>,
-    ca_file: Option<&std::path::Path>,
+    (ca_file, pins): (Option<&std::path::Path>, &[String]),
     as_json: bool,
 ) -> Result<ExitCode> {
     // `host:port` alone means plain HTTP, as `--listen` takes it.
@@ -52,28 +55,38 @@ pub fn status(
              use https (or run fleet status on the server, against 127.0.0.1)"
         );
     }
-    let mut builder = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none());
-    if let Some(ca) = ca_file {
-        let pem = std::fs::read(ca).map_err(|e| anyhow!("cannot read {}: {e}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| anyhow!("{}: not PEM certificates: {}", ca.display(), root_cause(&e)))?;
-        builder = builder.tls_built_in_root_certs(false);
-        for c in certs {
-            builder = builder.add_root_certificate(c);
-        }
+    let pins = pins
+        .iter()
+        .map(|p| slate_net::parse_pin(p).ok_or_else(|| anyhow!("--pin {p:?} is not `sha256:` and 64 hex digits")))
+        .collect::<Result<Vec<_>>>()?;
+    if !base.starts_with("https://") && (ca_file.is_some() || !pins.is_empty()) {
+        bail!("{base} is plain http: --ca-file and --pin apply only to https:// servers");
     }
-    let client = builder
-        .build()
-        .map_err(|e| anyhow!("cannot set up an HTTP client: {}", root_cause(&e)))?;
-    let mut req = client.get(&url);
+    let settings = slate_net::ServerSettings {
+        ca_file: ca_file.map(std::path::Path::to_path_buf),
+        pins,
+        ..slate_net::ServerSettings::plain(base)
+    };
+    let timeouts = slate_net::Timeouts {
+        connect: Duration::from_secs(10),
+        request: Duration::from_secs(30),
+    };
+    let endpoint = slate_net::Endpoint::new(&settings, timeouts, "").map_err(|e| anyhow!("{e}"))?;
+    let mut req = endpoint.client.get(&url);
     if let Some(t) = &token {
         req = req.bearer_auth(t);
     }
-    let resp = req
-        .send()
-        .map_err(|e| anyhow!("cannot reach the slate server at {base}: {}", root_cause(&e)))?;
+    let resp = req.send().map_err(|e| {
+        if slate_net::is_tls_error(&e) {
+            anyhow!(
+                "{base}: TLS failed: {}; the administrator token was not sent (check the server's certificate, \
+                 or --ca-file and --pin)",
+                root_cause(&e)
+            )
+        } else {
+            anyhow!("cannot reach the slate server at {base}: {}", root_cause(&e))
+        }
+    })?;
     let status = resp.status();
     let body = resp
         .text()
@@ -110,15 +123,6 @@ fn is_loopback(base: &str) -> bool {
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),
     };
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// The innermost cause: reqwest's outer messages only repeat the URL.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 fn now() -> u64 {

@@ -163,8 +163,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 server,
                 token_file,
                 ca_file,
+                pins,
                 out,
-            } => fleet::status(&server, token_file.as_deref(), ca_file.as_deref(), out.json),
+            } => fleet::status(&server, token_file.as_deref(), (ca_file.as_deref(), &pins), out.json),
             FleetCommand::AdminToken { file, force } => tokens::admin_token(&file, force),
             FleetCommand::Enroll {
                 machine,

@@ -687,3 +687,67 @@ fn slow_request_bodies_are_cut_off_and_do_not_starve_other_clients() {
         "{r}"
     );
 }
+
+/// `slate fleet status` checks the server's certificate as the agent does
+/// (slate-net): with the right pin the administrator token goes through;
+/// with another certificate it is one error line and the token is never
+/// sent; a pin for a plain-http server is refused before anything is sent.
+#[test]
+fn fleet_status_checks_the_pin_before_sending_the_administrator_token() {
+    let dir = scratch();
+    let repo = repo(dir.path());
+    let admin = crate::support::admin_token(dir.path());
+    let (cert, key, der) = self_signed("127.0.0.1");
+    let (cf, kf) = (dir.path().join("fs.pem"), dir.path().join("fs.key"));
+    std::fs::write(&cf, cert).unwrap();
+    std::fs::write(&kf, key).unwrap();
+    let server = Server::start(&[
+        "--repo",
+        s(&repo),
+        "--tls-cert",
+        s(&cf),
+        "--tls-key",
+        s(&kf),
+        "--admin-token-file",
+        s(&admin),
+    ]);
+    let pin = format!("sha256:{}", hex::encode(sha256_pin(&der)));
+    let out = slate_ok(&[
+        "fleet",
+        "status",
+        "--json",
+        "--server",
+        &server.url,
+        "--token-file",
+        s(&admin),
+        "--pin",
+        &pin,
+    ]);
+    assert!(out.contains("\"machines\""), "{out}");
+    let served = server.requests("/v1/fleet/machines").len();
+    let wrong = format!("sha256:{}", "00".repeat(32));
+    let out = slate(&[
+        "fleet",
+        "status",
+        "--server",
+        &server.url,
+        "--token-file",
+        s(&admin),
+        "--pin",
+        &wrong,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("TLS failed") && err.contains("token was not sent"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        server.requests("/v1/fleet/machines").len(),
+        served,
+        "no request got through"
+    );
+    let out = slate(&["fleet", "status", "--server", "http://127.0.0.1:9", "--pin", &pin]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("apply only to https://"));
+}
