@@ -195,13 +195,14 @@ fn serve_objects_assignments_and_fleet_status() {
         "ACTIVE",
         "LAST-UPDATE",
         "BOOT",
+        "WARNINGS",
         "LAST-SEEN",
     ] {
         assert!(lines[0].contains(col), "{table}");
     }
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
-        &row[..8],
+        &row[..9],
         [
             "dmi:test-1",
             "kiosk-1",
@@ -210,11 +211,12 @@ fn serve_objects_assignments_and_fleet_status() {
             "-",
             "a",
             "up-to-date",
-            "good"
+            "good",
+            "-"
         ],
         "{table}"
     );
-    assert!(row[8].ends_with('s') && row[9] == "ago", "{table}");
+    assert!(row[9].ends_with('s') && row[10] == "ago", "{table}");
     // A trailing slash, or no scheme at all, works too.
     let bare = slate_ok(&[
         "fleet",
