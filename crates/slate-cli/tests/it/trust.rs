@@ -570,14 +570,7 @@ fn replayed_and_expired_assignments_are_stale() {
     // The latest genuine answer, replayed until it expires: a freeze.
     proxy.replay(second.clone());
     let expires = second["expires_at"].as_u64().unwrap();
-    while std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        <= expires
-    {
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_past(expires);
     let r = m.update_ok();
     assert_eq!(r["result"], "stale", "{r}");
     let msg = r["message"].as_str().unwrap();
@@ -852,6 +845,14 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// Sleep until the clock is past `t` (Unix seconds): something signed to
+/// expire at `t` has expired.
+fn wait_past(t: u64) {
+    while unix_now() <= t {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// A machine whose fleet server is gone follows its channel from a mirror
 /// by the head the fleet key signed (the mirror gets no token); when the
 /// mirror stops pulling, its head expires and the machine says it is
@@ -896,9 +897,7 @@ fn a_frozen_mirror_is_seen_when_its_signed_head_expires() {
         .unwrap()
         .parse()
         .unwrap();
-    while unix_now() <= expires {
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_past(expires);
     let before = m.slots();
     let r = m.update_ok();
     assert_eq!(r["result"], "stale", "{r}");
@@ -1120,9 +1119,7 @@ fn fleet_keys_rotate_by_trust_document_and_an_expired_one_is_a_freeze() {
     let soon = unix_now() + 4;
     std::fs::write(f.repo.join("trust"), doc(3, soon, vec![new_fleet.public()])).unwrap();
     assert_eq!(m.update_ok()["result"], "up-to-date");
-    while unix_now() <= soon {
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_past(soon);
     f.commit("v3", &release);
     let before = m.slots();
     let r = m.update_ok();
