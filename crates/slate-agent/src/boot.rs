@@ -370,7 +370,7 @@ pub fn simulate_boot(kind: Bootloader, boot: &Path) -> Result<Option<String>> {
 }
 
 /// The newest kernel of a tree and its initrd: (`vmlinuz-V`, `initrd.img-V`).
-fn newest_kernel(names: impl Iterator<Item = String>) -> Option<(String, String)> {
+pub(crate) fn newest_kernel(names: impl Iterator<Item = String>) -> Option<(String, String)> {
     let mut kernels: Vec<String> = names.filter(|n| n.starts_with("vmlinuz-")).collect();
     kernels.sort();
     let k = kernels.pop()?;

@@ -156,6 +156,10 @@ pub struct Config {
     pub boot_device: Option<PathBuf>,
     /// The channel to follow from mirrors before any assignment arrived.
     pub channel: Option<String>,
+    /// Install from a live medium instead of a server (`slate install
+    /// --from-live`): the directory the live system keeps it in. Never
+    /// read from AGENT.toml.
+    pub offline_source: Option<PathBuf>,
 }
 
 /// Parse a size like `8G`, `512M`, `1073741824`.
@@ -294,6 +298,7 @@ impl Config {
             token_file: raw.token_file,
             boot_device: raw.boot_device,
             channel: raw.channel,
+            offline_source: None,
         })
     }
 

@@ -117,7 +117,7 @@ pub fn layout(disk_bytes: u64, firmware: Firmware, slot_bytes: u64) -> Result<Ve
     Ok(parts)
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<String> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
     let out = cmd.output().map_err(|e| {
         Error::Local(format!(
             "cannot run {what}: {e} (is it installed? see scripts/setup.sh)"
@@ -132,12 +132,23 @@ fn run(cmd: &mut Command, what: &str) -> Result<String> {
 }
 
 /// A loop device over a byte range of the disk, detached when dropped.
-struct Loop {
-    dev: PathBuf,
+pub(crate) struct Loop {
+    pub(crate) dev: PathBuf,
 }
 
 impl Loop {
-    fn new(disk: &Path, part: &Part) -> Result<Loop> {
+    /// A read-only loop device over a whole file.
+    pub(crate) fn read_only(file: &Path) -> Result<Loop> {
+        let out = run(
+            Command::new("losetup").args(["--find", "--show", "--read-only"]).arg(file),
+            &format!("losetup {}", file.display()),
+        )?;
+        Ok(Loop {
+            dev: PathBuf::from(out.trim()),
+        })
+    }
+
+    pub(crate) fn new(disk: &Path, part: &Part) -> Result<Loop> {
         let out = run(
             Command::new("losetup")
                 .args(["--find", "--show", "--offset", &part.offset().to_string()])
@@ -158,11 +169,21 @@ impl Drop for Loop {
 }
 
 /// A filesystem mounted on a fresh directory, unmounted when dropped.
-struct Mount {
-    at: PathBuf,
+pub(crate) struct Mount {
+    pub(crate) at: PathBuf,
 }
 
 impl Mount {
+    /// Mount `dev` read-only as `fstype` at `at`.
+    pub(crate) fn read_only(dev: &Path, fstype: &str, at: PathBuf) -> Result<Mount> {
+        std::fs::create_dir_all(&at).map_err(|e| Error::Local(format!("cannot create {}: {e}", at.display())))?;
+        run(
+            Command::new("mount").args(["-t", fstype, "-o", "ro"]).arg(dev).arg(&at),
+            &format!("mount {}", dev.display()),
+        )?;
+        Ok(Mount { at })
+    }
+
     fn new(dev: &Path, at: PathBuf) -> Result<Mount> {
         std::fs::create_dir_all(&at).map_err(|e| Error::Local(format!("cannot create {}: {e}", at.display())))?;
         run(
@@ -237,6 +258,9 @@ pub struct InstallOptions<'a> {
     pub slot_size: u64,
     /// Scratch directory (mount points while installing).
     pub work_dir: PathBuf,
+    /// Install the snapshot of the live medium kept here, with no server
+    /// (`slate install --from-live`).
+    pub from_live: Option<PathBuf>,
 }
 
 /// What was done.
@@ -390,7 +414,7 @@ fn is_loopback_url(url: &str) -> bool {
     host == "localhost" || host.starts_with("127.") || host == "::1"
 }
 
-fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d).map_err(|e| Error::Local(format!("cannot create {}: {e}", d.display())))?;
     }
@@ -664,6 +688,7 @@ pub fn install(o: &InstallOptions<'_>, progress: &dyn slate_repo::progress::Prog
     cfg.boot_dir = boot_dir.clone();
     cfg.boot_device = None;
     cfg.kernel_cmdline = machine_cmdline(&o.template.kernel_cmdline);
+    cfg.offline_source = o.from_live.clone();
     let outcome = update::run(&cfg, false, progress)?;
     if outcome.result != "ok" {
         return Err(Error::Local(format!(

@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod install;
+pub mod live;
 pub mod prepare;
 pub mod pull;
 pub mod remote;
@@ -28,5 +29,6 @@ pub mod sources;
 pub mod state;
 pub mod trust;
 pub mod update;
+pub mod verity;
 
 pub use error::{Error, Result};

@@ -69,6 +69,11 @@ const INITRAMFS_TOOLS: &[(&str, &str, u32)] = &[
         include_str!("../../../dist/initramfs-tools/scripts/init-bottom/slate"),
         0o755,
     ),
+    (
+        "etc/initramfs-tools/scripts/slate-live",
+        include_str!("../../../dist/initramfs-tools/scripts/slate-live"),
+        0o644,
+    ),
 ];
 
 const DRACUT: &[(&str, &str, u32)] = &[

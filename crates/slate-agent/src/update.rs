@@ -211,6 +211,14 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
     let http = cfg.http()?;
     let now_s = now().max(0) as u64;
 
+    // An offline install from a live medium: the medium's snapshot, its
+    // content read from the verified live root; no server is asked.
+    if let Some(dir) = &cfg.offline_source {
+        let medium = crate::live::Medium::open(dir)?;
+        let target = medium.id;
+        let result = pass(cfg, &mut state, &http, &trusted, target, false, dry_run, progress, Some(&medium));
+        return finish_pass(cfg, &mut state, &http, &http, &who, target, dry_run, result);
+    }
     let answer = if cfg.has_fleet_server() {
         http.post_json("/v1/fleet/assignment", &serde_json::json!({ "machine": who }))
     } else {
@@ -267,7 +275,7 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
             keep_fleet_policy(cfg, verified.state_policy.as_deref());
         }
     }
-    let result = vetted.and_then(|()| pass(cfg, &mut state, &http, &trusted, target, pinned, dry_run, progress));
+    let result = vetted.and_then(|()| pass(cfg, &mut state, &http, &trusted, target, pinned, dry_run, progress, None));
     finish_pass(cfg, &mut state, &http, &http, &who, target, dry_run, result)
 }
 
@@ -417,7 +425,7 @@ fn follow_mirrors(
         mirrors.server(),
         head.snapshot
     );
-    let result = pass(cfg, state, mirrors, trusted, head.snapshot, false, dry_run, progress);
+    let result = pass(cfg, state, mirrors, trusted, head.snapshot, false, dry_run, progress, None);
     finish_pass(cfg, state, mirrors, fleet, who, head.snapshot, dry_run, result)
 }
 
@@ -471,6 +479,7 @@ fn pass(
     pinned: bool,
     dry_run: bool,
     progress: &dyn Progress,
+    offline: Option<&crate::live::Medium>,
 ) -> Result<Outcome> {
     let target_hex = target.to_hex();
     let active = state.active.clone();
@@ -513,7 +522,10 @@ fn pass(
     }
 
     let remote = Remote::new(http, &cache_dir(&cfg.state_dir));
-    let (snap, sigs) = remote.snapshot(&target)?;
+    let (snap, sigs) = match offline {
+        Some(m) => (m.snapshot.clone(), m.signatures.clone()),
+        None => remote.snapshot(&target)?,
+    };
     let signers = check_threshold(&target, &sigs, trusted.release(), trusted.doc.snapshots as usize)
         .map_err(|e| Error::Untrusted(format!("refusing snapshot {target_hex}: {e}")))?;
     tracing::info!(
@@ -585,6 +597,18 @@ fn pass(
                 .entry(c.id)
                 .or_insert_with(|| bytes[off..off + c.len as usize].to_vec());
             off += c.len as usize;
+        }
+    }
+
+    // A live medium carries the manifest as stored.
+    if let Some(m) = offline {
+        let mut off = 0usize;
+        for c in &snap.manifest.chunks {
+            let end = off + c.len as usize;
+            if let Some(d) = m.manifest.get(off..end) {
+                known.entry(c.id).or_insert_with(|| d.to_vec());
+            }
+            off = end;
         }
     }
 
@@ -681,6 +705,10 @@ fn pass(
     }
     let new_m = decode_manifest(&manifest_bytes, &target_hex)?;
     let fresh = reserve_m.is_none();
+    // The live root holds this very snapshot's files.
+    if let Some(m) = offline {
+        m.add_sources(&mut local, &new_m);
+    }
 
     // Content the machine has nowhere.
     let want: Vec<ChunkId> = {

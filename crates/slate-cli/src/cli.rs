@@ -344,8 +344,17 @@ pub enum Command {
         /// Create IMAGE with this size when it does not exist.
         #[arg(long, value_name = "SIZE")]
         size: Option<String>,
+        /// Install the snapshot of the live medium this system booted from,
+        /// with no server (DIR: where the live system keeps it).
+        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "/run/slate/live")]
+        from_live: Option<PathBuf>,
         #[command(flatten)]
         out: OutputArg,
+    },
+    /// Live images of a snapshot: make, verify, and the initramfs step that boots one (docs/live.md).
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
     },
     /// Make an OS tree slate-ready before committing it: slate, its units, its initramfs step.
     Prepare {
@@ -377,6 +386,77 @@ pub enum Command {
         #[command(subcommand)]
         command: HomeCommand,
     },
+}
+
+/// `slate image` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Make a hybrid ISO (CD or USB stick, BIOS and UEFI) that boots the snapshot live.
+    Iso {
+        /// Channel, CHANNEL~N or snapshot id.
+        spec: String,
+        #[command(flatten)]
+        repo: RepoArg,
+        /// The ISO file to write.
+        #[arg(short = 'o', long = "output", value_name = "FILE.iso")]
+        output: PathBuf,
+        /// Release key that signs the image's record (repeat); each must have signed the snapshot.
+        #[arg(long, value_name = "KEY", required = true)]
+        sign: Vec<PathBuf>,
+        /// More public keys the image's initramfs accepts the record from (repeat).
+        #[arg(long = "sign-check", value_name = "KEY.pub")]
+        sign_check: Vec<PathBuf>,
+        /// Boot with this state policy instead of the tree's /etc/slate/state.toml.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Add a persistence partition of this size (for a USB stick): it keeps `local` and `backup` paths.
+        #[arg(long, value_name = "SIZE")]
+        persistence: Option<String>,
+        /// Kernel command line (besides what slate adds).
+        #[arg(long, value_name = "ARGS", default_value = "console=tty0 console=ttyS0,115200")]
+        kernel_cmdline: String,
+        /// How the root image is compressed.
+        #[arg(long, value_enum, default_value = "zstd")]
+        compression: CompressionArg,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Check a live image on a trusted machine: its record, every block of its root, its kernel and initramfs.
+    Verify {
+        /// The ISO file or stick.
+        image: PathBuf,
+        /// Public key the record must be signed by (repeat).
+        #[arg(long = "sign-check", value_name = "KEY.pub", required = true)]
+        sign_check: Vec<PathBuf>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// The initramfs step of a live boot: find the medium, check it, mount its verified root.
+    MountLive {
+        /// Where to mount the root.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// The directory of keys the record must be signed by.
+        #[arg(long, value_name = "DIR", default_value = "/etc/slate/live-keys")]
+        keys: PathBuf,
+        /// The kernel command line to read slate.live= from.
+        #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+        cmdline: PathBuf,
+        /// Seconds to wait for the medium to appear.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        wait: u64,
+    },
+}
+
+/// How a live image's root is compressed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum CompressionArg {
+    /// zstd, 1 MiB blocks: fast to make and to read.
+    Zstd,
+    /// xz, 1 MiB blocks, x86 filter: the smallest, the slowest to make.
+    Xz,
+    /// lz4: the fastest, the largest.
+    Lz4,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,7 +1,8 @@
 //! Key roles and the signed documents that are not snapshots
 //! (`docs/format/trust.md`): fleet assignments, signed channel heads,
-//! detached signatures of state policies, and the trust document that
-//! rotates and revokes keys.
+//! detached signatures of state policies, the trust document that
+//! rotates and revokes keys, and the record that binds a live image's root
+//! to its snapshot.
 //!
 //! Two roles sign: offline **release** keys (snapshots, state policies that
 //! run commands at boot, trust documents) and the online **fleet** key of
@@ -25,6 +26,8 @@ pub const POLICY_DOMAIN: &[u8] = b"slate state policy v1";
 pub const TRUST_DOMAIN: &[u8] = b"slate trust document v1";
 /// Domain of a channel head signature (fleet role).
 pub const HEAD_DOMAIN: &[u8] = b"slate channel head v1";
+/// Domain of a live image record signature (release role).
+pub const LIVE_DOMAIN: &[u8] = b"slate live image v1";
 
 const ASSIGNMENT_MAGIC: &[u8; 8] = b"SLATEAS\0";
 const ASSIGNMENT_VERSION: u32 = 1;
@@ -509,6 +512,158 @@ impl ChannelHead {
     }
 }
 
+const LIVE_MAGIC: &str = "slate-live-v1";
+
+/// What a live image's root is, as a release key vouches for it: the
+/// snapshot it was made from and the dm-verity parameters of its root
+/// image, whose root hash pins every block of that image. The initramfs
+/// checks the signature with the keys built into the image and hands the
+/// kernel nothing but these parameters, so a block of the root image that
+/// differs from what was signed fails its read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveRecord {
+    /// The snapshot whose tree the root image holds.
+    pub snapshot: SnapshotId,
+    /// The root image's filesystem (`squashfs`).
+    pub filesystem: String,
+    /// Bytes of filesystem data (a multiple of 4096), from the image's start.
+    pub data_bytes: u64,
+    /// Where the hash tree starts in the image file (bytes, a multiple of 4096).
+    pub hash_offset: u64,
+    /// dm-verity's salt.
+    pub salt: [u8; 32],
+    /// dm-verity's root hash (sha256, 4096-byte blocks, format 1).
+    pub root_hash: [u8; 32],
+    /// The BLAKE3 hash of the state policy the image boots with, when it
+    /// brings its own (`slate image iso --policy`); else the tree's.
+    pub policy: Option<[u8; 32]>,
+    /// When the image was made, Unix seconds.
+    pub made_at: u64,
+}
+
+/// Block size of the live root image's hash tree, both data and hash blocks.
+pub const LIVE_BLOCK: u64 = 4096;
+
+impl LiveRecord {
+    /// The canonical text that is signed.
+    pub fn body(&self) -> String {
+        format!(
+            "{LIVE_MAGIC}\nsnapshot {}\nfilesystem {}\ndata {}\nhash-offset {}\nsalt {}\nroot-hash {}\npolicy {}\nmade {}\n{TRUST_END}\n",
+            self.snapshot.to_hex(),
+            self.filesystem,
+            self.data_bytes,
+            self.hash_offset,
+            hex::encode(self.salt),
+            hex::encode(self.root_hash),
+            self.policy.map(hex::encode).unwrap_or_else(|| "none".into()),
+            self.made_at
+        )
+    }
+
+    /// The whole file: the body and a signature line per key.
+    pub fn to_text(&self, keys: &[&SecretKey]) -> String {
+        let body = self.body();
+        let mut out = body.clone();
+        for k in keys {
+            let sig = Signature {
+                key: k.public(),
+                sig: k.sign(LIVE_DOMAIN, body.as_bytes()),
+            };
+            out.push_str(&sig.to_line());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Parse an untrusted record; signatures unchecked (see [`LiveRecord::verify`]).
+    pub fn parse(text: &str) -> Result<(LiveRecord, Vec<Signature>)> {
+        let bad = |d: &str| Error::corrupt("live image record", d.to_string());
+        let (body, sigs) = split_signed(text, LIVE_MAGIC, "live image record")?;
+        let mut lines = body.lines().skip(1);
+        let snapshot = lines
+            .next()
+            .and_then(|l| l.strip_prefix("snapshot "))
+            .and_then(SnapshotId::from_hex)
+            .ok_or_else(|| bad("expected a `snapshot ID` line"))?;
+        let filesystem = lines
+            .next()
+            .and_then(|l| l.strip_prefix("filesystem "))
+            .filter(|f| *f == "squashfs")
+            .ok_or_else(|| bad("expected `filesystem squashfs`"))?
+            .to_string();
+        let data_bytes = number_line(lines.next(), "data", "live image record")?;
+        let hash_offset = number_line(lines.next(), "hash-offset", "live image record")?;
+        let hash32 = |line: Option<&str>, name: &str| -> Result<[u8; 32]> {
+            let mut out = [0u8; 32];
+            line.and_then(|l| l.strip_prefix(name))
+                .and_then(|v| v.strip_prefix(' '))
+                .and_then(|v| hex::decode_to_slice(v, &mut out).ok())
+                .ok_or_else(|| bad(&format!("expected a `{name} HEX` line of 32 bytes")))?;
+            Ok(out)
+        };
+        let salt = hash32(lines.next(), "salt")?;
+        let root_hash = hash32(lines.next(), "root-hash")?;
+        let policy_line = lines.next();
+        let policy = if policy_line == Some("policy none") {
+            None
+        } else {
+            Some(hash32(policy_line, "policy")?)
+        };
+        let made_at = number_line(lines.next(), "made", "live image record")?;
+        let rec = LiveRecord {
+            snapshot,
+            filesystem,
+            data_bytes,
+            hash_offset,
+            salt,
+            root_hash,
+            policy,
+            made_at,
+        };
+        if data_bytes == 0 || data_bytes % LIVE_BLOCK != 0 || hash_offset % LIVE_BLOCK != 0 || hash_offset < data_bytes
+        {
+            return Err(bad("the data size and hash offset must be whole 4096-byte blocks, the hashes after the data"));
+        }
+        if rec.body() != body {
+            return Err(bad("not in canonical form"));
+        }
+        Ok((rec, sigs))
+    }
+
+    /// Check that one of `keys` signed this record; returns the signer.
+    pub fn verify(&self, sigs: &[Signature], keys: &[PublicKey]) -> Result<PublicKey> {
+        let body = self.body();
+        for s in sigs {
+            if keys.contains(&s.key) && s.key.verify(LIVE_DOMAIN, body.as_bytes(), &s.sig).is_ok() {
+                return Ok(s.key);
+            }
+        }
+        Err(Error::Signature(if sigs.is_empty() {
+            "the live image record is not signed".into()
+        } else {
+            format!(
+                "the live image record carries no valid signature by a key built into this image (signers: {})",
+                sigs.iter().map(|s| s.key.fingerprint()).collect::<Vec<_>>().join(", ")
+            )
+        }))
+    }
+
+    /// The dm-verity table line for this root, its data and hashes both on
+    /// `device` (a loop device over the image file): 512-byte sectors of
+    /// data, the data and hash block size, the number of data blocks, the
+    /// first hash block, the hash, the root hash and the salt.
+    pub fn verity_table(&self, device: &str) -> String {
+        format!(
+            "0 {} verity 1 {device} {device} {LIVE_BLOCK} {LIVE_BLOCK} {} {} sha256 {} {}",
+            self.data_bytes / 512,
+            self.data_bytes / LIVE_BLOCK,
+            self.hash_offset / LIVE_BLOCK,
+            hex::encode(self.root_hash),
+            hex::encode(self.salt)
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -743,5 +898,55 @@ mod tests {
         }
         let as_policy = sign_policy(body.as_bytes(), &fleet);
         assert!(h.verify(&[as_policy], &[fleet.public()]).is_err());
+    }
+
+    #[test]
+    fn live_records_are_canonical_signed_and_bound_to_their_keys() {
+        let key = SecretKey::generate().unwrap();
+        let other = SecretKey::generate().unwrap();
+        let rec = LiveRecord {
+            snapshot: SnapshotId::from_hex(&"ab".repeat(32)).unwrap(),
+            filesystem: "squashfs".into(),
+            data_bytes: 4096 * 10,
+            hash_offset: 4096 * 10,
+            salt: [7; 32],
+            root_hash: [9; 32],
+            policy: None,
+            made_at: 1_700_000_000,
+        };
+        let text = rec.to_text(&[&key]);
+        let (back, sigs) = LiveRecord::parse(&text).unwrap();
+        assert_eq!(back, rec);
+        let with_policy = LiveRecord {
+            policy: Some([3; 32]),
+            ..rec.clone()
+        };
+        assert_eq!(LiveRecord::parse(&with_policy.to_text(&[&key])).unwrap().0, with_policy);
+        assert_eq!(back.verify(&sigs, &[key.public()]).unwrap(), key.public());
+        let e = back.verify(&sigs, &[other.public()]).unwrap_err().to_string();
+        assert!(e.contains("no valid signature"), "{e}");
+        // Any changed field breaks the signature.
+        let changed = text.replace(&hex::encode([9u8; 32]), &hex::encode([8u8; 32]));
+        let (c, csigs) = LiveRecord::parse(&changed).unwrap();
+        assert!(c.verify(&csigs, &[key.public()]).is_err());
+        // A signature made for another kind of document never verifies here.
+        let head_sig = Signature {
+            key: key.public(),
+            sig: key.sign(HEAD_DOMAIN, rec.body().as_bytes()),
+        };
+        assert!(rec.verify(&[head_sig], &[key.public()]).is_err());
+        // Not canonical, not whole blocks, hashes inside the data: refused.
+        assert!(LiveRecord::parse(&text.replace("made 1700000000", "made 01700000000")).is_err());
+        assert!(LiveRecord::parse(&text.replace("data 40960", "data 40961")).is_err());
+        assert!(LiveRecord::parse(&text.replace("hash-offset 40960", "hash-offset 4096")).is_err());
+        assert!(LiveRecord::parse(&text.replace("squashfs", "ext4")).is_err());
+        assert_eq!(
+            rec.verity_table("/dev/loop3"),
+            format!(
+                "0 80 verity 1 /dev/loop3 /dev/loop3 4096 4096 10 10 sha256 {} {}",
+                hex::encode([9u8; 32]),
+                hex::encode([7u8; 32])
+            )
+        );
     }
 }

@@ -230,6 +230,12 @@ impl Repo {
 
     /// Read, check and decode a snapshot's manifest.
     pub fn read_manifest(&self, snap: &Snapshot, index: &ChunkIndex) -> Result<Manifest> {
+        let bytes = self.read_manifest_bytes(snap, index)?;
+        manifest::decode(&bytes).map_err(|e| Error::corrupt(format!("manifest {}", snap.manifest.hash.to_hex()), e))
+    }
+
+    /// Read a snapshot's manifest as stored, checked against its hash.
+    pub fn read_manifest_bytes(&self, snap: &Snapshot, index: &ChunkIndex) -> Result<Vec<u8>> {
         // The size is a claim of an untrusted record: reserve a little and
         // let the buffer grow with the bytes actually read.
         let mut bytes = Vec::with_capacity(snap.manifest.size.min(16 << 20) as usize);
@@ -246,7 +252,7 @@ impl Repo {
                 },
             ));
         }
-        manifest::decode(&bytes).map_err(|e| Error::corrupt(format!("manifest {}", snap.manifest.hash.to_hex()), e))
+        Ok(bytes)
     }
 
     /// Names of every channel.

@@ -23,6 +23,7 @@ pub fn install(
     firmware: FirmwareArg,
     slot_size: &str,
     create: Option<&str>,
+    from_live: Option<&Path>,
     as_json: bool,
 ) -> Result<ExitCode> {
     let template = Config::load(config).map_err(|e| anyhow!("{e}"))?;
@@ -40,6 +41,7 @@ pub fn install(
         },
         slot_size: size(slot_size, "--slot-size")?,
         work_dir: work.path().to_path_buf(),
+        from_live: from_live.map(Path::to_path_buf),
     };
     let started = std::time::Instant::now();
     let bar = Bar::new(!std::io::stderr().is_terminal());

@@ -9,6 +9,7 @@ mod diff;
 mod fleet;
 mod gc;
 mod home;
+mod image;
 mod init;
 mod keygen;
 mod log;
@@ -191,8 +192,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             firmware,
             slot_size,
             size,
+            from_live,
             out,
-        } => machine::install(&disk, &config, firmware, &slot_size, size.as_deref(), out.json),
+        } => machine::install(
+            &disk,
+            &config,
+            firmware,
+            &slot_size,
+            size.as_deref(),
+            from_live.as_deref(),
+            out.json,
+        ),
+        Command::Image { command } => image::run(command),
         Command::Prepare { tree, out } => machine::prepare(&tree, out.json),
         Command::State { command } => match command {
             StateCommand::Apply {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::support::{corpus, is_root, s, scratch, slate_ok, FleetKey, Server};
 
 /// Longest one boot may take before the test gives up on it.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 const MARKER: &str = r#"#!/bin/sh
 # slate's boot test: report this boot on the markers port (ttyS1; the
@@ -29,7 +29,7 @@ const MARKER: &str = r#"#!/bin/sh
 # do its work and power off.
 exec 3>/dev/ttyS1
 say() { echo "$*" >&3; }
-slot=$(sed -n 's/.*slate\.slot=\([ab]\).*/\1/p' /proc/cmdline)
+slot=$(sed -n 's/.*slate\.slot=\([a-z]*\).*/\1/p' /proc/cmdline)
 if touch /usr/.slate-test 2>/dev/null; then ro=no; else ro=yes; fi
 if touch /etc/.slate-test 2>/dev/null; then etc=writable; else etc=read-only; fi
 if echo x > /var/log/slate-test 2>/dev/null; then ram=yes; else ram=no; fi
@@ -57,6 +57,21 @@ say "SLATE-WORK tmp=$tmp journal=$journal login=$login apt=$apt apt_s=$apt_s fai
 for u in $(echo "$failed" | tr , ' '); do
     systemctl status --no-pager -l "$u" 2>&1 | tail -n 8 | sed 's/^/SLATE-FAILED-UNIT /' >&3
 done
+if [ "$slot" = live ]; then
+    # A live boot (tests/it/live.rs): a file in a `local` path counts the
+    # boots this medium kept; a blank disk gets installed from the medium.
+    n=$(cat /var/lib/slate-test-local/boots 2>/dev/null || echo 0)
+    n=$((n + 1))
+    echo "$n" > /var/lib/slate-test-local/boots && sync
+    say "SLATE-LIVE boots=$n root=$(findmnt -no SOURCE /) local=$(findmnt -no SOURCE /var/lib/slate-test-local | tr -d '[]' | sed 's/\/store.*//')"
+    if [ -b /dev/vda ]; then
+        if slate install --disk /dev/vda --config /etc/slate-test-install/agent.toml --firmware bios --slot-size 2G \
+            --from-live 2>&1 | cat >&3; then say "SLATE-INSTALL ok"; else say "SLATE-INSTALL failed"; fi
+    fi
+    say "SLATE-DONE"
+    systemctl poweroff
+    exit 0
+fi
 say "SLATE-BOOT-RESULT $(slate status --json | sed -n 's/.*"boot_result":"\([a-z-]*\)".*/\1/p')"
 # What the initramfs step warned about, as the agent kept it to report.
 slate status | sed -n 's/^boot warning: /SLATE-BOOT-WARNING /p' >&3
@@ -82,7 +97,7 @@ fn have(cmd: &str) -> bool {
 }
 
 /// Everything a boot test needs, or why it is skipped.
-fn ready(firmware: &str) -> Option<PathBuf> {
+pub(crate) fn ready(firmware: &str) -> Option<PathBuf> {
     if !is_root() {
         eprintln!("skipped: needs root (loop devices, mounts, chroot)");
         return None;
@@ -115,17 +130,17 @@ fn ready(firmware: &str) -> Option<PathBuf> {
 
 /// A fleet of one: a repository, a key, a server, an enrolled machine and
 /// the prepared tree its snapshots are made of.
-struct Lab {
+pub(crate) struct Lab {
     _dir: tempfile::TempDir,
-    dir: PathBuf,
-    repo: PathBuf,
-    tree: PathBuf,
-    server: Server,
-    port: u16,
+    pub(crate) dir: PathBuf,
+    pub(crate) repo: PathBuf,
+    pub(crate) tree: PathBuf,
+    pub(crate) server: Server,
+    pub(crate) port: u16,
 }
 
 impl Lab {
-    fn new(v3: &Path) -> Lab {
+    pub(crate) fn new(v3: &Path) -> Lab {
         let t = scratch();
         let dir = t.path().to_path_buf();
         let tree = dir.join("tree");
@@ -198,7 +213,7 @@ impl Lab {
     }
 
     /// Commit the tree as it is now to channel `lab`.
-    fn commit(&self, version: &str) -> String {
+    pub(crate) fn commit(&self, version: &str) -> String {
         std::fs::write(self.tree.join("etc/slate-test-version"), format!("{version}\n")).unwrap();
         slate_ok(&[
             "commit",
@@ -218,7 +233,7 @@ impl Lab {
     /// reaches it, then as the guest does. `no_timer_check`: under software
     /// emulation on a busy host the kernel's IO-APIC timer check can fail
     /// and panic before anything of slate runs.
-    fn template(&self, tries: u32) -> PathBuf {
+    pub(crate) fn template(&self, tries: u32) -> PathBuf {
         let p = self.dir.join("template.toml");
         std::fs::write(
             &p,
@@ -239,7 +254,7 @@ impl Lab {
     }
 }
 
-fn write_mode(p: &Path, text: &str, mode: u32) {
+pub(crate) fn write_mode(p: &Path, text: &str, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, text).unwrap();
@@ -247,47 +262,53 @@ fn write_mode(p: &Path, text: &str, mode: u32) {
 }
 
 /// A disk image and the firmware that starts it.
-struct Vm {
-    disk: PathBuf,
+pub(crate) struct Vm {
+    pub(crate) disk: PathBuf,
     uefi_vars: Option<PathBuf>,
     boots: u32,
+    /// More qemu arguments: a CD, a USB stick.
+    pub(crate) extra: Vec<String>,
+    /// What the logs of the next boot are named after (default: the disk).
+    pub(crate) name: Option<PathBuf>,
+    /// Longest one boot may take.
+    pub(crate) timeout: Duration,
 }
 
 /// What one boot printed: the console (firmware, kernel, initramfs,
 /// systemd, getty) and, apart, what the marker unit wrote on its own port.
-struct BootLog {
-    text: String,
-    markers: String,
-    seconds: f64,
+pub(crate) struct BootLog {
+    pub(crate) text: String,
+    pub(crate) markers: String,
+    pub(crate) seconds: f64,
 }
 
 impl BootLog {
     /// The marker port's lines that start with `tag` and a space (the port
     /// carries nothing but the marker script's output, one line per write).
-    fn tagged<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn tagged<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.markers
             .lines()
             .map(|l| l.trim_end_matches('\r'))
             .filter_map(move |l| l.strip_prefix(tag)?.strip_prefix(' '))
     }
     /// `key=value` of the first line tagged `tag`.
-    fn field(&self, tag: &str, key: &str) -> Option<String> {
+    pub(crate) fn field(&self, tag: &str, key: &str) -> Option<String> {
         let line = self.tagged(tag).next()?;
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
             .map(str::to_string)
     }
     /// The `key=value` of the marker line, if the boot got that far.
-    fn marker(&self, key: &str) -> Option<String> {
+    pub(crate) fn marker(&self, key: &str) -> Option<String> {
         self.field("SLATE-MARKER", key)
     }
     fn boot_result(&self) -> Option<String> {
         self.tagged("SLATE-BOOT-RESULT").next().map(|r| r.trim().to_string())
     }
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.markers.lines().any(|l| l.trim_end_matches('\r') == "SLATE-DONE")
     }
-    fn tail(&self) -> String {
+    pub(crate) fn tail(&self) -> String {
         let lines: Vec<&str> = self.text.lines().collect();
         format!(
             "--- console (last 40 lines)\n{}\n--- markers\n{}",
@@ -298,7 +319,7 @@ impl BootLog {
 }
 
 impl Vm {
-    fn new(dir: &Path, firmware: &str) -> Vm {
+    pub(crate) fn new(dir: &Path, firmware: &str) -> Vm {
         let uefi_vars = (firmware == "uefi").then(|| {
             let v = dir.join("OVMF_VARS.fd");
             std::fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &v).unwrap();
@@ -308,19 +329,23 @@ impl Vm {
             disk: dir.join(format!("disk-{firmware}.img")),
             uefi_vars,
             boots: 0,
+            extra: Vec::new(),
+            name: None,
+            timeout: BOOT_TIMEOUT,
         }
     }
 
     /// Power on; run until the machine powers off or restarts.
-    fn boot(&mut self) -> BootLog {
+    pub(crate) fn boot(&mut self) -> BootLog {
         self.boot_with(true)
     }
 
     /// Power on with or without a network card.
-    fn boot_with(&mut self, nic: bool) -> BootLog {
+    pub(crate) fn boot_with(&mut self, nic: bool) -> BootLog {
         self.boots += 1;
-        let log = self.disk.with_extension(format!("boot{}.log", self.boots));
-        let markers = self.disk.with_extension(format!("boot{}.markers", self.boots));
+        let base = self.name.clone().unwrap_or_else(|| self.disk.clone());
+        let log = base.with_extension(format!("boot{}.log", self.boots));
+        let markers = base.with_extension(format!("boot{}.markers", self.boots));
         let mut c = Command::new("qemu-system-x86_64");
         // q35 without default devices: no floppy or IDE CD-ROM for the
         // guest's udev to probe (on a loaded machine that alone can take
@@ -343,11 +368,20 @@ impl Vm {
         .arg(format!("file:{}", log.display()))
         .arg("-serial")
         .arg(format!("file:{}", markers.display()))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=none,id=d0", self.disk.display()))
-        // The disk keeps its PCI address with or without a network card:
-        // UEFI's boot entries name the disk by it.
-        .args(["-device", "virtio-blk-pci,drive=d0,addr=0x2"]);
+        .args(&self.extra);
+        if self.disk.exists() {
+            // The disk keeps its PCI address with or without a network card:
+            // UEFI's boot entries name the disk by it.
+            c.arg("-drive")
+                .arg(format!("file={},format=raw,if=none,id=d0", self.disk.display()))
+                .arg("-device")
+                .arg(if self.extra.is_empty() {
+                    "virtio-blk-pci,drive=d0,addr=0x2"
+                } else {
+                    // Behind the CD or stick in the boot order.
+                    "virtio-blk-pci,drive=d0,addr=0x2,bootindex=1"
+                });
+        }
         if nic {
             c.args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,addr=0x3"]);
         }
@@ -363,7 +397,7 @@ impl Vm {
             if child.try_wait().unwrap().is_some() {
                 break;
             }
-            if started.elapsed() > BOOT_TIMEOUT {
+            if started.elapsed() > self.timeout {
                 let _ = child.kill();
                 let _ = child.wait();
                 break;
@@ -379,7 +413,7 @@ impl Vm {
         eprintln!(
             "boot {} of {}: {:.1} s, marker {:?}, work {:?}",
             self.boots,
-            self.disk.display(),
+            base.display(),
             b.seconds,
             b.tagged("SLATE-MARKER").next(),
             b.tagged("SLATE-WORK").next(),
@@ -448,7 +482,7 @@ impl Drop for StatePartition {
     }
 }
 
-fn install(lab: &Lab, vm: &Vm, firmware: &str, tries: u32) -> f64 {
+pub(crate) fn install(lab: &Lab, vm: &Vm, firmware: &str, tries: u32) -> f64 {
     let started = Instant::now();
     slate_ok(&[
         "install",
@@ -467,7 +501,7 @@ fn install(lab: &Lab, vm: &Vm, firmware: &str, tries: u32) -> f64 {
 }
 
 /// A boot that reached the marker, on `slot`, with everything in place.
-fn assert_good_boot(b: &BootLog, slot: &str, version: &str) {
+pub(crate) fn assert_good_boot(b: &BootLog, slot: &str, version: &str) {
     assert_eq!(b.marker("slot").as_deref(), Some(slot), "{}", b.tail());
     assert_eq!(b.marker("version").as_deref(), Some(version), "{}", b.tail());
     assert_eq!(
@@ -490,7 +524,7 @@ fn assert_good_boot(b: &BootLog, slot: &str, version: &str) {
 /// Ordinary work succeeds on the booted read-only machine: temporary
 /// files, no failed unit, the journal, a login, `apt-get update` (which
 /// may fail to fetch, offline, but not on a read-only path).
-fn assert_ordinary_work(b: &BootLog) {
+pub(crate) fn assert_ordinary_work(b: &BootLog) {
     for (key, want) in [
         ("tmp", "yes"),
         ("journal", "yes"),

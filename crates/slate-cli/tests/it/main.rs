@@ -7,6 +7,7 @@ mod cli;
 mod enroll;
 mod fidelity;
 mod home;
+mod live;
 mod nasty;
 mod safety;
 mod selftest;
