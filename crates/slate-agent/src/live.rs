@@ -973,11 +973,169 @@ impl Medium {
     /// Register the medium's files as local sources of the snapshot `m`
     /// (its manifest): the live root and the kernel and initramfs beside it.
     pub fn add_sources(&self, local: &mut crate::sources::LocalChunks, m: &slate_core::manifest::Manifest) {
-        local.add_tree(&self.root, m);
+        // The kernel and initramfs first: the root has no copy of them, and
+        // a chunk is looked up where it was registered first.
         if let Some(boot) = boot_manifest(m) {
             local.add_tree(&self.boot_dir, &boot);
         }
+        local.add_tree(&self.root, m);
     }
+}
+
+/// What `slate pull --from-image` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImportReport {
+    /// The snapshot.
+    pub snapshot: String,
+    /// Whether the repository already held it.
+    pub already_held: bool,
+    /// Chunks stored.
+    pub new_chunks: u64,
+    /// Their bytes, before compression.
+    pub new_bytes: u64,
+    /// The channel, if one was given.
+    pub channel: Option<String>,
+    /// Whether the snapshot became the channel's head.
+    pub head_moved: bool,
+}
+
+/// Store the snapshot a live image holds in `repo` (an offline update
+/// source): the record and the snapshot's signatures are checked with
+/// `trusted`, every chunk read from the image's root (mounted read-only)
+/// and its kernel and initramfs is checked against the manifest before it
+/// is kept, and nothing names the snapshot until all of it is stored. With
+/// `channel`, the snapshot becomes its head unless the head is newer.
+pub fn import_image(
+    image: &Path,
+    repo: &Repo,
+    trusted: &[PublicKey],
+    channel: Option<&str>,
+    work: &Path,
+) -> Result<ImportReport> {
+    let what = format!("image {}", image.display());
+    let refuse = |why: String| Error::Untrusted(format!("refusing {what}: {why}; nothing was stored"));
+    if trusted.is_empty() {
+        return Err(Error::Config("importing needs at least one trusted key (--trust KEY.pub)".into()));
+    }
+    if let Some(c) = channel {
+        slate_repo::channel::check_name(c)?;
+    }
+    let iso = IsoFiles::open(image)?;
+    let text = String::from_utf8(iso.read(RECORD, MAX_RECORD)?).map_err(|_| refuse("its record is not text".into()))?;
+    let (rec, rec_sigs) = LiveRecord::parse(&text).map_err(|e| refuse(e.to_string()))?;
+    rec.verify(&rec_sigs, trusted).map_err(|e| refuse(e.to_string()))?;
+    let id = rec.snapshot;
+    let snap = Snapshot::decode(&iso.read(SNAPSHOT, 64 << 20)?, &id)
+        .map_err(|e| refuse(format!("its snapshot record: {e}")))?;
+    let sigs = decode_signatures(&iso.read(SIGNATURES, 1 << 20)?)
+        .map_err(|e| refuse(format!("its snapshot signatures: {e}")))?;
+    slate_core::snapshot::check_threshold(&id, &sigs, trusted, 1)
+        .map_err(|e| refuse(format!("snapshot {}: {e}", &id.to_hex()[..12])))?;
+    let manifest = iso.read(MANIFEST, 4 << 30)?;
+    if Id32::hash(&manifest) != snap.manifest.hash {
+        return Err(refuse("its manifest does not match the snapshot".into()));
+    }
+    let m = slate_core::manifest::decode(&manifest).map_err(|e| refuse(format!("its manifest: {e}")))?;
+
+    let _lock = repo.lock()?;
+    let already_held = repo.read_snapshot(&id).is_ok();
+    let (mut new_chunks, mut new_bytes) = (0, 0);
+    if !already_held {
+        // The kernel and initramfs, from the medium; the rest from the root.
+        let boot_dir = work.join("boot");
+        std::fs::create_dir_all(&boot_dir).map_err(local(format!("cannot create {}", boot_dir.display())))?;
+        let boot = boot_manifest(&m);
+        if boot.is_some() {
+            for name in [KERNEL, INITRD] {
+                write_file(&boot_dir.join(name), &iso.read(name, 1 << 30)?, 0o600)?;
+            }
+        }
+        let (root_at, _) = *iso
+            .files
+            .get(&format!("/{MEDIUM_DIR}/{ROOT_IMAGE}"))
+            .ok_or_else(|| refuse("it holds no root image".into()))?;
+        let part = crate::install::Part {
+            name: "root",
+            code: "",
+            start: root_at / 512,
+            sectors: rec.data_bytes / 512,
+        };
+        let root_loop = Loop::new(image, &part)?;
+        let root = Mount::read_only(&root_loop.dev, "squashfs", work.join("root"))
+            .map_err(|e| refuse(format!("its root image does not mount ({e})")))?;
+        let mut local = crate::sources::LocalChunks::default();
+        // The kernel and initramfs first (the root has no copy of them).
+        if let Some(b) = &boot {
+            local.add_tree(&boot_dir, b);
+        }
+        local.add_tree(&root.at, &m);
+        let index = repo.load_index()?;
+        let mut asm = slate_repo::commit::Assembler::new(repo.storage.as_ref(), &index, repo.config.compression_level);
+        let mut at = 0usize;
+        for c in &snap.manifest.chunks {
+            let data = &manifest[at..at + c.len as usize];
+            at += c.len as usize;
+            asm.push(c.id, data)?;
+        }
+        let mut src = crate::sources::Sources::new(&local, Vec::new());
+        let mut seen = std::collections::HashSet::new();
+        for e in &m.entries {
+            let slate_core::manifest::Kind::File(f) = &e.kind else { continue };
+            for c in &f.chunks {
+                if index.contains(&c.id) || !seen.insert(c.id) {
+                    continue;
+                }
+                let mut pushed = Ok(());
+                use slate_repo::checkout::ChunkSource;
+                src.with_chunk(&c.id, &mut |d| {
+                    pushed = asm.push(c.id, d);
+                    Ok(())
+                })
+                .map_err(|_| {
+                    refuse(format!(
+                        "the content of /{} on it does not match the manifest",
+                        String::from_utf8_lossy(&e.path)
+                    ))
+                })?;
+                pushed?;
+            }
+        }
+        asm.finish()?;
+        new_chunks = asm.new_chunks;
+        new_bytes = asm.new_bytes;
+        drop(root);
+        drop(root_loop);
+        if repo.write_snapshot(&snap)? != id {
+            return Err(refuse("its snapshot record does not encode back to its id".into()));
+        }
+        for s in &sigs {
+            if s.verify(&id).is_ok() {
+                repo.add_signature(&id, s.clone())?;
+            }
+        }
+        repo.storage.sync()?;
+    }
+    let mut head_moved = false;
+    if let Some(c) = channel {
+        let mut history = repo.channel_history(c)?;
+        let newer_head = match history.last() {
+            Some(h) => repo.read_snapshot(h)?.time_ns > snap.time_ns,
+            None => false,
+        };
+        if !history.contains(&id) && !newer_head {
+            history.push(id);
+            repo.set_channel_history(c, &history)?;
+            head_moved = true;
+        }
+    }
+    Ok(ImportReport {
+        snapshot: id.to_hex(),
+        already_held,
+        new_chunks,
+        new_bytes,
+        channel: channel.map(str::to_string),
+        head_moved,
+    })
 }
 
 #[cfg(test)]

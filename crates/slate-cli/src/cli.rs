@@ -363,13 +363,17 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
-    /// Mirror a channel from a server into a local repository.
+    /// Mirror a channel from a server into a local repository, or store the snapshot of a live image.
     Pull {
         /// Server URL, e.g. http://slate.example:8470.
-        #[arg(long, value_name = "URL")]
-        from: String,
-        /// Channel to mirror.
-        channel: String,
+        #[arg(long, value_name = "URL", required_unless_present = "from_image", conflicts_with = "from_image")]
+        from: Option<String>,
+        /// A live image or stick (`slate image iso`) to store the snapshot of (docs/live.md).
+        #[arg(long, value_name = "FILE.iso|DEV")]
+        from_image: Option<PathBuf>,
+        /// Channel to mirror (with --from-image: the channel whose head it becomes, if newer).
+        #[arg(required_unless_present = "from_image")]
+        channel: Option<String>,
         #[command(flatten)]
         repo: RepoArg,
         /// Only accept snapshots signed by one of these keys (required: a

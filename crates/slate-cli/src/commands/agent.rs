@@ -220,3 +220,36 @@ pub fn pull(
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// Run `slate pull --from-image`.
+pub fn pull_image(image: &Path, channel: Option<&str>, repo_path: &Path, trust: &[PathBuf]) -> Result<ExitCode> {
+    let keys = trust
+        .iter()
+        .map(|p| super::read_public_key(p))
+        .collect::<Result<Vec<_>>>()?;
+    let repo = if repo_path.join("config").exists() {
+        super::open(repo_path)?
+    } else {
+        slate_repo::Repo::init(repo_path, slate_repo::Config::default())?
+    };
+    let work = tempfile::Builder::new()
+        .prefix("slate-pull-image-")
+        .tempdir()
+        .context("cannot create a scratch directory")?;
+    let r = slate_agent::live::import_image(image, &repo, &keys, channel, work.path())
+        .with_context(|| format!("cannot pull from {}", image.display()))?;
+    eprintln!(
+        "{} snapshot {} from {}: {} new chunks ({} bytes){}",
+        if r.already_held { "already held" } else { "stored" },
+        r.snapshot,
+        image.display(),
+        r.new_chunks,
+        r.new_bytes,
+        match (&r.channel, r.head_moved) {
+            (Some(c), true) => format!("; it is the head of channel {c}"),
+            (Some(c), false) => format!("; channel {c} already holds it or a newer head, unchanged"),
+            (None, _) => String::new(),
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

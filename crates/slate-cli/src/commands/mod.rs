@@ -263,11 +263,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         },
         Command::Pull {
             from,
+            from_image,
             channel,
             repo,
             trust,
             fleet_trust,
-        } => agent::pull(&from, &channel, &repo.repo, &trust, &fleet_trust),
+        } => match (from, from_image) {
+            (_, Some(image)) => agent::pull_image(&image, channel.as_deref(), &repo.repo, &trust),
+            (Some(from), None) => agent::pull(
+                &from,
+                channel.as_deref().unwrap_or_default(),
+                &repo.repo,
+                &trust,
+                &fleet_trust,
+            ),
+            (None, None) => unreachable!("clap requires --from or --from-image"),
+        },
         Command::Home { command } => home::run(command),
     }
 }
