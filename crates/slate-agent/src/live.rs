@@ -658,7 +658,11 @@ pub fn mount_live(root: &Path, want: &SnapshotId, keys: &[PublicKey], run_dir: &
                 continue;
             }
             let what = format!("the live medium on {}", dev.display());
-            let mounted = match Mount::read_only(&dev, "iso9660", medium_dir.clone()) {
+            // Through a loop device: a filesystem mounted from the whole
+            // disk would hold it exclusively, and the stick's persistence
+            // partition could not be mounted beside it.
+            let Ok(medium_loop) = Loop::read_only(&dev) else { continue };
+            let mounted = match Mount::read_only(&medium_loop.dev, "iso9660", medium_dir.clone()) {
                 Ok(m) => m,
                 Err(_) => continue,
             };
@@ -713,6 +717,7 @@ pub fn mount_live(root: &Path, want: &SnapshotId, keys: &[PublicKey], run_dir: &
             dm.keep = true;
             std::mem::forget(loop_dev);
             std::mem::forget(mounted);
+            std::mem::forget(medium_loop);
             let persistence = persistence_on(&name);
             write_file(&run_dir.join("record"), text.as_bytes(), 0o644)?;
             write_file(&run_dir.join("medium-dev"), format!("{}\n", dev.display()).as_bytes(), 0o644)?;
