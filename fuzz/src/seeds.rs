@@ -271,7 +271,8 @@ fn made_here(out: &Path) {
         format!("slate-home-key-v1:{}\n", "c3".repeat(32)).as_bytes(),
     );
 
-    // Signed documents: kind byte 0 trust document, 1 channel head, 2 assignment.
+    // Signed documents: kind byte 0 trust document, 1 channel head, 2
+    // assignment, 3 live image record.
     let key = slate_core::keys::SecretKey::from_text(&format!("slate-secret-key-v1 {}\n", "11".repeat(32)))
         .expect("a fixed key");
     let doc = slate_core::trust::TrustDoc {
@@ -308,6 +309,19 @@ fn made_here(out: &Path) {
     let mut v = vec![2u8];
     v.extend_from_slice(&a.encode());
     put(out, "trust", "assignment", &v);
+    let rec = slate_core::trust::LiveRecord {
+        snapshot: slate_core::SnapshotId::of(b"seed"),
+        filesystem: "squashfs".into(),
+        data_bytes: 4096 * 1000,
+        hash_offset: 4096 * 1000,
+        salt: [7; 32],
+        root_hash: [9; 32],
+        policy: Some([3; 32]),
+        made_at: 1_800_000_000,
+    };
+    let mut v = vec![3u8];
+    v.extend_from_slice(rec.to_text(&[&key]).as_bytes());
+    put(out, "trust", "live-record", &v);
 
     // A state bundle of a small tree.
     let t = tempfile::tempdir().expect("a temporary directory");

@@ -403,13 +403,14 @@ pub fn key_file(data: &[u8]) {
 /// The fleet's and the release keys' signed documents other than
 /// snapshots: a trust document (`/v1/trust`), a signed channel head
 /// (`/v1/heads/NAME`, kept and passed on by mirrors), and an assignment's
-/// canonical bytes. The first byte picks the decoder.
+/// canonical bytes, and a live image's record (read from a CD or stick).
+/// The first byte picks the decoder.
 pub fn trust(data: &[u8]) {
-    use slate_core::trust::{Assignment, ChannelHead, TrustDoc};
+    use slate_core::trust::{Assignment, ChannelHead, LiveRecord, TrustDoc, LIVE_BLOCK};
     let Some((&kind, rest)) = data.split_first() else {
         return;
     };
-    match kind % 3 {
+    match kind % 4 {
         0 => {
             if let Some(Ok((doc, _))) = text(rest).map(TrustDoc::parse) {
                 // Canonical: what parses is exactly what would be signed.
@@ -422,6 +423,13 @@ pub fn trust(data: &[u8]) {
             if let Some(Ok((head, _))) = text(rest).map(ChannelHead::parse) {
                 assert!(text(rest).unwrap_or_default().starts_with(&head.body()));
                 assert!(head.length >= 1);
+            }
+        }
+        3 => {
+            if let Some(Ok((rec, _))) = text(rest).map(LiveRecord::parse) {
+                assert!(text(rest).unwrap_or_default().starts_with(&rec.body()));
+                assert!(rec.data_bytes > 0 && rec.data_bytes % LIVE_BLOCK == 0 && rec.hash_offset >= rec.data_bytes);
+                let _ = rec.verity_table("/dev/loop0");
             }
         }
         _ => {
