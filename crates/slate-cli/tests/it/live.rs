@@ -404,13 +404,29 @@ fn live_iso_boots_as_cd_and_stick_on_bios_and_uefi_keeps_local_state_and_install
             assert_good_boot(&b2, "a", "1");
 
             let mut cd_uefi = Vm::new(&lab.dir, "uefi");
-            cd_uefi.disk = lab.dir.join("no-disk");
+            // A disk that is not the medium's, with a filesystem labelled
+            // slate-persist: never used for the live system's state.
+            cd_uefi.disk = lab.dir.join("other-disk.img");
+            let f = std::fs::File::create(&cd_uefi.disk).unwrap();
+            f.set_len(128 << 20).unwrap();
+            drop(f);
+            let st = Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-L", "slate-persist"])
+                .arg(&cd_uefi.disk)
+                .status()
+                .unwrap();
+            assert!(st.success());
             cd_uefi.name = Some(lab.dir.join("cd-uefi"));
             cd_uefi.extra = cd(&iso);
             let b3 = cd_uefi.boot_with(false);
             assert_live_boot(&b3);
             assert_eq!(b3.field("SLATE-LIVE", "boots").as_deref(), Some("1"), "{}", b3.tail());
-            assert_eq!(b3.field("SLATE-LIVE", "local").as_deref(), Some("slate-state"), "RAM: {}", b3.tail());
+            assert_eq!(
+                b3.field("SLATE-LIVE", "local").as_deref(),
+                Some("slate-state"),
+                "in RAM, not on the other disk's slate-persist: {}",
+                b3.tail()
+            );
         });
         let a = stick_boots.join();
         let b = cd_boots.join();
