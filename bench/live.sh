@@ -23,7 +23,8 @@
 # software emulation (one vCPU, 1 GiB), BIOS (SeaBIOS) and UEFI (OVMF),
 # REPS times per ISO and firmware, Debian and slate alternating (which
 # goes first rotates); the figure is the wall time from starting qemu to
-# the marker line, and the guest's uptime at the marker is kept too.
+# the marker line, and the guest's uptime at the marker is kept too (OVMF
+# and GRUB also write to the second port; the marker is a line of its own).
 # Prints a Markdown table of medians and slate/Debian ratios (same run) and
 # writes it to $W/results.md. Run as root after `make build corpus`.
 #   REPS=N           boots per ISO per firmware (default 2)
@@ -32,6 +33,7 @@
 #   SLATE=PATH       slate binary (default target/release/slate)
 #   SLATE_CORPUS=DIR the corpus (default /var/tmp/stateless-bench/corpus)
 #   BOOT_TIMEOUT=S   per boot (default 600)
+#   KEEP=1           keep the two tree copies (removed once the ISOs are built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SLATE=${SLATE:-$PWD/target/release/slate}
@@ -48,7 +50,7 @@ NICE=(nice -n 10)
 # The host tools for the Debian side and the boots.
 need=()
 for pair in time:/usr/bin/time squashfs-tools:mksquashfs xorriso:xorriso mtools:mformat \
-            grub-common:grub-mkrescue grub-pc-bin:/usr/lib/grub/i386-pc/eltorito.img \
+            grub-common:grub-mkrescue grub-pc-bin:/usr/lib/grub/i386-pc/cdboot.img \
             grub-efi-amd64-bin:/usr/lib/grub/x86_64-efi/linux.mod ovmf:/usr/share/OVMF/OVMF_CODE.fd \
             qemu-system-x86:qemu-system-x86_64; do
   pkg=${pair%%:*} what=${pair#*:}
@@ -161,16 +163,20 @@ d_kb=$((d_sq_kb > d_mk_kb ? d_sq_kb : d_mk_kb))
 echo "debian: live-boot $d_livever installed and initramfs regenerated in ${d_prep} s;" \
      "mksquashfs ${d_sq_s} s (${d_sq_kb} KiB), grub-mkrescue ${d_mk_s} s (${d_mk_kb} KiB); ISO $d_size bytes"
 
+[ "${KEEP:-0}" = 1 ] || rm -rf "$D.tree"
+
 # ---- slate: prepare, commit, image iso ----
 if [ "$HAVE_ISO" = 1 ]; then
   S=$W/slate
   cp -a "$CORPUS/v3" "$S.tree"
   add_marker "$S.tree"
   t=$(date +%s.%N)
-  "$SLATE" prepare "$S.tree" > "$W/slate-prepare.log" 2>&1
-  "$SLATE" init --repo "$S.repo" >> "$W/slate-prepare.log" 2>&1
-  "$SLATE" keygen --out "$S.key" >> "$W/slate-prepare.log" 2>&1
-  "$SLATE" commit --repo "$S.repo" --channel lab --sign "$S.key" "$S.tree" >> "$W/slate-prepare.log" 2>&1
+  {
+    "$SLATE" prepare "$S.tree"
+    "$SLATE" init --repo "$S.repo"
+    "$SLATE" keygen --out "$S.key"
+    "$SLATE" commit --repo "$S.repo" --channel lab --sign "$S.key" "$S.tree"
+  } > "$W/slate-prepare.log" 2>&1 || { echo "bench/live.sh: slate's preparation failed, see $W/slate-prepare.log" >&2; exit 1; }
   s_prep=$(secs "$t")
   sync
   timed "$W/time.slate-image-iso" "$SLATE" image iso lab --repo "$S.repo" -o "$W/slate-live.iso" --sign "$S.key" \
@@ -179,6 +185,7 @@ if [ "$HAVE_ISO" = 1 ]; then
   read -r s_build s_kb < "$W/time.slate-image-iso"
   s_size=$(stat -c %s "$W/slate-live.iso")
   echo "slate: prepare, init, keygen and commit in ${s_prep} s; image iso ${s_build} s (${s_kb} KiB); ISO $s_size bytes"
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$S.tree"
 else
   echo "slate image iso: not available in this build"
 fi
@@ -198,7 +205,7 @@ boot() {
   "${NICE[@]}" qemu-system-x86_64 -machine q35 -nodefaults -accel tcg -smp 1 -m 1024 -no-reboot \
     -display none -monitor none -serial "file:$con" -serial "file:$mark" \
     -drive "file=$W/$name-live.iso,format=raw,if=none,id=cd0,media=cdrom,readonly=on" \
-    -device ide-cd,drive=cd0,bus=ide.0 "${extra[@]}" &
+    -device ide-cd,drive=cd0,bus=ide.0 "${extra[@]}" 2>> "$W/qemu.log" &
   QEMU_PID=$!
   for _ in $(seq $((BOOT_TIMEOUT * 5))); do
     if grep -aq SLATE-MARKER "$mark"; then wall=$(secs "$t"); break; fi
@@ -232,24 +239,26 @@ median() {
                            else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{if (a == "" || b == "" || a == "n/a" || b == "n/a" || a == "none" || b == "none" || b == 0) print "n/a"; else printf "%.2f", a / b}'; }
-mb() { awk -v b="$1" 'BEGIN{printf "%.1f", b / 1048576}'; }
-NA=n/a
+# with UNIT VALUE SUFFIX: "VALUE SUFFIX", or VALUE alone when it is n/a or none.
+with_unit() { case $1 in ""|n/a) echo n/a ;; none) echo none ;; *) echo "$1 $2" ;; esac; }
+mb() { [ -n "$1" ] && awk -v b="$1" 'BEGIN{printf "%.1f", b / 1048576}' || echo n/a; }
+mib() { [ -n "$1" ] && echo $(($1 / 1024)) || echo n/a; }
 s_size=${s_size:-}; s_build=${s_build:-}; s_kb=${s_kb:-}; s_prep=${s_prep:-}
 {
   echo "| | Debian (live-boot $d_livever) | slate | slate/Debian |"
   echo "| --- | --- | --- | --- |"
-  echo "| ISO size | $(mb "$d_size") MiB | $([ -n "$s_size" ] && echo "$(mb "$s_size") MiB" || echo $NA) | $(ratio "$s_size" "$d_size") |"
-  echo "| build wall time | $d_build s (mksquashfs $d_sq_s + grub-mkrescue $d_mk_s) | $([ -n "$s_build" ] && echo "$s_build s" || echo $NA) | $(ratio "$s_build" "$d_build") |"
-  echo "| peak memory (largest process) | $((d_kb / 1024)) MiB | $([ -n "$s_kb" ] && echo "$((s_kb / 1024)) MiB" || echo $NA) | $(ratio "$s_kb" "$d_kb") |"
+  echo "| ISO size | $(mb "$d_size") MiB | $(with_unit "$(mb "$s_size")" MiB) | $(ratio "$s_size" "$d_size") |"
+  echo "| build wall time | $d_build s (mksquashfs $d_sq_s + grub-mkrescue $d_mk_s) | $(with_unit "$s_build" s) | $(ratio "$s_build" "$d_build") |"
+  echo "| peak memory (largest process) | $(mib "$d_kb") MiB | $(with_unit "$(mib "$s_kb")" MiB) | $(ratio "$s_kb" "$d_kb") |"
   for fw in $FIRMWARE; do
     dw=$(median debian "$fw" 4); du=$(median debian "$fw" 5)
-    sw=$NA; su=$NA
+    sw=n/a; su=n/a
     [ "$HAVE_ISO" = 1 ] && { sw=$(median slate "$fw" 4); su=$(median slate "$fw" 5); }
     FW=$([ "$fw" = bios ] && echo BIOS || echo UEFI)
-    echo "| $FW: qemu start to marker, median of $REPS | $dw s | $sw s | $(ratio "$sw" "$dw") |"
-    echo "| $FW: guest uptime at marker, median | $du s | $su s | $(ratio "$su" "$du") |"
+    echo "| $FW: qemu start to marker, median of $REPS | $(with_unit "$dw" s) | $(with_unit "$sw" s) | $(ratio "$sw" "$dw") |"
+    echo "| $FW: guest uptime at marker, median | $(with_unit "$du" s) | $(with_unit "$su" s) | $(ratio "$su" "$du") |"
   done
-  echo "| not in the build figure: preparation | live-boot install + update-initramfs: $d_prep s | $([ -n "$s_prep" ] && echo "prepare + init + keygen + commit: $s_prep s" || echo $NA) | |"
+  echo "| not in the build figure: preparation | live-boot install + update-initramfs: $d_prep s | $(with_unit "$s_prep" "s (prepare, init, keygen, commit)") | |"
 } > "$W/results.md"
 echo
 cat "$W/results.md"
