@@ -140,7 +140,9 @@ impl Loop {
     /// A read-only loop device over a whole file.
     pub(crate) fn read_only(file: &Path) -> Result<Loop> {
         let out = run(
-            Command::new("losetup").args(["--find", "--show", "--read-only"]).arg(file),
+            Command::new("losetup")
+                .args(["--find", "--show", "--read-only"])
+                .arg(file),
             &format!("losetup {}", file.display()),
         )?;
         Ok(Loop {

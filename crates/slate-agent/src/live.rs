@@ -157,7 +157,9 @@ fn local<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -
 pub fn build_iso(o: &IsoOptions<'_>, progress: &dyn Progress) -> Result<IsoReport> {
     let started = Instant::now();
     if o.sign.is_empty() {
-        return Err(Error::Config("a live image needs a release key to sign its record (--sign KEY)".into()));
+        return Err(Error::Config(
+            "a live image needs a release key to sign its record (--sign KEY)".into(),
+        ));
     }
     let id = o.repo.resolve(o.spec)?;
     let hex = id.to_hex();
@@ -260,11 +262,14 @@ pub fn build_iso(o: &IsoOptions<'_>, progress: &dyn Progress) -> Result<IsoRepor
             .append(true)
             .open(&root)
             .map_err(local(format!("cannot open {}", root.display())))?;
-        f.write_all(&tree_hashes.bytes).map_err(local("cannot write the hash tree"))?;
+        f.write_all(&tree_hashes.bytes)
+            .map_err(local("cannot write the hash tree"))?;
     }
     let root_hash = tree_hashes.root;
     progress.finish();
-    let root_image_bytes = std::fs::metadata(&root).map_err(local("cannot stat the root image"))?.len();
+    let root_image_bytes = std::fs::metadata(&root)
+        .map_err(local("cannot stat the root image"))?
+        .len();
 
     let record = LiveRecord {
         snapshot: id,
@@ -339,8 +344,9 @@ fn kernel_files(tree: &Path) -> Result<(PathBuf, PathBuf)> {
         .map_err(local(format!("cannot list {}", boot.display())))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned());
-    let (k, i) = crate::boot::newest_kernel(names)
-        .ok_or_else(|| Error::Local("the snapshot has no kernel in /boot: a live image boots the snapshot's own".into()))?;
+    let (k, i) = crate::boot::newest_kernel(names).ok_or_else(|| {
+        Error::Local("the snapshot has no kernel in /boot: a live image boots the snapshot's own".into())
+    })?;
     let initrd = boot.join(&i);
     if !initrd.is_file() {
         return Err(Error::Local(format!("the snapshot has {k} but no /boot/{i}")));
@@ -394,11 +400,11 @@ fn keys_cpio(keys: &[PublicKey]) -> Vec<u8> {
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(name.as_bytes());
         out.push(0);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
         out.extend_from_slice(data);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     };
@@ -436,7 +442,8 @@ fn add_persistence(iso: &Path, bytes: u64) -> Result<u64> {
     let len = f.metadata().map_err(local("cannot stat the image"))?.len();
     // Start on a MiB boundary; leave room for the backup GPT at the end.
     let start = len.div_ceil(1 << 20) * (1 << 20);
-    f.set_len(start + bytes + (1 << 20)).map_err(local("cannot grow the image"))?;
+    f.set_len(start + bytes + (1 << 20))
+        .map_err(local("cannot grow the image"))?;
     drop(f);
     run(Command::new("sgdisk").arg("-e").arg(iso), "sgdisk -e")?;
     let first = start / 512;
@@ -465,7 +472,14 @@ fn add_persistence(iso: &Path, bytes: u64) -> Result<u64> {
     let dev = Loop::new(iso, &part)?;
     run(
         Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", PERSIST_LABEL, "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+            .args([
+                "-q",
+                "-F",
+                "-L",
+                PERSIST_LABEL,
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+            ])
             .arg(&dev.dev),
         "mkfs.ext4 (persistence partition)",
     )?;
@@ -475,9 +489,8 @@ fn add_persistence(iso: &Path, bytes: u64) -> Result<u64> {
 /// Read the keys in `dir` (`*.pub`).
 pub fn load_keys(dir: &Path) -> Result<Vec<PublicKey>> {
     let mut keys = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        Error::Config(format!("no keys built into this image ({}: {e})", dir.display()))
-    })?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::Config(format!("no keys built into this image ({}: {e})", dir.display())))?;
     for e in entries.flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "pub") {
@@ -489,7 +502,10 @@ pub fn load_keys(dir: &Path) -> Result<Vec<PublicKey>> {
         }
     }
     if keys.is_empty() {
-        return Err(Error::Config(format!("no keys built into this image (none in {})", dir.display())));
+        return Err(Error::Config(format!(
+            "no keys built into this image (none in {})",
+            dir.display()
+        )));
     }
     Ok(keys)
 }
@@ -510,10 +526,9 @@ fn read_limited(p: &Path, max: u64) -> Result<Vec<u8>> {
 /// Read and check a medium's record with `keys`; returns it and its signer.
 fn checked_record(medium: &Path, keys: &[PublicKey], what: &str) -> Result<(LiveRecord, String, PublicKey)> {
     let data = read_limited(&medium.join(MEDIUM_DIR).join(RECORD), MAX_RECORD)?;
-    let text = String::from_utf8(data)
-        .map_err(|_| Error::Untrusted(format!("refusing {what}: its record is not text")))?;
-    let (rec, sigs) =
-        LiveRecord::parse(&text).map_err(|e| Error::Untrusted(format!("refusing {what}: {e}")))?;
+    let text =
+        String::from_utf8(data).map_err(|_| Error::Untrusted(format!("refusing {what}: its record is not text")))?;
+    let (rec, sigs) = LiveRecord::parse(&text).map_err(|e| Error::Untrusted(format!("refusing {what}: {e}")))?;
     let signer = rec
         .verify(&sigs, keys)
         .map_err(|e| Error::Untrusted(format!("refusing {what}: {e}")))?;
@@ -560,7 +575,9 @@ impl DmDevice {
 impl Drop for DmDevice {
     fn drop(&mut self) {
         if !self.keep {
-            let _ = Command::new("dmsetup").args(["remove", "--noudevsync", &self.name]).status();
+            let _ = Command::new("dmsetup")
+                .args(["remove", "--noudevsync", &self.name])
+                .status();
         }
     }
 }
@@ -582,7 +599,11 @@ pub struct LiveBoot {
 /// CD drives first; not loop, RAM or device-mapper devices.
 fn candidates() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/sys/class/block")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.retain(|n| !(n.starts_with("loop") || n.starts_with("ram") || n.starts_with("dm-") || n.starts_with("zram")));
     v.sort_by_key(|n| (!n.starts_with("sr"), n.clone()));
@@ -592,7 +613,9 @@ fn candidates() -> Vec<String> {
 /// Whether `dev` starts like an ISO 9660 filesystem (its first volume
 /// descriptor at 32 KiB).
 fn is_iso9660(dev: &Path) -> bool {
-    let Ok(mut f) = std::fs::File::open(dev) else { return false };
+    let Ok(mut f) = std::fs::File::open(dev) else {
+        return false;
+    };
     let mut b = [0u8; 6];
     f.seek(SeekFrom::Start(32768)).is_ok() && f.read_exact(&mut b).is_ok() && &b[1..6] == b"CD001"
 }
@@ -616,7 +639,12 @@ fn ext4_label(dev: &Path) -> Option<String> {
 fn persistence_on(medium: &str) -> Option<PathBuf> {
     let sys = Path::new("/sys/class/block").join(medium);
     let disk = if sys.join("partition").exists() {
-        std::fs::canonicalize(&sys).ok()?.parent()?.file_name()?.to_string_lossy().into_owned()
+        std::fs::canonicalize(&sys)
+            .ok()?
+            .parent()?
+            .file_name()?
+            .to_string_lossy()
+            .into_owned()
     } else {
         medium.to_string()
     };
@@ -647,7 +675,13 @@ pub fn cmdline_snapshot(cmdline: &str) -> Result<SnapshotId> {
 /// (and again at `RUN_DIR/root`, the source of offline installs). Waits up
 /// to `wait` for the medium to appear; a medium whose record does not
 /// verify stops the search at once.
-pub fn mount_live(root: &Path, want: &SnapshotId, keys: &[PublicKey], run_dir: &Path, wait: Duration) -> Result<LiveBoot> {
+pub fn mount_live(
+    root: &Path,
+    want: &SnapshotId,
+    keys: &[PublicKey],
+    run_dir: &Path,
+    wait: Duration,
+) -> Result<LiveBoot> {
     let deadline = Instant::now() + wait;
     let medium_dir = run_dir.join("medium");
     let mut other = Vec::new();
@@ -661,7 +695,9 @@ pub fn mount_live(root: &Path, want: &SnapshotId, keys: &[PublicKey], run_dir: &
             // Through a loop device: a filesystem mounted from the whole
             // disk would hold it exclusively, and the stick's persistence
             // partition could not be mounted beside it.
-            let Ok(medium_loop) = Loop::read_only(&dev) else { continue };
+            let Ok(medium_loop) = Loop::read_only(&dev) else {
+                continue;
+            };
             let mounted = match Mount::read_only(&medium_loop.dev, "iso9660", medium_dir.clone()) {
                 Ok(m) => m,
                 Err(_) => continue,
@@ -720,9 +756,17 @@ pub fn mount_live(root: &Path, want: &SnapshotId, keys: &[PublicKey], run_dir: &
             std::mem::forget(medium_loop);
             let persistence = persistence_on(&name);
             write_file(&run_dir.join("record"), text.as_bytes(), 0o644)?;
-            write_file(&run_dir.join("medium-dev"), format!("{}\n", dev.display()).as_bytes(), 0o644)?;
+            write_file(
+                &run_dir.join("medium-dev"),
+                format!("{}\n", dev.display()).as_bytes(),
+                0o644,
+            )?;
             if let Some(p) = &persistence {
-                write_file(&run_dir.join("state-dev"), format!("{}\n", p.display()).as_bytes(), 0o644)?;
+                write_file(
+                    &run_dir.join("state-dev"),
+                    format!("{}\n", p.display()).as_bytes(),
+                    0o644,
+                )?;
             }
             if let Some(p) = policy {
                 write_file(&run_dir.join(POLICY), &p, 0o644)?;
@@ -814,10 +858,15 @@ struct IsoFiles {
 impl IsoFiles {
     fn open(image: &Path) -> Result<IsoFiles> {
         let out = run(
-            Command::new("xorriso")
-                .args(["-indev"])
-                .arg(image)
-                .args(["-find", &format!("/{MEDIUM_DIR}"), "-type", "f", "-exec", "report_lba", "--"]),
+            Command::new("xorriso").args(["-indev"]).arg(image).args([
+                "-find",
+                &format!("/{MEDIUM_DIR}"),
+                "-type",
+                "f",
+                "-exec",
+                "report_lba",
+                "--",
+            ]),
             "xorriso (reading the image)",
         )?;
         let mut files = std::collections::HashMap::new();
@@ -850,17 +899,22 @@ impl IsoFiles {
             .get(&format!("/{MEDIUM_DIR}/{name}"))
             .ok_or_else(|| Error::Untrusted(format!("{} holds no /{MEDIUM_DIR}/{name}", self.image.display())))?;
         let mut f = std::fs::File::open(&self.image).map_err(local(format!("cannot read {}", self.image.display())))?;
-        f.seek(SeekFrom::Start(at)).map_err(local(format!("cannot read {}", self.image.display())))?;
+        f.seek(SeekFrom::Start(at))
+            .map_err(local(format!("cannot read {}", self.image.display())))?;
         Ok((f.take(size), size))
     }
 
     fn read(&self, name: &str, max: u64) -> Result<Vec<u8>> {
         let (r, size) = self.file(name)?;
         if size > max {
-            return Err(Error::Untrusted(format!("/{MEDIUM_DIR}/{name} is larger than {max} bytes")));
+            return Err(Error::Untrusted(format!(
+                "/{MEDIUM_DIR}/{name} is larger than {max} bytes"
+            )));
         }
         let mut data = Vec::with_capacity(size as usize);
-        r.take(max).read_to_end(&mut data).map_err(local(format!("cannot read {}", self.image.display())))?;
+        r.take(max)
+            .read_to_end(&mut data)
+            .map_err(local(format!("cannot read {}", self.image.display())))?;
         Ok(data)
     }
 }
@@ -963,7 +1017,10 @@ impl Medium {
         let manifest = read_limited(&dir.join(MANIFEST), 4 << 30)?;
         let root = run_dir.join("root");
         if !root.join("etc").is_dir() {
-            return Err(Error::Local(format!("no live root at {} (boot from the live medium)", root.display())));
+            return Err(Error::Local(format!(
+                "no live root at {} (boot from the live medium)",
+                root.display()
+            )));
         }
         Ok(Medium {
             id: rec.snapshot,
@@ -1020,7 +1077,9 @@ pub fn import_image(
     let what = format!("image {}", image.display());
     let refuse = |why: String| Error::Untrusted(format!("refusing {what}: {why}; nothing was stored"));
     if trusted.is_empty() {
-        return Err(Error::Config("importing needs at least one trusted key (--trust KEY.pub)".into()));
+        return Err(Error::Config(
+            "importing needs at least one trusted key (--trust KEY.pub)".into(),
+        ));
     }
     if let Some(c) = channel {
         slate_repo::channel::check_name(c)?;
@@ -1085,7 +1144,9 @@ pub fn import_image(
         let mut src = crate::sources::Sources::new(&local, Vec::new());
         let mut seen = std::collections::HashSet::new();
         for e in &m.entries {
-            let slate_core::manifest::Kind::File(f) = &e.kind else { continue };
+            let slate_core::manifest::Kind::File(f) = &e.kind else {
+                continue;
+            };
             for c in &f.chunks {
                 if index.contains(&c.id) || !seen.insert(c.id) {
                     continue;
@@ -1159,7 +1220,9 @@ mod tests {
             assert!(h.starts_with("070701"));
             let field = |i: usize| usize::from_str_radix(&h[6 + 8 * i..14 + 8 * i], 16).unwrap();
             let (size, namesize) = (field(6), field(11));
-            let name = std::str::from_utf8(&data[at + 110..at + 110 + namesize - 1]).unwrap().to_string();
+            let name = std::str::from_utf8(&data[at + 110..at + 110 + namesize - 1])
+                .unwrap()
+                .to_string();
             let data_at = (at + 110 + namesize).div_ceil(4) * 4;
             if name.ends_with(".pub") {
                 let text = std::str::from_utf8(&data[data_at..data_at + size]).unwrap();
@@ -1174,7 +1237,12 @@ mod tests {
         assert_eq!(at, data.len());
         assert_eq!(
             names,
-            ["etc", "etc/slate", "etc/slate/live-keys", &format!("etc/slate/live-keys/{}.pub", k.fingerprint())]
+            [
+                "etc",
+                "etc/slate",
+                "etc/slate/live-keys",
+                &format!("etc/slate/live-keys/{}.pub", k.fingerprint())
+            ]
         );
     }
 
@@ -1182,7 +1250,9 @@ mod tests {
     fn the_command_line_names_the_snapshot() {
         let id = "ab".repeat(32);
         assert_eq!(
-            cmdline_snapshot(&format!("boot=slate-live slate.live={id} ro")).unwrap().to_hex(),
+            cmdline_snapshot(&format!("boot=slate-live slate.live={id} ro"))
+                .unwrap()
+                .to_hex(),
             id
         );
         assert!(cmdline_snapshot("root=/dev/sda1").is_err());

@@ -216,7 +216,17 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
     if let Some(dir) = &cfg.offline_source {
         let medium = crate::live::Medium::open(dir)?;
         let target = medium.id;
-        let result = pass(cfg, &mut state, &http, &trusted, target, false, dry_run, progress, Some(&medium));
+        let result = pass(
+            cfg,
+            &mut state,
+            &http,
+            &trusted,
+            target,
+            false,
+            dry_run,
+            progress,
+            Some(&medium),
+        );
         return finish_pass(cfg, &mut state, &http, &http, &who, target, dry_run, result);
     }
     let answer = if cfg.has_fleet_server() {
@@ -275,7 +285,11 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
             keep_fleet_policy(cfg, verified.state_policy.as_deref());
         }
     }
-    let result = vetted.and_then(|()| pass(cfg, &mut state, &http, &trusted, target, pinned, dry_run, progress, None));
+    let result = vetted.and_then(|()| {
+        pass(
+            cfg, &mut state, &http, &trusted, target, pinned, dry_run, progress, None,
+        )
+    });
     finish_pass(cfg, &mut state, &http, &http, &who, target, dry_run, result)
 }
 
@@ -425,7 +439,17 @@ fn follow_mirrors(
         mirrors.server(),
         head.snapshot
     );
-    let result = pass(cfg, state, mirrors, trusted, head.snapshot, false, dry_run, progress, None);
+    let result = pass(
+        cfg,
+        state,
+        mirrors,
+        trusted,
+        head.snapshot,
+        false,
+        dry_run,
+        progress,
+        None,
+    );
     finish_pass(cfg, state, mirrors, fleet, who, head.snapshot, dry_run, result)
 }
 

@@ -130,7 +130,12 @@ mod tests {
         };
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let root = text.lines().find_map(|l| l.strip_prefix("Root hash:")).unwrap().trim().to_string();
+        let root = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Root hash:"))
+            .unwrap()
+            .trim()
+            .to_string();
         let t = tree(&mut &d[..], blocks as u64, &salt).unwrap();
         assert_eq!(hex::encode(t.root), root);
         let all = std::fs::read(&img).unwrap();

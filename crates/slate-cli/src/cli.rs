@@ -366,7 +366,12 @@ pub enum Command {
     /// Mirror a channel from a server into a local repository, or store the snapshot of a live image.
     Pull {
         /// Server URL, e.g. http://slate.example:8470.
-        #[arg(long, value_name = "URL", required_unless_present = "from_image", conflicts_with = "from_image")]
+        #[arg(
+            long,
+            value_name = "URL",
+            required_unless_present = "from_image",
+            conflicts_with = "from_image"
+        )]
         from: Option<String>,
         /// A live image or stick (`slate image iso`) to store the snapshot of (docs/live.md).
         #[arg(long, value_name = "FILE.iso|DEV")]

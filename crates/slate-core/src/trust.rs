@@ -622,7 +622,9 @@ impl LiveRecord {
         };
         if data_bytes == 0 || data_bytes % LIVE_BLOCK != 0 || hash_offset % LIVE_BLOCK != 0 || hash_offset < data_bytes
         {
-            return Err(bad("the data size and hash offset must be whole 4096-byte blocks, the hashes after the data"));
+            return Err(bad(
+                "the data size and hash offset must be whole 4096-byte blocks, the hashes after the data",
+            ));
         }
         if rec.body() != body {
             return Err(bad("not in canonical form"));

@@ -119,13 +119,7 @@ fn mount_live(root: &Path, keys: &Path, cmdline: &Path, wait: u64) -> Result<Exi
     let text = std::fs::read_to_string(cmdline).with_context(|| format!("cannot read {}", cmdline.display()))?;
     let want = live::cmdline_snapshot(&text)?;
     let keys = live::load_keys(keys)?;
-    let boot = live::mount_live(
-        root,
-        &want,
-        &keys,
-        Path::new(live::RUN_DIR),
-        Duration::from_secs(wait),
-    )?;
+    let boot = live::mount_live(root, &want, &keys, Path::new(live::RUN_DIR), Duration::from_secs(wait))?;
     eprintln!(
         "slate: live root: snapshot {} from {}, record signed by {}, every block checked against it as it is read; {}",
         &boot.snapshot[..12],

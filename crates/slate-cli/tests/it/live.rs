@@ -79,9 +79,21 @@ fn live_images_are_checked_block_by_block_and_tampering_is_refused() {
     // A small tree with a kernel and an initramfs (stand-ins: nothing boots
     // here) and the live step that `slate prepare` installs.
     let tree = d.join("tree");
-    write_mode(&tree.join("boot/vmlinuz-6.1.0-9-amd64"), &"kernel ".repeat(30000), 0o644);
-    write_mode(&tree.join("boot/initrd.img-6.1.0-9-amd64"), &"initrd ".repeat(30000), 0o644);
-    write_mode(&tree.join("etc/initramfs-tools/scripts/slate-live"), "mountroot() { :; }\n", 0o644);
+    write_mode(
+        &tree.join("boot/vmlinuz-6.1.0-9-amd64"),
+        &"kernel ".repeat(30000),
+        0o644,
+    );
+    write_mode(
+        &tree.join("boot/initrd.img-6.1.0-9-amd64"),
+        &"initrd ".repeat(30000),
+        0o644,
+    );
+    write_mode(
+        &tree.join("etc/initramfs-tools/scripts/slate-live"),
+        "mountroot() { :; }\n",
+        0o644,
+    );
     let mut big = Vec::new();
     let mut x: u64 = 1;
     for _ in 0..(3 << 20) / 8 {
@@ -96,7 +108,14 @@ fn live_images_are_checked_block_by_block_and_tampering_is_refused() {
     slate_ok(&["keygen", "--out", s(&d.join("key"))]);
     slate_ok(&["keygen", "--out", s(&d.join("other"))]);
     slate_ok(&[
-        "commit", "--repo", s(&repo), "--channel", "lab", "--sign", s(&d.join("key")), s(&tree),
+        "commit",
+        "--repo",
+        s(&repo),
+        "--channel",
+        "lab",
+        "--sign",
+        s(&d.join("key")),
+        s(&tree),
     ]);
     let iso = d.join("live.iso");
     let policy = d.join("live.toml");
@@ -104,7 +123,15 @@ fn live_images_are_checked_block_by_block_and_tampering_is_refused() {
 
     // Only a key that signed the snapshot may vouch for its image.
     let e = slate_err(&[
-        "image", "iso", "lab", "--repo", s(&repo), "-o", s(&iso), "--sign", s(&d.join("other")),
+        "image",
+        "iso",
+        "lab",
+        "--repo",
+        s(&repo),
+        "-o",
+        s(&iso),
+        "--sign",
+        s(&d.join("other")),
     ]);
     assert!(e.contains("carries no valid signature by key"), "{e}");
     assert!(!iso.exists());
@@ -128,20 +155,34 @@ fn live_images_are_checked_block_by_block_and_tampering_is_refused() {
         "--json",
     ]);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report["bytes"].as_u64().unwrap(), std::fs::metadata(&iso).unwrap().len());
+    assert_eq!(
+        report["bytes"].as_u64().unwrap(),
+        std::fs::metadata(&iso).unwrap().len()
+    );
     assert_eq!(report["keys"].as_array().unwrap().len(), 2);
     assert!(report["persistence_bytes"].as_u64().unwrap() >= 64 << 20, "{report}");
     let snapshot = report["snapshot"].as_str().unwrap().to_string();
-    assert_eq!(slate_ok(&["log", "--repo", s(&repo), "lab"]).matches(&snapshot[..12]).count(), 1);
-    let gpt = String::from_utf8_lossy(&Command::new("sgdisk").arg("-p").arg(&iso).output().unwrap().stdout)
-        .into_owned();
+    assert_eq!(
+        slate_ok(&["log", "--repo", s(&repo), "lab"])
+            .matches(&snapshot[..12])
+            .count(),
+        1
+    );
+    let gpt =
+        String::from_utf8_lossy(&Command::new("sgdisk").arg("-p").arg(&iso).output().unwrap().stdout).into_owned();
     assert!(gpt.contains("slate-persist"), "{gpt}");
 
     // The whole image checks out, and says what it holds.
     let key_pub = d.join("key.pub");
-    let good: serde_json::Value =
-        serde_json::from_str(&slate_ok(&["image", "verify", s(&iso), "--sign-check", s(&key_pub), "--json"]))
-            .unwrap();
+    let good: serde_json::Value = serde_json::from_str(&slate_ok(&[
+        "image",
+        "verify",
+        s(&iso),
+        "--sign-check",
+        s(&key_pub),
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!(good["snapshot"].as_str(), Some(snapshot.as_str()));
     assert!(good["root_bytes"].as_u64().unwrap() >= 3 << 20, "{good}");
     // A key the record is not signed by is no help.
@@ -152,7 +193,10 @@ fn live_images_are_checked_block_by_block_and_tampering_is_refused() {
     // one in its hash tree (the last bytes), found too.
     let (root_at, root_len) = iso_extent(&iso, "/slate/root.img");
     for (at, want) in [
-        (root_at + 10, "block 0 of its root image does not match the signed root hash"),
+        (
+            root_at + 10,
+            "block 0 of its root image does not match the signed root hash",
+        ),
         (root_at + 4096 * 300 + 7, "block 300 of its root image does not match"),
         (root_at + root_len - 100, "the hash tree of its root image is damaged"),
     ] {
@@ -186,16 +230,47 @@ fn live_images_are_checked_block_by_block_and_tampering_is_refused() {
     // stored whole, checked chunk by chunk, the channel's head if newer.
     let repo2 = d.join("repo2");
     let e = slate_err(&[
-        "pull", "--from-image", s(&iso), "--trust", s(&d.join("other.pub")), "--repo", s(&repo2), "lab",
+        "pull",
+        "--from-image",
+        s(&iso),
+        "--trust",
+        s(&d.join("other.pub")),
+        "--repo",
+        s(&repo2),
+        "lab",
     ]);
     assert!(e.contains("no valid signature"), "{e}");
     let bad = d.join("bad.iso");
     flipped(&iso, root_at + 4096 * 300 + 7, &bad);
-    let e = slate_err(&["pull", "--from-image", s(&bad), "--trust", s(&key_pub), "--repo", s(&repo2), "lab"]);
-    assert!(e.contains("does not match the manifest") || e.contains("does not mount"), "{e}");
+    let e = slate_err(&[
+        "pull",
+        "--from-image",
+        s(&bad),
+        "--trust",
+        s(&key_pub),
+        "--repo",
+        s(&repo2),
+        "lab",
+    ]);
+    assert!(
+        e.contains("does not match the manifest") || e.contains("does not mount"),
+        "{e}"
+    );
     let log = crate::support::slate(&["log", "--repo", s(&repo2), "lab"]);
-    assert!(!String::from_utf8_lossy(&log.stdout).contains(&snapshot[..12]), "nothing stored");
-    let out = crate::support::slate(&["pull", "--from-image", s(&iso), "--trust", s(&key_pub), "--repo", s(&repo2), "lab"]);
+    assert!(
+        !String::from_utf8_lossy(&log.stdout).contains(&snapshot[..12]),
+        "nothing stored"
+    );
+    let out = crate::support::slate(&[
+        "pull",
+        "--from-image",
+        s(&iso),
+        "--trust",
+        s(&key_pub),
+        "--repo",
+        s(&repo2),
+        "lab",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("it is the head of channel lab"));
     slate_ok(&["verify", "--repo", s(&repo2)]);
@@ -279,7 +354,12 @@ fn assert_live_boot(b: &BootLog) {
     assert_eq!(b.marker("ro").as_deref(), Some("yes"), "{}", b.tail());
     assert_eq!(b.marker("etc").as_deref(), Some("read-only"), "{}", b.tail());
     assert_eq!(b.marker("ram").as_deref(), Some("yes"), "{}", b.tail());
-    assert_eq!(b.field("SLATE-LIVE", "root").as_deref(), Some("/dev/mapper/slate-live"), "{}", b.tail());
+    assert_eq!(
+        b.field("SLATE-LIVE", "root").as_deref(),
+        Some("/dev/mapper/slate-live"),
+        "{}",
+        b.tail()
+    );
     assert!(
         b.text.contains("every block checked against it as it is read"),
         "the initramfs says what it checked: {}",
@@ -292,7 +372,10 @@ fn assert_live_boot(b: &BootLog) {
 fn cd(iso: &Path) -> Vec<String> {
     vec![
         "-drive".into(),
-        format!("file={},format=raw,if=none,id=cd0,media=cdrom,readonly=on", iso.display()),
+        format!(
+            "file={},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
+            iso.display()
+        ),
         "-device".into(),
         "ide-cd,drive=cd0,bus=ide.0,bootindex=0".into(),
     ]
@@ -358,7 +441,11 @@ fn live_iso_boots_as_cd_and_stick_on_bios_and_uefi_keeps_local_state_and_install
             assert_live_boot(&b1);
             assert_eq!(b1.field("SLATE-LIVE", "boots").as_deref(), Some("1"), "{}", b1.tail());
             let kept = b1.field("SLATE-LIVE", "local").unwrap_or_default();
-            assert!(kept.starts_with("/dev/sd"), "the local path is on the stick: {}", b1.tail());
+            assert!(
+                kept.starts_with("/dev/sd"),
+                "the local path is on the stick: {}",
+                b1.tail()
+            );
             let b2 = vm.boot_with(false);
             assert_live_boot(&b2);
             assert_eq!(
@@ -397,7 +484,11 @@ fn live_iso_boots_as_cd_and_stick_on_bios_and_uefi_keeps_local_state_and_install
             let b1 = vm.boot_with(false);
             assert_live_boot(&b1);
             assert_eq!(b1.marker("nics").as_deref(), Some("0"));
-            assert!(b1.markers.contains("SLATE-INSTALL ok"), "offline install: {}", b1.tail());
+            assert!(
+                b1.markers.contains("SLATE-INSTALL ok"),
+                "offline install: {}",
+                b1.tail()
+            );
             vm.extra.clear();
             vm.timeout = crate::boot::BOOT_TIMEOUT;
             let b2 = vm.boot();
