@@ -30,7 +30,7 @@ if [ "$STATE_DEV" != none ]; then
     if mount -t ext4 "$STATE_DEV" /run/slate-state; then
         STATE_ARGS="--state-dir /run/slate-state/store"
         KEPT=/run/slate-state/store/local
-        if [ -f "$KEPT/etc/slate/agent.toml" ]; then
+        if [ -s "$KEPT/etc/slate/agent.toml" ]; then
             CONFIG="--config $KEPT/etc/slate/agent.toml"
             [ -f "$KEPT/var/lib/slate/token" ] && CONFIG="$CONFIG --token-file $KEPT/var/lib/slate/token"
         fi

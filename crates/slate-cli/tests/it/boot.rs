@@ -28,6 +28,8 @@ const MARKER: &str = r#"#!/bin/sh
 # that ordinary work succeeds on the read-only machine, then let the agent
 # do its work and power off.
 exec 3>/dev/ttyS1
+# A fresh line: under UEFI, GRUB's menu may have left one unfinished here.
+echo >&3
 say() { echo "$*" >&3; }
 slot=$(sed -n 's/.*slate\.slot=\([a-z]*\).*/\1/p' /proc/cmdline)
 if touch /usr/.slate-test 2>/dev/null; then ro=no; else ro=yes; fi
