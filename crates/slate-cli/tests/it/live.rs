@@ -69,6 +69,13 @@ fn flipped(iso: &Path, offset: u64, to: &Path) {
     std::fs::write(to, data).unwrap();
 }
 
+/// `slate image iso lab` of `repo` into `iso`, signed with `key`, then `more`.
+fn iso_args<'a>(repo: &'a Path, iso: &'a Path, key: &'a Path, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["image", "iso", "lab", "--repo", s(repo), "-o", s(iso), "--sign", s(key)];
+    args.extend_from_slice(more);
+    args
+}
+
 #[test]
 fn live_images_are_checked_block_by_block_and_tampering_is_refused() {
     if !can_make_images() {
@@ -122,38 +129,26 @@ fn live_images_are_checked_block_by_block_and_tampering_is_refused() {
     std::fs::write(&policy, "version = 1\n[[path]]\npath = \"/tmp\"\nstate = \"ram\"\n").unwrap();
 
     // Only a key that signed the snapshot may vouch for its image.
-    let e = slate_err(&[
-        "image",
-        "iso",
-        "lab",
-        "--repo",
-        s(&repo),
-        "-o",
-        s(&iso),
-        "--sign",
-        s(&d.join("other")),
-    ]);
+    let other_key = d.join("other");
+    let e = slate_err(&iso_args(&repo, &iso, &other_key, &[]));
     assert!(e.contains("carries no valid signature by key"), "{e}");
     assert!(!iso.exists());
 
-    let out = slate_ok(&[
-        "image",
-        "iso",
-        "lab",
-        "--repo",
-        s(&repo),
-        "-o",
-        s(&iso),
-        "--sign",
-        s(&d.join("key")),
-        "--sign-check",
-        s(&d.join("other.pub")),
-        "--policy",
-        s(&policy),
-        "--persistence",
-        "64M",
-        "--json",
-    ]);
+    let other_pub = d.join("other.pub");
+    let out = slate_ok(&iso_args(
+        &repo,
+        &iso,
+        &d.join("key"),
+        &[
+            "--sign-check",
+            s(&other_pub),
+            "--policy",
+            s(&policy),
+            "--persistence",
+            "64M",
+            "--json",
+        ],
+    ));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         report["bytes"].as_u64().unwrap(),
@@ -403,23 +398,20 @@ fn live_iso_boots_as_cd_and_stick_on_bios_and_uefi_keeps_local_state_and_install
     lab.commit("1");
     let iso = lab.dir.join("live.iso");
     let started = std::time::Instant::now();
-    let out = slate_ok(&[
-        "image",
-        "iso",
-        "lab",
-        "--repo",
-        s(&lab.repo),
-        "-o",
-        s(&iso),
-        "--sign",
-        s(&lab.dir.join("key")),
-        "--policy",
-        s(&live_policy(&lab)),
-        "--persistence",
-        "256M",
-        "--kernel-cmdline",
-        "console=ttyS0,115200 no_timer_check",
-    ]);
+    let (key, policy) = (lab.dir.join("key"), live_policy(&lab));
+    let out = slate_ok(&iso_args(
+        &lab.repo,
+        &iso,
+        &key,
+        &[
+            "--policy",
+            s(&policy),
+            "--persistence",
+            "256M",
+            "--kernel-cmdline",
+            "console=ttyS0,115200 no_timer_check",
+        ],
+    ));
     eprintln!("slate image iso: {:.1} s: {out}", started.elapsed().as_secs_f64());
     let (root_at, _) = iso_extent(&iso, "/slate/root.img");
 
