@@ -409,7 +409,7 @@ fn live_iso_boots_as_cd_and_stick_on_bios_and_uefi_keeps_local_state_and_install
             "--persistence",
             "256M",
             "--kernel-cmdline",
-            "console=ttyS0,115200 no_timer_check",
+            "console=ttyS0,115200 no_timer_check panic=5",
         ],
     ));
     eprintln!("slate image iso: {:.1} s: {out}", started.elapsed().as_secs_f64());
@@ -456,10 +456,11 @@ fn live_iso_boots_as_cd_and_stick_on_bios_and_uefi_keeps_local_state_and_install
             let b3 = cd_bios.boot_with(false);
             assert!(b3.marker("slot").is_none(), "{}", b3.tail());
             assert!(
-                b3.text.contains("LIVE BOOT STOPPED") && b3.text.contains("does not match the signed root hash"),
+                b3.text.contains("LIVE BOOT STOPPED") && b3.text.contains("differs from what key"),
                 "a flipped byte stops the boot, saying why: {}",
                 b3.tail()
             );
+            assert!(b3.text.contains("restarting in 5 seconds"), "{}", b3.tail());
         });
         // A CD and a blank disk, no network: the live system installs the
         // disk, which then boots from SeaBIOS; then the CD from OVMF, with
