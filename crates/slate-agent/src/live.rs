@@ -858,15 +858,20 @@ struct IsoFiles {
 impl IsoFiles {
     fn open(image: &Path) -> Result<IsoFiles> {
         let out = run(
-            Command::new("xorriso").args(["-indev"]).arg(image).args([
-                "-find",
-                &format!("/{MEDIUM_DIR}"),
-                "-type",
-                "f",
-                "-exec",
-                "report_lba",
-                "--",
-            ]),
+            Command::new("xorriso")
+                // stdio: reads a stick (/dev/sdX) as a plain file, without
+                // the optical drive commands xorriso would send it.
+                .arg("-indev")
+                .arg(format!("stdio:{}", image.display()))
+                .args([
+                    "-find",
+                    &format!("/{MEDIUM_DIR}"),
+                    "-type",
+                    "f",
+                    "-exec",
+                    "report_lba",
+                    "--",
+                ]),
             "xorriso (reading the image)",
         )?;
         let mut files = std::collections::HashMap::new();
