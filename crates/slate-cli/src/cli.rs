@@ -351,6 +351,44 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Mount a snapshot read-only (FUSE), fetching what is read into a verified cache (docs/mount.md).
+    Mount {
+        #[command(flatten)]
+        source: MountSourceArgs,
+        /// Where to mount it.
+        mountpoint: PathBuf,
+        /// Fetch the whole snapshot into the cache in the background, so that it runs without a server.
+        #[arg(long)]
+        fill: bool,
+        /// Bandwidth cap of the fill (K, M, G suffixes: bytes per second).
+        #[arg(long, value_name = "RATE")]
+        fill_rate: Option<String>,
+        /// Write the files and ranges read, in order of first read, to FILE (a boot profile).
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// Status file, JSON, replaced atomically (default CACHE/mount/status.json).
+        #[arg(long, value_name = "FILE")]
+        status: Option<PathBuf>,
+        /// Return once mounted; the daemon goes on in the background (its log: CACHE/mount/daemon.log).
+        #[arg(long)]
+        background: bool,
+        /// Do not prefetch the snapshot's signed boot profile.
+        #[arg(long)]
+        no_prefetch: bool,
+        /// Threads serving the kernel.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+    /// The cache of `slate mount`: status, fill (docs/mount.md).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+    /// Boot profiles of snapshots: sign a recorded profile so that mounts prefetch it (docs/mount.md).
+    Profile {
+        #[command(subcommand)]
+        command: ProfileCommand,
+    },
     /// Live images of a snapshot: make, verify, and the initramfs step that boots one (docs/live.md).
     Image {
         #[command(subcommand)]
@@ -398,6 +436,76 @@ pub enum Command {
 }
 
 /// `slate image` subcommands.
+/// Where `slate mount` and `slate cache fill` find a snapshot.
+#[derive(Args, Debug, Clone)]
+pub struct MountSourceArgs {
+    /// Channel (its head) or snapshot id (with --repo also CHANNEL~N or an id prefix).
+    pub spec: String,
+    /// A local repository.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["server", "config"], required_unless_present_any = ["server", "config"])]
+    pub repo: Option<PathBuf>,
+    /// A `slate serve` URL (repeat: tried in order).
+    #[arg(long, value_name = "URL", conflicts_with = "config")]
+    pub server: Vec<String>,
+    /// An agent's AGENT.toml: its servers, token and trusted keys.
+    #[arg(long, value_name = "AGENT.toml")]
+    pub config: Option<PathBuf>,
+    /// Trust snapshots signed by this release key (repeat).
+    #[arg(long, value_name = "KEY.pub")]
+    pub trust: Vec<PathBuf>,
+    /// A fleet key (repeat): a channel's head must be signed by one.
+    #[arg(long = "fleet-trust", value_name = "KEY.pub")]
+    pub fleet_trust: Vec<PathBuf>,
+    /// The cache directory (required with --server; default with --config: STATE_DIR/mount-cache).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Bound of the cache on disk (K, M, G suffixes); least recently used data goes first.
+    #[arg(long, value_name = "SIZE", default_value = "8G")]
+    pub cache_size: String,
+    /// Use only the cache: never ask a server (reads of missing data fail with EIO).
+    #[arg(long)]
+    pub offline: bool,
+    /// Seconds a request may take: bounds how long a read of missing data waits for a silent server.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub timeout: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Show a cache's status (from the mount's status file, else from the cache itself).
+    Status {
+        /// The cache directory.
+        #[arg(long, value_name = "DIR")]
+        cache: PathBuf,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Fetch a whole snapshot into a cache, in the foreground, and exit when it is complete.
+    Fill {
+        #[command(flatten)]
+        source: MountSourceArgs,
+        /// Bandwidth cap (K, M, G suffixes: bytes per second).
+        #[arg(long, value_name = "RATE")]
+        rate: Option<String>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProfileCommand {
+    /// Attach a recorded profile (`slate mount --record`) to its snapshot, signed by a release key.
+    Sign {
+        /// The profile file.
+        profile: PathBuf,
+        #[command(flatten)]
+        repo: RepoArg,
+        /// Release key to sign with (repeat).
+        #[arg(long, value_name = "KEY", required = true)]
+        sign: Vec<PathBuf>,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
     /// Make a hybrid ISO (CD or USB stick, BIOS and UEFI) that boots the snapshot live.

@@ -52,6 +52,10 @@ pub enum Object {
     Signatures(SnapshotId),
     /// `deltas/{from}/{to}.delta`
     Delta(SnapshotId, SnapshotId),
+    /// `snapshots/{ab}/{id}.profile`: the snapshot's boot profile (docs/mount.md)
+    Profile(SnapshotId),
+    /// `snapshots/{ab}/{id}.profile-sig`: its signatures
+    ProfileSignatures(SnapshotId),
 }
 
 /// `s` if it is exactly 64 lower-case hex digits. Stricter than
@@ -85,6 +89,8 @@ impl Object {
             ("packs", "idx") => Some(Object::PackIndex(PackId::from_hex(id)?)),
             ("snapshots", "snap") => Some(Object::Snapshot(SnapshotId::from_hex(id)?)),
             ("snapshots", "sig") => Some(Object::Signatures(SnapshotId::from_hex(id)?)),
+            ("snapshots", "profile") => Some(Object::Profile(SnapshotId::from_hex(id)?)),
+            ("snapshots", "profile-sig") => Some(Object::ProfileSignatures(SnapshotId::from_hex(id)?)),
             _ => None,
         }
     }
@@ -98,6 +104,8 @@ impl Object {
             Object::PackIndex(id) => fan(id.to_hex(), "packs", "idx"),
             Object::Snapshot(id) => fan(id.to_hex(), "snapshots", "snap"),
             Object::Signatures(id) => fan(id.to_hex(), "snapshots", "sig"),
+            Object::Profile(id) => fan(id.to_hex(), "snapshots", "profile"),
+            Object::ProfileSignatures(id) => fan(id.to_hex(), "snapshots", "profile-sig"),
             Object::Delta(from, to) => slate_repo::delta::delta_key(from, to),
         }
     }
@@ -109,7 +117,8 @@ impl Object {
             Object::Pack(id) | Object::PackIndex(id) => Some(format!("\"{}\"", id.to_hex())),
             Object::Snapshot(id) => Some(format!("\"{}\"", id.to_hex())),
             Object::Delta(from, to) => Some(format!("\"{}-{}\"", from.to_hex(), to.to_hex())),
-            Object::Signatures(_) => None,
+            // Re-signing or re-recording replaces these: tagged by content.
+            Object::Signatures(_) | Object::Profile(_) | Object::ProfileSignatures(_) => None,
         }
     }
 }

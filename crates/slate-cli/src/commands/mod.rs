@@ -15,6 +15,7 @@ mod keygen;
 mod log;
 mod ls;
 mod machine;
+mod mount;
 mod serve;
 mod state;
 mod tokens;
@@ -204,6 +205,29 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             out.json,
         ),
         Command::Image { command } => image::run(command),
+        Command::Mount {
+            source,
+            mountpoint,
+            fill,
+            fill_rate,
+            record,
+            status,
+            background,
+            no_prefetch,
+            threads,
+        } => mount::mount(mount::MountArgs {
+            source,
+            mountpoint,
+            fill,
+            fill_rate,
+            record,
+            status,
+            background,
+            no_prefetch,
+            threads,
+        }),
+        Command::Cache { command } => mount::cache(command),
+        Command::Profile { command } => mount::profile(command),
         Command::Prepare { tree, out } => machine::prepare(&tree, out.json),
         Command::State { command } => match command {
             StateCommand::Apply {

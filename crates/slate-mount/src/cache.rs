@@ -1,0 +1,396 @@
+//! The mount's cache: fetched frames kept as a slate repository.
+//!
+//! Every fetch of remote frames is stored as a small pack of its own (the
+//! frames' compressed bytes unchanged, behind a pack header) with its
+//! index, under the usual repository layout, so a complete cache is a
+//! repository that `slate verify` and `slate checkout` accept. Nothing in
+//! it is trusted: a chunk read from the cache is checked against its id
+//! like any other, and a pack that fails is deleted and fetched again.
+//! The pack is also the unit of eviction: least recently used first,
+//! never one holding a pinned chunk. Use order is kept in `mount/access`
+//! so that it survives restarts. The format is in docs/format/cache.md.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use slate_core::pack::{chunk_from_frame, decompress_frame, pack_header, IndexEntry, PackIndex};
+use slate_core::{ChunkId, PackId, SnapshotId};
+use slate_repo::index::{index_key, pack_key};
+use slate_repo::storage::{LocalStorage, Storage};
+use slate_repo::Repo;
+
+use slate_agent::{Error, Result};
+
+/// One cached pack.
+struct CachedPack {
+    len: u64,
+    /// Use order: larger is more recent.
+    used: u64,
+    chunks: Vec<ChunkId>,
+}
+
+struct Inner {
+    chunks: HashMap<ChunkId, (PackId, IndexEntry)>,
+    packs: HashMap<PackId, CachedPack>,
+    pinned: HashSet<ChunkId>,
+    disk_bytes: u64,
+    /// Set when everything left is pinned but the cache is still too big.
+    over_limit_pinned: bool,
+}
+
+/// A frame read from the cache, decompressed and verified.
+pub struct CachedFrame {
+    /// Where it is: (pack, offset), a key for in-memory frame caches.
+    pub key: (PackId, u64),
+    /// The raw frame.
+    pub raw: Vec<u8>,
+}
+
+/// The cache directory.
+pub struct Cache {
+    root: PathBuf,
+    storage: LocalStorage,
+    limit: u64,
+    inner: Mutex<Inner>,
+    clock: AtomicU64,
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Local(format!("{what}: {e}"))
+}
+
+impl Cache {
+    /// Open (or create) the cache in `root`, bounded to `limit` bytes of
+    /// packs on disk. A directory that holds something else is refused.
+    pub fn open(root: &Path, limit: u64) -> Result<Cache> {
+        if !root.join("config").exists() {
+            if root.exists() && std::fs::read_dir(root).map(|mut d| d.next().is_some()).unwrap_or(true) {
+                return Err(Error::Config(format!(
+                    "{} is neither empty nor a slate cache (it has no config file); give --cache an empty or new directory",
+                    root.display()
+                )));
+            }
+            Repo::init(root, slate_repo::Config::default())?;
+        } else {
+            Repo::open(root)?;
+        }
+        std::fs::create_dir_all(root.join("mount")).map_err(|e| io_err("cannot create the cache's mount/", e))?;
+        let storage = LocalStorage::new(root);
+        let used = read_access(&root.join("mount/access"));
+        let mut inner = Inner {
+            chunks: HashMap::new(),
+            packs: HashMap::new(),
+            pinned: HashSet::new(),
+            disk_bytes: 0,
+            over_limit_pinned: false,
+        };
+        let mut clock = used.values().copied().max().unwrap_or(0);
+        for key in storage.list("packs")?.into_iter().filter(|k| k.ends_with(".idx")) {
+            let name = key.rsplit('/').next().unwrap_or_default().trim_end_matches(".idx");
+            let Some(id) = PackId::from_hex(name) else {
+                continue;
+            };
+            let pack_len = storage.len(&pack_key(&id)).ok();
+            let idx = storage.read(&key).ok().and_then(|b| PackIndex::decode(&b).ok());
+            match (idx, pack_len) {
+                (Some(idx), Some(len)) if idx.pack_len == len => {
+                    let chunks: Vec<ChunkId> = idx.entries.iter().map(|e| e.id).collect();
+                    for e in &idx.entries {
+                        inner.chunks.entry(e.id).or_insert((id, *e));
+                    }
+                    clock += 1;
+                    inner.packs.insert(
+                        id,
+                        CachedPack {
+                            len,
+                            used: used.get(&id).copied().unwrap_or(0),
+                            chunks,
+                        },
+                    );
+                    inner.disk_bytes += len;
+                }
+                _ => {
+                    // A pack whose index is damaged, or whose bytes are
+                    // missing or cut short (a crash mid-write), is dropped.
+                    tracing::warn!("dropping damaged cache pack {id}");
+                    let _ = storage.delete(&key);
+                    let _ = storage.delete(&pack_key(&id));
+                }
+            }
+        }
+        Ok(Cache {
+            root: root.to_path_buf(),
+            storage,
+            limit,
+            inner: Mutex::new(inner),
+            clock: AtomicU64::new(clock + 1),
+        })
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the cache holds `id`.
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.inner.lock().unwrap().chunks.contains_key(id)
+    }
+
+    /// Bytes of packs on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.inner.lock().unwrap().disk_bytes
+    }
+
+    /// The size bound.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Whether the pinned data alone exceeds the bound.
+    pub fn pinned_over_limit(&self) -> bool {
+        self.inner.lock().unwrap().over_limit_pinned
+    }
+
+    /// Of `chunks`, the bytes the cache holds (each chunk counted once).
+    pub fn held_bytes<'a>(&self, chunks: impl Iterator<Item = (&'a ChunkId, u32)>) -> u64 {
+        let inner = self.inner.lock().unwrap();
+        chunks
+            .filter(|(id, _)| inner.chunks.contains_key(id))
+            .map(|(_, len)| len as u64)
+            .sum()
+    }
+
+    /// Replace the pinned set: these chunks' packs are never evicted.
+    pub fn set_pins(&self, pins: HashSet<ChunkId>) {
+        self.inner.lock().unwrap().pinned = pins;
+        self.evict();
+    }
+
+    /// Read and verify the frame holding `id`. `Ok(None)`: not cached, or
+    /// its pack failed a check and was deleted (fetch it again).
+    pub fn frame(&self, id: &ChunkId) -> Result<Option<CachedFrame>> {
+        let (pack, entry) = {
+            let mut inner = self.inner.lock().unwrap();
+            let Some(&(pack, entry)) = inner.chunks.get(id) else {
+                return Ok(None);
+            };
+            let tick = self.clock.fetch_add(1, Ordering::Relaxed);
+            if let Some(p) = inner.packs.get_mut(&pack) {
+                p.used = tick;
+            }
+            (pack, entry)
+        };
+        let mut buf = vec![0u8; entry.frame_len as usize];
+        let checked = self
+            .storage
+            .read_at(&pack_key(&pack), entry.frame_offset, &mut buf)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                decompress_frame(&buf, entry.frame_raw_len, &pack, entry.frame_offset).map_err(|e| e.to_string())
+            })
+            .and_then(|raw| {
+                // Every chunk of the frame is checked, so the frame can be
+                // served from memory afterwards without another check.
+                let entries = self.frame_entries(&pack, entry.frame_offset);
+                for e in &entries {
+                    chunk_from_frame(&raw, e).map_err(|e| e.to_string())?;
+                }
+                Ok(raw)
+            });
+        match checked {
+            Ok(raw) => Ok(Some(CachedFrame {
+                key: (pack, entry.frame_offset),
+                raw,
+            })),
+            Err(why) => {
+                tracing::warn!("cache pack {pack} failed a check ({why}); deleting it to fetch again");
+                self.drop_pack(&pack);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The index entries of the cached frame at `offset` of `pack`.
+    fn frame_entries(&self, pack: &PackId, offset: u64) -> Vec<IndexEntry> {
+        let inner = self.inner.lock().unwrap();
+        let Some(p) = inner.packs.get(pack) else {
+            return Vec::new();
+        };
+        p.chunks
+            .iter()
+            .filter_map(|c| inner.chunks.get(c))
+            .filter(|(pk, e)| pk == pack && e.frame_offset == offset)
+            .map(|(_, e)| *e)
+            .collect()
+    }
+
+    /// Where cached chunk `id` is: its pack and index entry.
+    pub fn locate(&self, id: &ChunkId) -> Option<(PackId, IndexEntry)> {
+        self.inner.lock().unwrap().chunks.get(id).copied()
+    }
+
+    /// Store verified frames (compressed bytes and their chunks' entries,
+    /// offsets relative to each frame) as one new pack.
+    pub fn store(&self, frames: &[(&[u8], Vec<IndexEntry>)]) -> Result<()> {
+        let mut data = pack_header();
+        let mut entries = Vec::new();
+        for (bytes, chunk_entries) in frames {
+            let at = data.len() as u64;
+            data.extend_from_slice(bytes);
+            for e in chunk_entries {
+                entries.push(IndexEntry {
+                    frame_offset: at,
+                    frame_len: bytes.len() as u32,
+                    ..*e
+                });
+            }
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let id = PackId::of(&data);
+        let idx = PackIndex {
+            pack_len: data.len() as u64,
+            entries,
+        };
+        // The pack before its index: an index always has its pack.
+        self.storage
+            .write(&pack_key(&id), &data)
+            .map_err(|e| io_err("cannot write to the cache", e))?;
+        self.storage
+            .write(&index_key(&id), &idx.encode())
+            .map_err(|e| io_err("cannot write to the cache", e))?;
+        {
+            let mut inner = self.inner.lock().unwrap();
+            if !inner.packs.contains_key(&id) {
+                for e in &idx.entries {
+                    inner.chunks.entry(e.id).or_insert((id, *e));
+                }
+                inner.disk_bytes += data.len() as u64;
+                inner.packs.insert(
+                    id,
+                    CachedPack {
+                        len: data.len() as u64,
+                        used: self.clock.fetch_add(1, Ordering::Relaxed),
+                        chunks: idx.entries.iter().map(|e| e.id).collect(),
+                    },
+                );
+            }
+        }
+        self.evict();
+        Ok(())
+    }
+
+    /// Delete `pack` and forget its chunks.
+    fn drop_pack(&self, pack: &PackId) {
+        let mut inner = self.inner.lock().unwrap();
+        Self::remove(&mut inner, &self.storage, pack);
+    }
+
+    fn remove(inner: &mut Inner, storage: &LocalStorage, pack: &PackId) {
+        if let Some(p) = inner.packs.remove(pack) {
+            inner.disk_bytes -= p.len;
+            for c in p.chunks {
+                if inner.chunks.get(&c).is_some_and(|(pk, _)| pk == pack) {
+                    inner.chunks.remove(&c);
+                }
+            }
+        }
+        let _ = storage.delete(&index_key(pack));
+        let _ = storage.delete(&pack_key(pack));
+    }
+
+    /// Evict least recently used, unpinned packs until under the bound.
+    fn evict(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.disk_bytes <= self.limit {
+            inner.over_limit_pinned = false;
+            return;
+        }
+        let mut order: Vec<(u64, PackId)> = inner
+            .packs
+            .iter()
+            .filter(|(_, p)| !p.chunks.iter().any(|c| inner.pinned.contains(c)))
+            .map(|(id, p)| (p.used, *id))
+            .collect();
+        order.sort_unstable();
+        for (_, id) in order {
+            if inner.disk_bytes <= self.limit {
+                break;
+            }
+            Self::remove(&mut inner, &self.storage, &id);
+        }
+        inner.over_limit_pinned = inner.disk_bytes > self.limit;
+    }
+
+    /// Keep the use order on disk (atomically replaced), so that a restart
+    /// evicts in the same order.
+    pub fn save_access(&self) {
+        let text: String = {
+            let inner = self.inner.lock().unwrap();
+            let mut v: Vec<(u64, PackId)> = inner.packs.iter().map(|(id, p)| (p.used, *id)).collect();
+            v.sort_unstable();
+            v.iter().map(|(u, id)| format!("{id} {u}\n")).collect()
+        };
+        let _ = slate_agent::state::write_atomic(&self.root.join("mount/access"), text.as_bytes());
+    }
+
+    /// Keep a snapshot's record and signatures, so that an offline mount
+    /// and `slate checkout` find them.
+    pub fn keep_snapshot(&self, id: &SnapshotId, record: &[u8], sigs: &[u8]) -> Result<()> {
+        let [snap, sig] = Repo::snapshot_keys(id);
+        self.storage
+            .write(&snap, record)
+            .map_err(|e| io_err("cannot write to the cache", e))?;
+        self.storage
+            .write(&sig, sigs)
+            .map_err(|e| io_err("cannot write to the cache", e))?;
+        Ok(())
+    }
+
+    /// A kept snapshot record and its signatures, if the cache has them.
+    pub fn kept_snapshot(&self, id: &SnapshotId) -> Option<(Vec<u8>, Vec<u8>)> {
+        let [snap, sig] = Repo::snapshot_keys(id);
+        Some((
+            self.storage.read(&snap).ok()?,
+            self.storage.read(&sig).unwrap_or_default(),
+        ))
+    }
+
+    /// Record `id` as the newest snapshot of `channel` in the cache.
+    pub fn keep_channel_head(&self, channel: &str, id: &SnapshotId) -> Result<()> {
+        let repo = Repo::open(&self.root)?;
+        let mut history = repo.channel_history(channel).unwrap_or_default();
+        if history.last() != Some(id) {
+            history.retain(|h| h != id);
+            history.push(*id);
+            repo.set_channel_history(channel, &history)?;
+        }
+        Ok(())
+    }
+
+    /// The newest snapshot the cache recorded for `channel`.
+    pub fn channel_head(&self, channel: &str) -> Option<SnapshotId> {
+        Repo::open(&self.root)
+            .ok()?
+            .channel_history(channel)
+            .ok()?
+            .last()
+            .copied()
+    }
+}
+
+fn read_access(path: &Path) -> HashMap<PackId, u64> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return HashMap::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (id, used) = l.split_once(' ')?;
+            Some((PackId::from_hex(id)?, used.trim().parse().ok()?))
+        })
+        .collect()
+}
