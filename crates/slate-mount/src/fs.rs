@@ -187,6 +187,11 @@ impl fuser::Filesystem for SnapshotFs {
         reply.ok();
     }
 
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Nothing is ever written.
+        reply.ok();
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.tree.entry_of(ino).map(|i| &self.tree.manifest.entries[i].kind) {
             Some(Kind::Dir) => reply.opened(

@@ -175,9 +175,10 @@ impl Chunks {
 
     /// Call `f` with the verified bytes of chunk `id`.
     pub fn with_chunk<T>(&self, id: &ChunkId, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
-        // Two tries: a cached pack that fails its check is deleted and the
-        // frame fetched again.
-        for _ in 0..2 {
+        // A remote frame is fetched into the cache, then read from there;
+        // a cached pack that fails its check is deleted and fetched again:
+        // at most three rounds.
+        for _ in 0..3 {
             if let Some(cache) = &self.cache {
                 if let Some((pack, e)) = cache.locate(id) {
                     if let Some(frame) = self.recall(FrameKey::Pack(pack, e.frame_offset)) {

@@ -106,7 +106,12 @@ pub fn mount(a: MountArgs) -> Result<ExitCode> {
 /// Start the daemon as a child of its own and return once it mounted.
 fn background(a: &MountArgs) -> Result<ExitCode> {
     let log = match &a.source.cache {
-        Some(c) => c.join("mount/daemon.log"),
+        Some(c) => {
+            // The log lives in the cache, which must be one (or be made
+            // one) before anything is written there.
+            slate_mount::cache::Cache::open(c, size(&a.source.cache_size, "--cache-size")?)?;
+            c.join("mount/daemon.log")
+        }
         None => std::env::temp_dir().join(format!("slate-mount-{}.log", std::process::id())),
     };
     if let Some(dir) = log.parent() {

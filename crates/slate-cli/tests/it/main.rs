@@ -8,6 +8,7 @@ mod enroll;
 mod fidelity;
 mod home;
 mod live;
+mod mount;
 mod nasty;
 mod safety;
 mod selftest;
