@@ -378,6 +378,10 @@ pub enum Command {
         /// Threads serving the kernel.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// With --fill and a channel from a server: seconds between asks for a new head, which is then
+        /// filled (only its new frames) while the mount keeps the snapshot it started with; 0: never.
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        poll: u64,
     },
     /// The cache of `slate mount`: status, fill (docs/mount.md).
     Cache {

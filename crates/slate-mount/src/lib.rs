@@ -84,6 +84,10 @@ pub struct Options {
     pub threads: usize,
     /// Prefetch the snapshot's signed profile, if the source has one.
     pub prefetch: bool,
+    /// With `fill` and a channel from a server: how often to ask for a new
+    /// head, seconds. A new head is filled in its turn (only its new
+    /// frames are fetched) and the old snapshot's data is no longer pinned.
+    pub poll_secs: u64,
 }
 
 /// A snapshot opened for mounting: verified record, chunks, tree.
@@ -104,6 +108,8 @@ pub struct Opened {
     pub all_chunks: Vec<(ChunkId, u32)>,
     /// The manifest's own chunks.
     pub manifest_chunks: Vec<ChunkId>,
+    /// The keys it was checked with (for the snapshots that follow it).
+    pub keys: Keys,
 }
 
 fn read_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
@@ -126,10 +132,14 @@ fn now() -> u64 {
 
 /// What trust the source needs: release keys, the number that must sign,
 /// fleet keys for channel heads.
-struct Keys {
-    release: Vec<PublicKey>,
-    threshold: usize,
-    fleet: Vec<PublicKey>,
+#[derive(Clone)]
+pub struct Keys {
+    /// Keys that sign snapshots (and profiles).
+    pub release: Vec<PublicKey>,
+    /// How many distinct release keys must have signed a snapshot.
+    pub threshold: usize,
+    /// Keys that sign channel heads.
+    pub fleet: Vec<PublicKey>,
 }
 
 fn is_id(spec: &str) -> Option<SnapshotId> {
@@ -334,6 +344,7 @@ pub fn open(opts: &Options) -> Result<Opened> {
         offline,
         all_chunks: all,
         manifest_chunks: snap.manifest.chunks.iter().map(|c| c.id).collect(),
+        keys,
     })
 }
 
@@ -368,6 +379,7 @@ pub fn serve(opts: &Options, opened: Opened, mountpoint: &Path, ready: impl FnOn
         offline,
         all_chunks,
         manifest_chunks,
+        keys,
     } = opened;
     let status_path = opts
         .status
@@ -377,7 +389,7 @@ pub fn serve(opts: &Options, opened: Opened, mountpoint: &Path, ready: impl FnOn
 
     // Pins: the manifest always, the whole snapshot when filling, and the
     // profile's chunks.
-    let mut pins: HashSet<ChunkId> = manifest_chunks.into_iter().collect();
+    let mut pins: HashSet<ChunkId> = manifest_chunks.iter().copied().collect();
     if opts.fill {
         pins.extend(all_chunks.iter().map(|c| c.0));
     }
@@ -402,20 +414,61 @@ pub fn serve(opts: &Options, opened: Opened, mountpoint: &Path, ready: impl FnOn
         let ids: Vec<ChunkId> = profile_chunks.iter().map(|c| c.0).collect();
         workers.push(std::thread::spawn(move || prefetch(&chunks, &ids, 4)));
     }
+    let target = Arc::new(Mutex::new((id, all_chunks.clone())));
+    let follow = match (chunks.origin(), &channel) {
+        (Origin::Remote(_), Some(ch)) if opts.fill && opts.poll_secs > 0 => Some(ch.clone()),
+        _ => None,
+    };
     if opts.fill && !offline {
-        let (chunks, stop, filling, rate) = (chunks.clone(), stop.clone(), filling.clone(), opts.fill_rate);
-        let ids: Vec<ChunkId> = all_chunks.iter().map(|c| c.0).collect();
-        workers.push(std::thread::spawn(move || {
+        let (chunks, stop, filling, rate, target) = (
+            chunks.clone(),
+            stop.clone(),
+            filling.clone(),
+            opts.fill_rate,
+            target.clone(),
+        );
+        let (keys, poll) = (keys.clone(), Duration::from_secs(opts.poll_secs.max(1)));
+        let mounted_pins: Vec<ChunkId> = manifest_chunks.clone();
+        let profile_ids: Vec<ChunkId> = profile_chunks.iter().map(|c| c.0).collect();
+        workers.push(std::thread::spawn(move || loop {
+            let ids: Vec<ChunkId> = target.lock().unwrap().1.iter().map(|c| c.0).collect();
             filling.store(true, Ordering::SeqCst);
             if let Err(e) = fill::fill(&chunks, &ids, rate, &stop, false) {
                 chunks.note_error(&format!("the fill stopped: {e}"));
             }
             filling.store(false, Ordering::SeqCst);
+            let Some(ch) = &follow else { break };
+            // Wait for a new head of the channel.
+            let next = loop {
+                fill::sleep_unless(&stop, poll);
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let held = target.lock().unwrap().0;
+                match next_snapshot(&chunks, ch, &held, &keys) {
+                    Ok(Some(n)) => break n,
+                    Ok(None) => {}
+                    Err(e) => chunks.note_error(&format!("following channel {ch}: {e}")),
+                }
+            };
+            tracing::info!("channel {ch} moved to {}; filling it", next.0);
+            if let Some(c) = chunks.cache() {
+                // The mounted snapshot keeps only its manifest pinned: the
+                // new one's data takes the old one's place.
+                let mut pins: HashSet<ChunkId> = mounted_pins.iter().copied().collect();
+                pins.extend(profile_ids.iter().copied());
+                pins.extend(next.1.iter().map(|c| c.0));
+                c.set_pins(pins);
+            }
+            *target.lock().unwrap() = next;
         }));
     }
     let base = Status {
         pid: std::process::id(),
-        mountpoint: mountpoint.display().to_string(),
+        mountpoint: std::path::absolute(mountpoint)
+            .unwrap_or_else(|_| mountpoint.to_path_buf())
+            .display()
+            .to_string(),
         snapshot: id.to_hex(),
         channel: channel.clone(),
         fill_target: id.to_hex(),
@@ -430,20 +483,17 @@ pub fn serve(opts: &Options, opened: Opened, mountpoint: &Path, ready: impl FnOn
             status_path.clone(),
             shared_status.clone(),
         );
-        let all = all_chunks.clone();
+        let target = target.clone();
         let rec = recorder.clone().zip(opts.record.clone());
         let tree = tree.clone();
         std::thread::spawn(move || {
             let mut last = Status::default();
             let mut ticks = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let s = snapshot_status(
-                    &shared.lock().unwrap(),
-                    &chunks,
-                    &all,
-                    filling.load(Ordering::SeqCst),
-                    "mounted",
-                );
+                let (tid, all) = target.lock().unwrap().clone();
+                let mut base = shared.lock().unwrap().clone();
+                base.fill_target = tid.to_hex();
+                let s = snapshot_status(&base, &chunks, &all, filling.load(Ordering::SeqCst), "mounted");
                 let mut cmp = s.clone();
                 cmp.updated_at = last.updated_at;
                 if cmp != last {
@@ -499,7 +549,10 @@ pub fn serve(opts: &Options, opened: Opened, mountpoint: &Path, ready: impl FnOn
         r.profile(&id, &tree).save(path)?;
     }
     if let Some(p) = &status_path {
-        let s = snapshot_status(&shared_status.lock().unwrap(), &chunks, &all_chunks, false, "unmounted");
+        let (tid, all) = target.lock().unwrap().clone();
+        let mut base = shared_status.lock().unwrap().clone();
+        base.fill_target = tid.to_hex();
+        let s = snapshot_status(&base, &chunks, &all, false, "unmounted");
         let _ = s.save(p);
     }
     result.map_err(|e| Error::Local(format!("the FUSE session of {} ended: {e}", mountpoint.display())))
@@ -545,6 +598,40 @@ fn snapshot_status(base: &Status, chunks: &Chunks, all: &[(ChunkId, u32)], filli
         updated_at: now(),
         ..base.clone()
     }
+}
+
+/// A newer head of `channel` than `held`, checked like the first one,
+/// kept in the cache, with its chunks: `None` while the head is `held`.
+fn next_snapshot(
+    chunks: &Chunks,
+    channel: &str,
+    held: &SnapshotId,
+    keys: &Keys,
+) -> Result<Option<(SnapshotId, Vec<(ChunkId, u32)>)>> {
+    let Origin::Remote(remote) = chunks.origin() else {
+        return Ok(None);
+    };
+    let (id, _) = resolve_remote(&remote.http, channel, &keys.fleet)?;
+    if id == *held {
+        return Ok(None);
+    }
+    let h = id.to_hex();
+    let record = remote.http.get(&format!("/v1/repo/snapshots/{}/{h}.snap", &h[..2]))?;
+    let sigs = remote
+        .http
+        .get_optional(&format!("/v1/repo/snapshots/{}/{h}.sig", &h[..2]))?
+        .unwrap_or_default();
+    let snap = Snapshot::decode(&record, &id).map_err(|e| Error::Untrusted(format!("snapshot {id}: {e}")))?;
+    let parsed = decode_signatures(&sigs).map_err(|e| Error::Untrusted(format!("signatures of snapshot {id}: {e}")))?;
+    check_threshold(&id, &parsed, &keys.release, keys.threshold)
+        .map_err(|e| Error::Untrusted(format!("refusing the new head of {channel}: {e}")))?;
+    remote.refresh()?;
+    let tree = Tree::new(read_manifest(chunks, &snap)?);
+    if let Some(c) = chunks.cache() {
+        c.keep_snapshot(&id, &record, &sigs)?;
+        c.keep_channel_head(channel, &id)?;
+    }
+    Ok(Some((id, all_chunks(&tree, &snap))))
 }
 
 /// Fetch `ids` the cache lacks in large ranges over `connections`

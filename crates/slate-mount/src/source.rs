@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use slate_agent::http::Http;
@@ -51,28 +51,56 @@ pub struct Stats {
     pub offline: AtomicBool,
 }
 
+/// What the server holds: every chunk, and the chunks of each frame (to
+/// verify a frame completely).
+pub struct RemoteIndex {
+    /// Every chunk the server has.
+    pub index: ChunkIndex,
+    frames: HashMap<(PackId, u64), Vec<IndexEntry>>,
+}
+
 /// The remote side: a server's packs.
 pub struct RemoteRepo {
     /// Its HTTP client (servers in failover order).
     pub http: Http,
-    /// Every chunk the server has.
-    pub index: ChunkIndex,
-    /// The chunks of each remote frame, to verify a frame completely.
-    frames: HashMap<(u32, u64), Vec<IndexEntry>>,
+    idx_dir: std::path::PathBuf,
+    current: RwLock<Arc<RemoteIndex>>,
 }
 
 impl RemoteRepo {
     /// The server behind `http`, its pack indexes kept in `idx_dir`.
     pub fn open(http: Http, idx_dir: &std::path::Path) -> Result<RemoteRepo> {
-        let index = Remote::new(&http, idx_dir).index()?;
-        let mut frames: HashMap<(u32, u64), Vec<IndexEntry>> = HashMap::new();
+        let current = RwLock::new(Arc::new(Self::load(&http, idx_dir)?));
+        Ok(RemoteRepo {
+            http,
+            idx_dir: idx_dir.to_path_buf(),
+            current,
+        })
+    }
+
+    fn load(http: &Http, idx_dir: &std::path::Path) -> Result<RemoteIndex> {
+        let index = Remote::new(http, idx_dir).index()?;
+        let mut frames: HashMap<(PackId, u64), Vec<IndexEntry>> = HashMap::new();
         for loc in index.locations() {
             frames
-                .entry((loc.pack, loc.entry.frame_offset))
+                .entry((index.packs[loc.pack as usize], loc.entry.frame_offset))
                 .or_default()
                 .push(loc.entry);
         }
-        Ok(RemoteRepo { http, index, frames })
+        Ok(RemoteIndex { index, frames })
+    }
+
+    /// The index as last loaded.
+    pub fn index(&self) -> Arc<RemoteIndex> {
+        self.current.read().unwrap().clone()
+    }
+
+    /// Load the indexes of packs the server gained (after a commit), so
+    /// that a newer snapshot's chunks can be found.
+    pub fn refresh(&self) -> Result<()> {
+        let fresh = Self::load(&self.http, &self.idx_dir)?;
+        *self.current.write().unwrap() = Arc::new(fresh);
+        Ok(())
     }
 }
 
@@ -94,7 +122,7 @@ pub enum Origin {
 /// One remote range to fetch: whole frames of one pack.
 #[derive(Debug, Clone)]
 pub struct Span {
-    pack: u32,
+    pack: PackId,
     start: u64,
     end: u64,
     frames: Vec<(u64, u32, u32)>,
@@ -121,7 +149,7 @@ pub struct Chunks {
     origin: Origin,
     cache: Option<Cache>,
     memory: Mutex<VecDeque<(FrameKey, Frame)>>,
-    inflight: Mutex<HashMap<(u32, u64), Arc<InFlight>>>,
+    inflight: Mutex<HashMap<(PackId, u64), Arc<InFlight>>>,
     offline_until: Mutex<Option<Instant>>,
     /// Whether on-demand reads are waiting for the network (a fill yields).
     pub demand: AtomicU64,
@@ -220,12 +248,14 @@ impl Chunks {
                     return Ok(f(d));
                 }
                 Origin::Remote(remote) => {
-                    let loc = *remote
+                    let current = remote.index();
+                    let loc = *current
                         .index
                         .get(id)
                         .ok_or_else(|| Error::Server(format!("the server's repository lacks chunk {id}")))?;
+                    let pack = current.index.packs[loc.pack as usize];
                     self.demand.fetch_add(1, Ordering::SeqCst);
-                    let r = self.fetch_frame(remote, loc.pack, loc.entry.frame_offset);
+                    let r = self.fetch_frame(remote, pack, loc.entry.frame_offset);
                     self.demand.fetch_sub(1, Ordering::SeqCst);
                     r?;
                     if self.cache.is_none() {
@@ -247,8 +277,9 @@ impl Chunks {
 
     /// Fetch the remote frame at `offset` of pack number `pack` into the
     /// cache, once even when several readers want it at the same time.
-    fn fetch_frame(&self, remote: &RemoteRepo, pack: u32, offset: u64) -> Result<()> {
+    fn fetch_frame(&self, remote: &RemoteRepo, pack: PackId, offset: u64) -> Result<()> {
         let e = remote
+            .index()
             .frames
             .get(&(pack, offset))
             .and_then(|v| v.first())
@@ -303,7 +334,8 @@ impl Chunks {
                 )));
             }
         }
-        let pack_id = remote.index.packs[span.pack as usize];
+        let pack_id = span.pack;
+        let current = remote.index();
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let got = remote
             .http
@@ -331,7 +363,7 @@ impl Chunks {
                 self.note_error(&msg);
                 Error::Untrusted(msg)
             })?;
-            let entries = remote.frames.get(&(span.pack, off)).cloned().unwrap_or_default();
+            let entries = current.frames.get(&(span.pack, off)).cloned().unwrap_or_default();
             let mut rel = Vec::with_capacity(entries.len());
             for e in &entries {
                 chunk_from_frame(&raw, e).map_err(|err| {
@@ -360,12 +392,13 @@ impl Chunks {
         let Origin::Remote(remote) = &self.origin else {
             return Vec::new();
         };
+        let current = remote.index();
         let mut frames: std::collections::BTreeMap<(u32, u64), (u32, u32)> = std::collections::BTreeMap::new();
         for id in want {
             if self.cache.as_ref().is_some_and(|c| c.has(id)) {
                 continue;
             }
-            if let Some(loc) = remote.index.get(id) {
+            if let Some(loc) = current.index.get(id) {
                 frames.insert(
                     (loc.pack, loc.entry.frame_offset),
                     (loc.entry.frame_len, loc.entry.frame_raw_len),
@@ -374,6 +407,7 @@ impl Chunks {
         }
         let mut out: Vec<Span> = Vec::new();
         for ((p, off), (len, raw)) in frames {
+            let p = current.index.packs[p as usize];
             let end = off + len as u64;
             match out.last_mut() {
                 Some(s) if s.pack == p && off >= s.end && off - s.end <= COALESCE_GAP && end - s.start <= max_range => {

@@ -215,6 +215,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             background,
             no_prefetch,
             threads,
+            poll,
         } => mount::mount(mount::MountArgs {
             source,
             mountpoint,
@@ -225,6 +226,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             background,
             no_prefetch,
             threads,
+            poll,
         }),
         Command::Cache { command } => mount::cache(command),
         Command::Profile { command } => mount::profile(command),

@@ -28,6 +28,7 @@ pub struct MountArgs {
     pub background: bool,
     pub no_prefetch: bool,
     pub threads: usize,
+    pub poll: u64,
 }
 
 fn size(s: &str, what: &str) -> Result<u64> {
@@ -59,11 +60,42 @@ fn options(src: &MountSourceArgs) -> Result<Options> {
         timeout_secs: src.timeout.max(1),
         threads: 4,
         prefetch: true,
+        poll_secs: 10,
     })
+}
+
+/// glibc's malloc settings for the daemon. Frames are allocated and freed
+/// by different threads at about 1 MiB each; with glibc's defaults
+/// (an arena per thread, an mmap threshold that grows after frees) they
+/// stay in fragmented arenas and the daemon's memory doubles (117 MB
+/// against 58 MB reading all of v3). Served from mmap and trimmed, they are
+/// returned to the system when freed.
+const MALLOC_ENV: [(&str, &str); 3] = [
+    ("MALLOC_MMAP_THRESHOLD_", "131072"),
+    ("MALLOC_TRIM_THRESHOLD_", "131072"),
+    ("MALLOC_ARENA_MAX", "2"),
+];
+
+/// Start again under [`MALLOC_ENV`] unless already under it. Nothing has
+/// happened yet, so the new image simply takes over (same pid).
+fn exec_with_malloc_settings() -> Result<()> {
+    if std::env::var_os(MALLOC_ENV[0].0).is_some() {
+        return Ok(());
+    }
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find the slate binary")?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .envs(MALLOC_ENV)
+        .exec();
+    // exec returns only on failure: go on with the defaults.
+    tracing::warn!("cannot restart with tuned malloc settings: {err}");
+    Ok(())
 }
 
 /// `slate mount`.
 pub fn mount(a: MountArgs) -> Result<ExitCode> {
+    exec_with_malloc_settings()?;
     if a.background {
         return background(&a);
     }
@@ -74,6 +106,7 @@ pub fn mount(a: MountArgs) -> Result<ExitCode> {
     opts.status = a.status.clone();
     opts.threads = a.threads.clamp(1, 64);
     opts.prefetch = !a.no_prefetch;
+    opts.poll_secs = a.poll;
     if !a.mountpoint.is_dir() {
         bail!("{} is not a directory", a.mountpoint.display());
     }
@@ -127,6 +160,7 @@ fn background(a: &MountArgs) -> Result<ExitCode> {
     let mut child = std::process::Command::new(exe)
         .args(&args)
         .env(NOTIFY_ENV, "1")
+        .envs(MALLOC_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))

@@ -701,3 +701,101 @@ fn tampered_packs_are_refused_and_a_killed_daemon_leaves_a_usable_cache() {
     );
     m.stop();
 }
+
+fn random_tree(dir: &Path, files: usize, seed: u64) {
+    std::fs::create_dir_all(dir.join("d")).unwrap();
+    let mut x = seed | 1;
+    for i in 0..files {
+        let data: Vec<u8> = (0..150_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(dir.join(format!("d/f{i:02}")), data).unwrap();
+    }
+}
+
+/// A filling mount of a channel follows it: a new head is verified and
+/// filled (only its new frames fetched) while the mounted tree stays the
+/// one it started with; the status names both.
+#[test]
+fn a_filling_mount_follows_its_channel_and_fetches_only_new_frames() {
+    if skip("a_filling_mount_follows_its_channel") {
+        return;
+    }
+    let r = Repo::new();
+    let tree = r.dir.path().join("t");
+    random_tree(&tree, 30, 7);
+    let first = r.commit(&tree, "c");
+    let server = r.serve();
+    let trust = s(&r.public()).to_string();
+    let cache = r.dir.path().join("cache");
+    let m = Mounted::start(
+        &r.dir.path().join("m"),
+        &[
+            "c",
+            "--server",
+            &server.url,
+            "--trust",
+            &trust,
+            "--cache",
+            s(&cache),
+            "--fill",
+            "--poll",
+            "1",
+        ],
+    );
+    let st = wait_status(&cache, Duration::from_secs(60), |v| v["complete"] == true);
+    assert_eq!(st["snapshot"], first.as_str());
+    let filled = st["fetched_bytes"].as_u64().unwrap();
+    let old = std::fs::read(tree.join("d/f03")).unwrap();
+
+    // Five files change; the rest is shared.
+    let before = r.pack_bytes();
+    let changed = r.dir.path().join("changed");
+    random_tree(&changed, 5, 99);
+    for i in 0..5 {
+        std::fs::copy(changed.join(format!("d/f{i:02}")), tree.join(format!("d/f{i:02}"))).unwrap();
+    }
+    let second = r.commit(&tree, "c");
+    let new_bytes = r.pack_bytes() - before;
+    let st = wait_status(&cache, Duration::from_secs(60), |v| {
+        v["fill_target"] == second.as_str() && v["complete"] == true
+    });
+    assert_eq!(st["snapshot"], first.as_str(), "the mount keeps its snapshot: {st}");
+    let fetched = st["fetched_bytes"].as_u64().unwrap() - filled;
+    assert!(
+        fetched <= new_bytes + (64 << 10),
+        "fetched {fetched} for {new_bytes} new: {st}"
+    );
+    assert!(fetched * 3 < filled, "fetched {fetched} after {filled}: {st}");
+    assert_eq!(
+        std::fs::read(m.dir.join("d/f03")).unwrap(),
+        old,
+        "the mounted tree did not change"
+    );
+    m.stop();
+    // The next mount of the channel, offline, is the new snapshot.
+    let m = Mounted::start(
+        &r.dir.path().join("m"),
+        &[
+            "c",
+            "--server",
+            &server.url,
+            "--trust",
+            &trust,
+            "--cache",
+            s(&cache),
+            "--offline",
+        ],
+    );
+    assert_eq!(
+        std::fs::read(m.dir.join("d/f03")).unwrap(),
+        std::fs::read(tree.join("d/f03")).unwrap()
+    );
+    assert_eq!(status(&cache)["snapshot"], second.as_str());
+    m.stop();
+}
