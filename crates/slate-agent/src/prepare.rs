@@ -1,7 +1,8 @@
 //! `slate prepare TREE`: make an OS tree slate-ready before it is
 //! committed. It gets the running slate binary, its systemd units (update
-//! timer, boot-ok after a good boot, state uploads, a boot timeout that
-//! restarts a hung slot), a state policy when it has none, the
+//! timer, the watch service that updates as soon as the fleet assigns,
+//! boot-ok after a good boot, state uploads, a boot timeout that restarts
+//! a hung slot), a state policy when it has none, the
 //! initramfs-tools hook or the dracut module that runs `slate state apply`
 //! before switch_root, and a regenerated initramfs, built in a chroot of
 //! the tree (in a private mount namespace, so nothing of it outlives the
@@ -22,6 +23,11 @@ const FILES: &[(&str, &str, u32)] = &[
     (
         "etc/systemd/system/slate-update.timer",
         include_str!("../../../dist/systemd/slate-update.timer"),
+        0o644,
+    ),
+    (
+        "etc/systemd/system/slate-watch.service",
+        include_str!("../../../dist/systemd/slate-watch.service"),
         0o644,
     ),
     (
@@ -55,6 +61,8 @@ const FILES: &[(&str, &str, u32)] = &[
 const ENABLED: &[(&str, &str)] = &[
     ("multi-user.target.wants", "slate-boot-ok.service"),
     ("timers.target.wants", "slate-update.timer"),
+    // Safe beside the timer: both wait for the agent's lock.
+    ("multi-user.target.wants", "slate-watch.service"),
     ("timers.target.wants", "slate-state-upload.timer"),
 ];
 
