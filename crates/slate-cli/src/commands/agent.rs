@@ -124,11 +124,10 @@ const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// it waits 5 s, doubling to 5 min, so an unreachable or broken server is
 /// not polled in a loop.
 pub fn watch(config: &Path, as_json: bool, retry: bool) -> Result<ExitCode> {
-    let cfg = load(config)?;
+    let mut cfg = load(config)?;
     if retry {
         update::forget_failures(&cfg).context("update failed")?;
     }
-    let http = cfg.http_with_timeout(cfg.timeout_secs)?;
     let mut backoff = Backoff::default();
     // The snapshot the last pass acted on (or was told of): the server
     // waits while it still assigns this one.
@@ -151,9 +150,18 @@ pub fn watch(config: &Path, as_json: bool, retry: bool) -> Result<ExitCode> {
             }
             need_pass = false;
         }
-        // Read each time: a pass may have adopted a new trust document.
-        let trusted = match slate_agent::trust::load(&cfg) {
-            Ok(t) => t,
+        // Read each time, as a pass does: AGENT.toml or the token may have
+        // been replaced, and a pass may have adopted a new trust document.
+        let ready = load(config).map_err(|e| format!("{e:#}")).and_then(|c| {
+            let http = c.http().map_err(|e| e.to_string())?;
+            let trusted = slate_agent::trust::load(&c).map_err(|e| e.to_string())?;
+            Ok((c, http, trusted))
+        });
+        let (http, trusted) = match ready {
+            Ok((c, http, trusted)) => {
+                cfg = c;
+                (http, trusted)
+            }
             Err(e) => {
                 eprintln!("slate: watch: {e}");
                 backoff.sleep();
