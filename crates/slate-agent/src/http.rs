@@ -337,7 +337,25 @@ impl Http {
 
     /// POST JSON, return the JSON answer (or null for 204).
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
-        let resp = self.send(|c, base| c.post(format!("{base}{path}")).json(body))?;
+        self.post_json_within(path, body, None)
+    }
+
+    /// [`Http::post_json`] with `timeout` for this request instead of the
+    /// client's: for a request the server holds open until something
+    /// changes (`?wait=`), which must not count as a server that hangs.
+    pub fn post_json_within(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        timeout: Option<Duration>,
+    ) -> Result<serde_json::Value> {
+        let resp = self.send(|c, base| {
+            let req = c.post(format!("{base}{path}")).json(body);
+            match timeout {
+                Some(t) => req.timeout(t),
+                None => req,
+            }
+        })?;
         if resp.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(serde_json::Value::Null);
         }

@@ -9,7 +9,8 @@
 //! syncs, flips the bootloader with boot counting, records its state
 //! atomically and reports back. [`boot`] drives GRUB and BLS boot counting;
 //! [`pull`] mirrors a channel into another repository; [`serverstate`]
-//! keeps this machine's state blobs on the server.
+//! keeps this machine's state blobs on the server; [`watch`] waits for the
+//! fleet to assign another snapshot.
 
 pub mod apply;
 pub mod boot;
@@ -30,5 +31,6 @@ pub mod state;
 pub mod trust;
 pub mod update;
 pub mod verity;
+pub mod watch;
 
 pub use error::{Error, Result};

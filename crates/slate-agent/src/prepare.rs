@@ -1,7 +1,8 @@
 //! `slate prepare TREE`: make an OS tree slate-ready before it is
 //! committed. It gets the running slate binary, its systemd units (update
-//! timer, boot-ok after a good boot, state uploads, a boot timeout that
-//! restarts a hung slot), a state policy when it has none, the
+//! timer, the watch service that updates as soon as the fleet assigns
+//! (installed, not enabled), boot-ok after a good boot, state uploads, a boot timeout that restarts
+//! a hung slot), a state policy when it has none, the
 //! initramfs-tools hook or the dracut module that runs `slate state apply`
 //! before switch_root, and a regenerated initramfs, built in a chroot of
 //! the tree (in a private mount namespace, so nothing of it outlives the
@@ -22,6 +23,11 @@ const FILES: &[(&str, &str, u32)] = &[
     (
         "etc/systemd/system/slate-update.timer",
         include_str!("../../../dist/systemd/slate-update.timer"),
+        0o644,
+    ),
+    (
+        "etc/systemd/system/slate-watch.service",
+        include_str!("../../../dist/systemd/slate-watch.service"),
         0o644,
     ),
     (
@@ -51,7 +57,11 @@ const FILES: &[(&str, &str, u32)] = &[
     ),
 ];
 
-/// Units enabled: (wants directory, unit).
+/// Units enabled: (wants directory, unit). `slate-watch.service` is put
+/// in the tree but not enabled: it runs a pass as soon as it starts, at
+/// boot, and a `slate update` started by hand or by a script then fails on
+/// the agent's lock (only the timer's waits for it); enabling it is the
+/// image maker's choice (docs/agent.md, "Told at once").
 const ENABLED: &[(&str, &str)] = &[
     ("multi-user.target.wants", "slate-boot-ok.service"),
     ("timers.target.wants", "slate-update.timer"),

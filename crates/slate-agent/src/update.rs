@@ -52,6 +52,12 @@ struct AgentLock {
 }
 
 fn lock(state_dir: &Path) -> Result<AgentLock> {
+    lock_or_wait(state_dir, false)
+}
+
+/// Take the agent's lock; with `wait`, wait for another agent to release
+/// it instead of failing (`slate update --wait-for-lock`, the watch loop).
+fn lock_or_wait(state_dir: &Path, wait: bool) -> Result<AgentLock> {
     std::fs::create_dir_all(state_dir)
         .map_err(|e| Error::Local(format!("cannot create {}: {e}", state_dir.display())))?;
     let p = state_dir.join("lock");
@@ -61,12 +67,18 @@ fn lock(state_dir: &Path) -> Result<AgentLock> {
         .write(true)
         .open(&p)
         .map_err(|e| Error::Local(format!("cannot open {}: {e}", p.display())))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        Error::Local(format!(
-            "another slate agent holds {}; try again when it is done",
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+        return Ok(AgentLock { _f: f });
+    }
+    if !wait {
+        return Err(Error::Local(format!(
+            "another slate agent holds {}; try again when it is done (or pass --wait-for-lock)",
             p.display()
-        ))
-    })?;
+        )));
+    }
+    tracing::info!("waiting for another slate agent to release {}", p.display());
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| Error::Local(format!("cannot lock {}: {e}", p.display())))?;
     Ok(AgentLock { _f: f })
 }
 
@@ -202,9 +214,16 @@ fn failed_pass(
     e
 }
 
-/// Run one pass.
+/// Run one pass; fails at once when another agent holds the lock.
 pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outcome> {
-    let _lock = lock(&cfg.state_dir)?;
+    run_after_others(cfg, dry_run, false, progress)
+}
+
+/// Run one pass; with `wait_lock`, after the pass another agent is running
+/// (the hourly timer's and the watch loop's passes queue up rather than
+/// fail, and never run at once).
+pub fn run_after_others(cfg: &Config, dry_run: bool, wait_lock: bool, progress: &dyn Progress) -> Result<Outcome> {
+    let _lock = lock_or_wait(&cfg.state_dir, wait_lock)?;
     let mut state = State::load(&cfg.state_dir)?;
     let mut trusted = crate::trust::load(cfg)?;
     let who = identity::detect(cfg.machine_id.as_deref(), &cfg.labels);

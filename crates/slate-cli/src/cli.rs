@@ -286,6 +286,13 @@ pub enum Command {
         /// Write the assigned snapshot even if it failed to boot here before.
         #[arg(long)]
         retry: bool,
+        /// If another pass is running, wait for it to end instead of failing.
+        #[arg(long)]
+        wait_for_lock: bool,
+        /// Run a pass, then keep running: wait for the server to assign
+        /// another snapshot and run a pass at once when it does.
+        #[arg(long, conflicts_with = "dry_run")]
+        watch: bool,
     },
     /// The agent's slots, which is active, pending and known good, and the last pass.
     Status {

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod changes;
 pub mod error;
 pub mod fleet;
 pub mod objects;
@@ -53,8 +54,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AppState {
     /// The repository served.
     pub repo: Arc<Repo>,
-    /// The fleet rules.
-    pub fleet: Arc<FleetConfig>,
+    /// The fleet rules in use (reloaded when the fleet file changes) and
+    /// the news of changes that waiting assignment requests listen to.
+    pub changes: Arc<changes::Changes>,
     /// The machines table.
     pub store: Arc<dyn FleetStore>,
     /// The machines' tokens (the same database as `store`).
@@ -75,13 +77,25 @@ impl AppState {
         let store = Arc::new(store);
         AppState {
             repo: Arc::new(repo),
-            fleet: Arc::new(fleet),
+            changes: Arc::new(changes::Changes::new(fleet, changes::DEFAULT_MAX_WAITERS)),
             store: store.clone(),
             tokens: store,
             private: None,
             signer: None,
             admin: None,
         }
+    }
+
+    /// The fleet rules in use.
+    pub fn fleet(&self) -> Arc<FleetConfig> {
+        self.changes.fleet()
+    }
+
+    /// Let at most `n` assignment requests wait for a change at once
+    /// (`slate serve` allows half of `--max-connections`).
+    pub fn with_max_waiters(mut self, n: usize) -> Self {
+        self.changes = Arc::new(changes::Changes::new((*self.changes.fleet()).clone(), n));
+        self
     }
 
     /// Sign every assignment with `signer`'s fleet key.

@@ -358,7 +358,16 @@ pub fn run_blocking(
             .with_context(|| format!("cannot listen on {listen}"))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         on_listening(&format!("{scheme}://{addr}"));
-        serve_with_limits(listener, crate::app(state), tls, limits, shutdown_signal())
+        // Watch channels and the fleet file from the start: a changed
+        // fleet file is taken up even before a machine waits.
+        let changes = state.changes.clone();
+        changes.watch(state.repo.clone());
+        let shutdown = async move {
+            shutdown_signal().await;
+            // Waiting requests answer now rather than hold the shutdown.
+            changes.close();
+        };
+        serve_with_limits(listener, crate::app(state), tls, limits, shutdown)
             .await
             .context("the server failed")
     });

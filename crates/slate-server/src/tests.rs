@@ -95,6 +95,11 @@ impl Fixture {
     }
 
     fn app_with(&self, fleet: FleetConfig) -> Router {
+        app(self.state_with(fleet))
+    }
+
+    /// The state [`Fixture::app_with`] serves, with the test machines enrolled.
+    fn state_with(&self, fleet: FleetConfig) -> AppState {
         let repo = Repo::open(&self.root()).unwrap();
         let admin = self.dir.path().join("admin.token");
         std::fs::write(&admin, format!("# the fleet's administrators\n{ADMIN_TOKEN}\n")).unwrap();
@@ -102,7 +107,7 @@ impl Fixture {
         for m in TEST_MACHINES {
             st.tokens.enroll(m, &crate::auth::hash(&token_of(m)), 1, false).unwrap();
         }
-        app(st)
+        st
     }
 
     /// The storage key and bytes of the repository's files below `dir`
@@ -951,4 +956,210 @@ async fn serves_tls() {
     std::fs::write(&key_file, "not a key").unwrap();
     let e = crate::server::tls_config(&cert_file, &key_file).await.err().unwrap();
     assert!(format!("{e:#}").contains("cannot load TLS certificate"), "{e:#}");
+}
+
+// ---- waiting for a change (issue 12) ---------------------------------------
+
+/// The assignment URI that waits `wait` seconds while `known` is assigned.
+fn wait_uri(wait: u64, known: &str) -> String {
+    format!("/v1/fleet/assignment?wait={wait}&known={known}")
+}
+
+/// Commit tree 1 to `channel` through a repository opened anew, as another
+/// process (`slate commit`) would: the server learns of it only from the
+/// channel file.
+fn commit_elsewhere(f: &Fixture, channel: &str) -> String {
+    let repo = Repo::open(&f.root()).unwrap();
+    let opts = CommitOptions {
+        channel,
+        message: "elsewhere".into(),
+        sign: None,
+        metadata: Vec::new(),
+    };
+    commit(&repo, &f.dir.path().join("tree1"), &opts, &NoProgress)
+        .unwrap()
+        .snapshot
+}
+
+#[tokio::test]
+async fn a_waiting_machine_hears_of_a_commit_by_another_writer_at_once() {
+    let f = Fixture::new();
+    let key = slate_core::keys::SecretKey::generate().unwrap();
+    let st = f
+        .state_with(FleetConfig::parse(DEFAULT_LAB, "FLEET.toml").unwrap())
+        .with_signer(crate::fleet::sign::Signer::new(key, 3600));
+    let app = app(st);
+    let body = json!({"machine": {"id": "m"}}).to_string();
+    let waiter = {
+        let (app, uri, body) = (app.clone(), wait_uri(20, &f.lab), body.clone());
+        tokio::spawn(async move { post(&app, &uri, body).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(!waiter.is_finished(), "the request waits while nothing changes");
+    // Blocks this test's thread for the commit: the server runs again after.
+    let next = commit_elsewhere(&f, LAB);
+    let committed = std::time::Instant::now();
+    let a = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiting request answers soon after the commit")
+        .unwrap();
+    let took = committed.elapsed();
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.json()["snapshot"], next.as_str());
+    // The watcher looks every second; a loaded machine gets some slack.
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "answered {took:?} after the commit"
+    );
+    // Signed when answered, like any assignment.
+    assert_eq!(a.json()["signature"].as_str().map(str::len), Some(128));
+    assert!(a.json()["issued_at"].as_u64().is_some());
+}
+
+#[tokio::test]
+async fn a_waiting_machine_hears_of_an_edited_fleet_file() {
+    let f = Fixture::new();
+    let file = f.dir.path().join("FLEET.toml");
+    std::fs::write(&file, DEFAULT_LAB).unwrap();
+    let app = f.app_with(FleetConfig::load(&file).unwrap());
+    let waiter = {
+        let (app, uri) = (app.clone(), wait_uri(20, &f.lab));
+        tokio::spawn(async move { post(&app, &uri, json!({"machine": {"id": "m"}}).to_string()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // A file that does not check changes nothing: the waiter keeps waiting.
+    std::fs::write(&file, "[default]\nchanel = \"other\"\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(!waiter.is_finished(), "a broken fleet file is not taken up");
+    // Written whole by rename, as editors and config management do.
+    let tmp = f.dir.path().join("FLEET.toml.new");
+    std::fs::write(
+        &tmp,
+        format!("[default]\nchannel = \"other\"\nsnapshot = \"{}\"\n", f.other),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let a = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiting request answers soon after the edit")
+        .unwrap();
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.json()["channel"], "other");
+    assert_eq!(a.json()["snapshot"], f.other.as_str());
+    assert_eq!(a.json()["pinned"], true);
+    // And the new rules are the server's from now on.
+    let again = assign(&app, json!({"id": "m"})).await;
+    assert_eq!(again.json()["channel"], "other");
+}
+
+#[tokio::test]
+async fn a_wait_without_change_ends_with_the_same_assignment() {
+    let f = Fixture::new();
+    let app = f.app(DEFAULT_LAB);
+    let body = json!({"machine": {"id": "m"}}).to_string();
+    let t = std::time::Instant::now();
+    let a = post(&app, &wait_uri(2, &f.lab), body.clone()).await;
+    let took = t.elapsed();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["snapshot"], f.lab.as_str());
+    assert!(took >= std::time::Duration::from_secs(2), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
+    // A commit to another channel wakes the waiter, which finds its own
+    // assignment unchanged and waits on.
+    let waiter = {
+        let (app, uri, body) = (app.clone(), wait_uri(4, &f.lab), body.clone());
+        tokio::spawn(async move { post(&app, &uri, body).await })
+    };
+    let t = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    commit_elsewhere(&f, OTHER);
+    let a = waiter.await.unwrap();
+    assert_eq!(a.json()["snapshot"], f.lab.as_str());
+    assert!(t.elapsed() >= std::time::Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn without_wait_and_known_nothing_waits() {
+    let f = Fixture::new();
+    let app = f.app(DEFAULT_LAB);
+    let body = json!({"machine": {"id": "m"}}).to_string();
+    for uri in [
+        "/v1/fleet/assignment".to_string(),
+        format!("/v1/fleet/assignment?known={}", f.lab),
+        "/v1/fleet/assignment?wait=20".to_string(),
+        wait_uri(0, &f.lab),
+        // The machine does not run what it is assigned: answered at once.
+        wait_uri(20, &f.other),
+    ] {
+        let t = std::time::Instant::now();
+        let a = post(&app, &uri, body.clone()).await;
+        assert_eq!(a.status, StatusCode::OK, "{uri}");
+        assert_eq!(a.json()["snapshot"], f.lab.as_str(), "{uri}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{uri}: {:?}",
+            t.elapsed()
+        );
+    }
+    for uri in [
+        "/v1/fleet/assignment?wait=soon".to_string(),
+        "/v1/fleet/assignment?wait=-1".to_string(),
+        format!("/v1/fleet/assignment?wait=5&known={}", &f.lab[..12]),
+        format!("/v1/fleet/assignment?wait=5&known={}", f.lab.to_uppercase()),
+    ] {
+        let a = post(&app, &uri, body.clone()).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}");
+        assert!(!a.error().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn the_token_is_checked_before_waiting() {
+    let f = Fixture::new();
+    let app = f.app(DEFAULT_LAB);
+    let body = json!({"machine": {"id": "m"}}).to_string();
+    let t = std::time::Instant::now();
+    let a = post_as(&app, &wait_uri(20, &f.lab), None, body.clone()).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = post_as(&app, &wait_uri(20, &f.lab), Some(&token_of("lone")), body).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_is_capped_under_the_handler_limit() {
+    let f = Fixture::new();
+    let app = f.app(DEFAULT_LAB);
+    let t = tokio::time::Instant::now();
+    let a = post(
+        &app,
+        &wait_uri(3600, &f.lab),
+        json!({"machine": {"id": "m"}}).to_string(),
+    )
+    .await;
+    let took = t.elapsed();
+    // Not the 503 of the 30 s handler limit: the wait ends first.
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.json()["snapshot"], f.lab.as_str());
+    assert!(took >= crate::changes::MAX_WAIT, "{took:?}");
+    assert!(took < crate::REQUEST_TIMEOUT, "{took:?}");
+}
+
+#[tokio::test]
+async fn waiters_over_the_cap_are_answered_at_once() {
+    let f = Fixture::new();
+    let app = app(f
+        .state_with(FleetConfig::parse(DEFAULT_LAB, "FLEET.toml").unwrap())
+        .with_max_waiters(1));
+    let body = json!({"machine": {"id": "m"}}).to_string();
+    let first = {
+        let (app, uri, body) = (app.clone(), wait_uri(3, &f.lab), body.clone());
+        tokio::spawn(async move { post(&app, &uri, body).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let t = std::time::Instant::now();
+    let a = post(&app, &wait_uri(3, &f.lab), body).await;
+    assert_eq!(a.json()["snapshot"], f.lab.as_str());
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
 }

@@ -1,14 +1,17 @@
-//! The agent's commands: update, status, boot-ok, rollback, pull.
+//! The agent's commands: update (once, or `--watch`), status, boot-ok,
+//! rollback, pull.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use slate_agent::config::Config;
 use slate_agent::update;
+use slate_core::SnapshotId;
 use slate_repo::progress::Progress;
 
 use crate::output::{human, json, Bar};
@@ -61,18 +64,24 @@ fn load(config: &Path) -> Result<Config> {
     Ok(Config::load(config)?)
 }
 
-pub fn update(config: &Path, as_json: bool, dry_run: bool, retry: bool) -> Result<ExitCode> {
+pub fn update(config: &Path, as_json: bool, dry_run: bool, retry: bool, wait_lock: bool) -> Result<ExitCode> {
     let cfg = load(config)?;
     if retry && !dry_run {
         update::forget_failures(&cfg).context("update failed")?;
     }
+    one_pass(&cfg, as_json, dry_run, wait_lock).context("update failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run one pass and print its outcome (a line on stderr, or JSON lines).
+fn one_pass(cfg: &Config, as_json: bool, dry_run: bool, wait_lock: bool) -> Result<update::Outcome> {
     let started = std::time::Instant::now();
     let progress: Box<dyn Progress> = if as_json {
         Box::new(JsonProgress::new())
     } else {
         Box::new(Bar::new(!std::io::stderr().is_terminal()))
     };
-    let outcome = update::run(&cfg, dry_run, progress.as_ref()).context("update failed")?;
+    let outcome = update::run_after_others(cfg, dry_run, wait_lock, progress.as_ref())?;
     if as_json {
         let mut v = serde_json::to_value(&outcome)?;
         v["event"] = "result".into();
@@ -100,7 +109,120 @@ pub fn update(config: &Path, as_json: bool, dry_run: bool, retry: bool) -> Resul
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(outcome)
+}
+
+/// First wait after a failure in `slate update --watch`; doubled on each
+/// failure in a row up to [`WATCH_BACKOFF_MAX`].
+const WATCH_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait after failures in a row.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// `slate update --watch`: a pass, then long-polls of the fleet server; a
+/// pass at once whenever the assignment names another snapshot. Runs until
+/// killed (a pass cut short resumes on the next). Failures never end it:
+/// it waits 5 s, doubling to 5 min, so an unreachable or broken server is
+/// not polled in a loop.
+pub fn watch(config: &Path, as_json: bool, retry: bool) -> Result<ExitCode> {
+    let mut cfg = load(config)?;
+    if retry {
+        update::forget_failures(&cfg).context("update failed")?;
+    }
+    let mut backoff = Backoff::default();
+    // The snapshot the last pass acted on (or was told of): the server
+    // waits while it still assigns this one.
+    let mut known: Option<SnapshotId> = None;
+    let mut need_pass = true;
+    loop {
+        if need_pass {
+            // Queue behind the hourly timer's pass rather than fail.
+            match one_pass(&cfg, as_json, false, true) {
+                Ok(o) => {
+                    known = o.target.as_deref().and_then(SnapshotId::from_hex).or(known);
+                    backoff.reset();
+                }
+                Err(e) => {
+                    // The pass recorded and reported it. It is not retried
+                    // in a loop: the next change or the hourly timer retries.
+                    eprintln!("slate: update failed: {e:#}");
+                    backoff.sleep();
+                }
+            }
+            need_pass = false;
+        }
+        // Read each time, as a pass does: AGENT.toml or the token may have
+        // been replaced, and a pass may have adopted a new trust document.
+        let ready = load(config).map_err(|e| format!("{e:#}")).and_then(|c| {
+            let http = c.http().map_err(|e| e.to_string())?;
+            let trusted = slate_agent::trust::load(&c).map_err(|e| e.to_string())?;
+            Ok((c, http, trusted))
+        });
+        let (http, trusted) = match ready {
+            Ok((c, http, trusted)) => {
+                cfg = c;
+                (http, trusted)
+            }
+            Err(e) => {
+                eprintln!("slate: watch: {e}");
+                backoff.sleep();
+                continue;
+            }
+        };
+        let asked = Instant::now();
+        match slate_agent::watch::wait_for_assignment(&cfg, &http, &trusted, known.as_ref(), WATCH_WAIT) {
+            Ok(Some(v)) => {
+                let id = v.assignment.snapshot;
+                eprintln!(
+                    "the fleet assigns {} (channel {}): updating",
+                    &id.to_hex()[..12],
+                    v.assignment.channel
+                );
+                known = Some(id);
+                need_pass = true;
+                backoff.reset();
+            }
+            Ok(None) => {
+                backoff.reset();
+                // A server that does not wait (an older one, or one with
+                // every waiting place taken) answers at once: ask again
+                // only when the wait would have ended.
+                if let Some(rest) = WATCH_WAIT.checked_sub(asked.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+            Err(e @ slate_agent::Error::Untrusted(_)) => {
+                // A pass fetches a rotated trust document and records and
+                // reports a refusal; after a pause, never in a loop.
+                eprintln!("slate: watch: {e}");
+                backoff.sleep();
+                need_pass = true;
+            }
+            Err(e) => {
+                eprintln!("slate: watch: {e}");
+                backoff.sleep();
+            }
+        }
+    }
+}
+
+/// How long one long-poll asks the server to wait (the server's cap).
+const WATCH_WAIT: Duration = slate_agent::watch::MAX_WAIT;
+
+/// The pause after failures in a row.
+#[derive(Default)]
+struct Backoff {
+    next: Option<Duration>,
+}
+
+impl Backoff {
+    fn sleep(&mut self) {
+        let d = self.next.unwrap_or(WATCH_BACKOFF);
+        std::thread::sleep(d);
+        self.next = Some((d * 2).min(WATCH_BACKOFF_MAX));
+    }
+    fn reset(&mut self) {
+        self.next = None;
+    }
 }
 
 pub fn status(config: &Path, as_json: bool) -> Result<ExitCode> {

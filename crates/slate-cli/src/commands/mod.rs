@@ -183,7 +183,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             json,
             dry_run,
             retry,
-        } => agent::update(&config, json, dry_run, retry),
+            wait_for_lock,
+            watch,
+        } => {
+            if watch {
+                agent::watch(&config, json, retry)
+            } else {
+                agent::update(&config, json, dry_run, retry, wait_for_lock)
+            }
+        }
         Command::Status { config, out } => agent::status(&config, out.json),
         Command::BootOk { config } => agent::boot_ok(&config),
         Command::Rollback { config } => agent::rollback(&config),

@@ -80,7 +80,11 @@ pub fn run(
     storage.state_quota = private.state_quota;
     storage.home_quota = private.home_quota;
     storage.home_append_only = private.home_append_only;
-    let mut state = AppState::new(repo, fleet, store).with_private(storage);
+    let mut state = AppState::new(repo, fleet, store)
+        .with_private(storage)
+        // Machines waiting for a change hold connections: leave at least
+        // half of them to downloads and everything else.
+        .with_max_waiters((access.limits.max_connections / 2).max(1));
     if let Some(file) = &access.admin_tokens {
         // A file that cannot be read or holds something else fails now,
         // not on the admin's first `fleet status`.

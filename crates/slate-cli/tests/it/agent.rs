@@ -1856,3 +1856,143 @@ fn an_update_refuses_a_boot_partition_without_room_and_keeps_the_good_entry() {
     assert_eq!(std::fs::read(boot.path().join("grub/slate.cfg")).unwrap(), cfg);
     assert_eq!(m.status()["active"], "a");
 }
+
+// ---------------------------------------------------------------------------
+// Issue 12: told at once.
+
+/// `slate update --watch` running for a machine, killed and reaped on drop;
+/// what it prints is collected as it comes.
+struct Watching {
+    child: Child,
+    /// Its stdout (JSON lines) and stderr lines, in the order read.
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Watching {
+    fn start(m: &Agent) -> Watching {
+        let mut c = m.command("update");
+        c.args(["--watch", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("run slate update --watch");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
+        for pipe in [out, err] {
+            let lines = lines.clone();
+            // Drained for the child's whole life, so it never blocks on a pipe.
+            std::thread::spawn(move || {
+                for l in BufReader::new(pipe).lines().map_while(|l| l.ok()) {
+                    lines.lock().unwrap().push(l);
+                }
+            });
+        }
+        Watching { child, lines }
+    }
+
+    /// Wait up to `limit` for a line for which `pred` holds; the time it took.
+    fn wait_for(&mut self, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> Duration {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if self.lines.lock().unwrap().iter().any(|l| pred(l)) {
+                return t.elapsed();
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "slate update --watch ended ({st}):\n{}",
+                    self.lines.lock().unwrap().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no {what} within {limit:?}; slate update --watch printed:\n{}",
+            self.lines.lock().unwrap().join("\n")
+        );
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A pass result line of `--json` for `target` with `result`.
+fn is_result(line: &str, target: &str, result: &str) -> bool {
+    serde_json::from_str::<Value>(line)
+        .is_ok_and(|v| v["event"] == "result" && v["target"] == target && v["result"] == result)
+}
+
+#[test]
+fn a_watching_agent_updates_as_soon_as_a_snapshot_is_committed() {
+    let mut lab = Lab::new();
+    let ta = small_tree(&lab.path().join("tree-a"), 1, 256 << 10);
+    let tb = small_tree(&lab.path().join("tree-b"), 2, 64 << 10);
+    let a = lab.commit("v", &ta);
+    lab.serve();
+    let mut m = lab.agent("m", Slots::Dirs);
+    m.target("v");
+    let mut w = Watching::start(&m);
+    // The first pass runs at once and writes a.
+    w.wait_for(Duration::from_secs(60), "first pass", |l| is_result(l, &a, "ok"));
+    // Then it waits on the server; give the long-poll time to be asked.
+    std::thread::sleep(Duration::from_secs(2));
+    // Another process moves the channel, as an administrator would.
+    let out = slate_ok(&[
+        "commit",
+        "--repo",
+        s(&lab.repo),
+        "--channel",
+        "t/v",
+        "-m",
+        "v2",
+        "--sign",
+        s(&lab.key),
+        s(&tb),
+    ]);
+    let b = out.lines().next().unwrap().trim().to_string();
+    assert_eq!(b.len(), 64, "{out}");
+    // The server's watcher looks every second: the agent is told within a
+    // few (generous for a loaded machine; the hourly timer is not involved).
+    let told = w.wait_for(Duration::from_secs(15), "news of the commit", |l| {
+        l.starts_with(&format!("the fleet assigns {}", &b[..12]))
+    });
+    eprintln!("told of the commit after {told:?}");
+    w.wait_for(Duration::from_secs(60), "the second pass", |l| is_result(l, &b, "ok"));
+    Reference::of(&tb).check(&m.slot_path("b"));
+    assert_eq!(m.status()["pending"], "b");
+    // It was told by a waiting request, not by polling in a loop.
+    let polls = lab.server().requests("known=");
+    assert!(!polls.is_empty(), "the agent long-polls with known=");
+    assert!(polls.len() < 10, "a few long polls, not a loop: {polls:#?}");
+    drop(w);
+    assert_eq!(m.update()["result"], "up-to-date");
+}
+
+#[test]
+fn a_pass_waits_for_the_lock_with_wait_for_lock() {
+    let (_lab, m, _, _) = lab_with_machine(64 << 10);
+    // Another agent's pass: the lock held by this process.
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(m.state_dir.join("lock"))
+        .unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let err = m.update_fails();
+    assert!(err.contains("another slate agent holds"), "{err}");
+    let mut c = m.command("update");
+    c.args(["--wait-for-lock", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "it waits while the lock is held");
+    drop(lock);
+    let st = crate::support::wait_timeout(&mut child, Duration::from_secs(60)).expect("it runs once the lock is free");
+    assert!(st.success());
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.contains("\"result\":\"up-to-date\""), "{out}");
+}

@@ -6,7 +6,7 @@
 //! with the protocol's `{"error": ...}` and one clear sentence.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
@@ -21,6 +21,7 @@ use slate_repo::Repo;
 use super::config::{Choice, FleetConfig, Selection};
 use super::machine::{check_text, Machine};
 use super::store::{MachineRow, ReportRecord};
+use crate::changes::MAX_WAIT;
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, BODY_LIMIT};
 
@@ -369,31 +370,123 @@ fn same_machine(caller: &str, machine: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// `POST /v1/fleet/assignment`: only with the machine's token, since the
-/// answer carries its group's state policy and the request records when
-/// it was last seen.
-pub async fn assignment(State(st): State<AppState>, headers: HeaderMap, req: Request) -> ApiResult<Json<Assignment>> {
-    let caller = caller(&st, &headers).await?;
-    let body = JsonBody::<AssignmentRequest>::from_request(req, &()).await?;
-    let machine = body.value.machine.validate().map_err(ApiError::BadRequest)?;
-    same_machine(&caller, &machine.id)?;
-    let (repo, fleet, store, signer) = (st.repo.clone(), st.fleet.clone(), st.store.clone(), st.signer.clone());
+/// The query of `POST /v1/fleet/assignment` (`docs/format/http.md`,
+/// "Waiting for a change"); both parameters are optional.
+#[derive(Debug, Default, Deserialize)]
+struct WaitQuery {
+    /// Seconds to wait for a change, capped at [`MAX_WAIT`].
+    wait: Option<String>,
+    /// The snapshot the machine already has (64 lower-case hex digits).
+    known: Option<String>,
+}
+
+/// How long to wait and for what: `None` answers at once.
+fn wait_params(uri: &axum::http::Uri) -> ApiResult<Option<(Duration, SnapshotId)>> {
+    let q = match uri.query() {
+        None => WaitQuery::default(),
+        Some(_) => {
+            axum::extract::Query::<WaitQuery>::try_from_uri(uri)
+                .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?
+                .0
+        }
+    };
+    let wait = match q.wait.as_deref() {
+        None => None,
+        Some(w) => Some(
+            w.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("wait={w:?} is not a number of seconds")))?,
+        ),
+    };
+    let known = match q.known.as_deref() {
+        None => None,
+        Some(k) => {
+            check_id("known", &Some(k.to_string())).map_err(ApiError::BadRequest)?;
+            SnapshotId::from_hex(k)
+        }
+    };
+    Ok(match (wait, known) {
+        (Some(w), Some(k)) if w > 0 => Some((Duration::from_secs(w).min(MAX_WAIT), k)),
+        _ => None,
+    })
+}
+
+/// [`resolve`] on a blocking thread (channel files are read from disk);
+/// with `record`, also note in the store that the machine asked.
+async fn resolve_blocking(st: &AppState, machine: &Machine, record: bool) -> ApiResult<ApiResult<Assignment>> {
+    let (repo, fleet, store, machine) = (st.repo.clone(), st.fleet(), st.store.clone(), machine.clone());
     // Reading channel files and writing SQLite both block.
-    let answer = tokio::task::spawn_blocking(move || {
-        let answer = resolve(&repo, &fleet, &machine).and_then(|mut a| {
-            if let Some(s) = &signer {
-                s.sign(&mut a)?;
+    Ok(tokio::task::spawn_blocking(move || {
+        let answer = resolve(&repo, &fleet, &machine);
+        if record {
+            let channel = answer.as_ref().ok().map(|a| a.channel.as_str());
+            // Bookkeeping must not cost a machine its assignment: log and go on.
+            if let Err(e) = store.record_assignment(&machine.id, machine.hostname.as_deref(), channel, now()) {
+                tracing::error!("{e}");
             }
-            Ok(a)
-        });
-        let channel = answer.as_ref().ok().map(|a| a.channel.as_str());
-        // Bookkeeping must not cost a machine its assignment: log and go on.
-        if let Err(e) = store.record_assignment(&machine.id, machine.hostname.as_deref(), channel, now()) {
-            tracing::error!("{e}");
         }
         answer
     })
-    .await??;
+    .await?)
+}
+
+/// Wait until `machine`'s assignment differs from `first` (or `wait` is
+/// over, or the server shuts down), and return the assignment then.
+async fn wait_for_change(
+    st: &AppState,
+    machine: &Machine,
+    mut news: tokio::sync::watch::Receiver<u64>,
+    first: Assignment,
+    wait: Duration,
+) -> ApiResult<Assignment> {
+    // Over the cap, answer at once: the agent asks again after its wait,
+    // and downloads keep their connections.
+    let Some(_slot) = st.changes.try_wait_slot() else {
+        tracing::warn!(
+            "too many machines wait for a change; {} is answered at once",
+            machine.id
+        );
+        return Ok(first);
+    };
+    st.changes.watch(st.repo.clone());
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if st.changes.is_closing() {
+            return Ok(first);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return Ok(first),
+            r = news.changed() => if r.is_err() { return Ok(first) },
+        }
+        // Each bump may concern another machine's channel: look again.
+        match resolve_blocking(st, machine, false).await? {
+            Ok(a) if a == first => continue,
+            other => return other,
+        }
+    }
+}
+
+/// `POST /v1/fleet/assignment`: only with the machine's token, since the
+/// answer carries its group's state policy and the request records when
+/// it was last seen. With `?wait=SECS&known=ID`, when the assignment still
+/// names `known`, the answer waits for it to change (at most [`MAX_WAIT`]).
+pub async fn assignment(State(st): State<AppState>, headers: HeaderMap, req: Request) -> ApiResult<Json<Assignment>> {
+    let caller = caller(&st, &headers).await?;
+    let wait = wait_params(req.uri())?;
+    let body = JsonBody::<AssignmentRequest>::from_request(req, &()).await?;
+    let machine = body.value.machine.validate().map_err(ApiError::BadRequest)?;
+    same_machine(&caller, &machine.id)?;
+    // Listen before the first look, so that no change falls in between.
+    let news = st.changes.subscribe();
+    let mut answer = resolve_blocking(&st, &machine, true).await??;
+    if let Some((wait, known)) = wait {
+        if answer.snapshot == known.to_hex() {
+            answer = wait_for_change(&st, &machine, news, answer, wait).await?;
+        }
+    }
+    if let Some(s) = &st.signer {
+        // Signed when answered, so that a long wait does not age it.
+        s.sign(&mut answer)?;
+    }
     Ok(Json(answer))
 }
 
