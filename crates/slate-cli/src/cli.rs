@@ -494,7 +494,7 @@ pub enum CacheCommand {
     /// Fetch a whole snapshot into a cache, in the foreground, and exit when it is complete.
     Fill {
         #[command(flatten)]
-        source: MountSourceArgs,
+        source: Box<MountSourceArgs>,
         /// Bandwidth cap (K, M, G suffixes: bytes per second).
         #[arg(long, value_name = "RATE")]
         rate: Option<String>,

@@ -503,7 +503,7 @@ pub fn serve(opts: &Options, opened: Opened, mountpoint: &Path, ready: impl FnOn
                     last = s;
                 }
                 ticks += 1;
-                if ticks % 10 == 0 {
+                if ticks.is_multiple_of(10) {
                     if let Some(c) = chunks.cache() {
                         c.save_access();
                     }
@@ -600,14 +600,12 @@ fn snapshot_status(base: &Status, chunks: &Chunks, all: &[(ChunkId, u32)], filli
     }
 }
 
+/// A snapshot to fill and its distinct chunks with their lengths.
+type FillTarget = (SnapshotId, Vec<(ChunkId, u32)>);
+
 /// A newer head of `channel` than `held`, checked like the first one,
 /// kept in the cache, with its chunks: `None` while the head is `held`.
-fn next_snapshot(
-    chunks: &Chunks,
-    channel: &str,
-    held: &SnapshotId,
-    keys: &Keys,
-) -> Result<Option<(SnapshotId, Vec<(ChunkId, u32)>)>> {
+fn next_snapshot(chunks: &Chunks, channel: &str, held: &SnapshotId, keys: &Keys) -> Result<Option<FillTarget>> {
     let Origin::Remote(remote) = chunks.origin() else {
         return Ok(None);
     };

@@ -31,9 +31,12 @@ const GRAIN: u64 = 64 << 10;
 /// Most lines a profile may have (a hostile one is bounded).
 const MAX_LINES: usize = 1_000_000;
 
+/// Entries in order of first read, and the ranges read from each.
+type Reads = (Vec<usize>, HashMap<usize, Vec<(u64, u64)>>);
+
 /// Records first reads while mounted.
 pub struct Recorder {
-    inner: Mutex<(Vec<usize>, HashMap<usize, Vec<(u64, u64)>>)>,
+    inner: Mutex<Reads>,
 }
 
 impl Default for Recorder {

@@ -54,14 +54,14 @@ impl Tree {
         let mut nlink = vec![1u32; n];
         // Tree order is depth first, so the open directories form a stack.
         let mut stack: Vec<u32> = vec![0];
-        for i in 1..n {
-            let path = &manifest.entries[i].path;
+        for (i, entry) in manifest.entries.iter().enumerate().skip(1) {
+            let path = &entry.path;
             let depth = path.iter().filter(|&&b| b == b'/').count() + 1;
             stack.truncate(depth);
             let p = *stack.last().unwrap_or(&0);
             parent[i] = p;
             children[p as usize].push(i as u32);
-            if matches!(manifest.entries[i].kind, Kind::Dir) {
+            if matches!(entry.kind, Kind::Dir) {
                 stack.push(i as u32);
             }
         }
