@@ -38,6 +38,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("state_bundle", targets::state_bundle),
     ("key_file", targets::key_file),
     ("trust", targets::trust),
+    ("profile", targets::profile),
 ];
 
 /// The target called `name`.

@@ -323,6 +323,21 @@ fn made_here(out: &Path) {
     v.extend_from_slice(rec.to_text(&[&key]).as_bytes());
     put(out, "trust", "live-record", &v);
 
+    // Boot profiles: one of a small tree, one naming paths it lacks.
+    let prof = |lines: &[(&str, u64, u64)]| slate_mount::record::Profile {
+        snapshot: slate_core::SnapshotId::of(b"seed"),
+        lines: lines.iter().map(|(p, a, b)| (p.as_bytes().to_vec(), *a, *b)).collect(),
+    };
+    put(
+        out,
+        "profile",
+        "small",
+        prof(&[("etc/os-release", 0, 65536), ("usr/bin/ls", 0, 131072), ("usr/bin/ls", 131072, 196608)])
+            .encode()
+            .as_bytes(),
+    );
+    put(out, "profile", "strangers", prof(&[("nope", 0, 1), ("usr/bin/ls", 1 << 40, 1 << 41)]).encode().as_bytes());
+
     // A state bundle of a small tree.
     let t = tempfile::tempdir().expect("a temporary directory");
     std::fs::create_dir(t.path().join("d")).expect("mkdir");

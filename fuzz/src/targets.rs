@@ -439,3 +439,48 @@ pub fn trust(data: &[u8]) {
         }
     }
 }
+
+/// A snapshot's boot profile (`/v1/repo/snapshots/../ID.profile`, a hint
+/// any server may send) and what a mount makes of it: decoded, encoded
+/// again to the same value, and mapped onto a small tree (paths it lacks,
+/// ranges past a file's end).
+pub fn profile(data: &[u8]) {
+    use slate_core::manifest::{ChunkRef, Entry, FileData, Kind, Manifest, Meta};
+    let Some(t) = text(data) else {
+        return;
+    };
+    let Ok(p) = slate_mount::record::Profile::decode(t) else {
+        return;
+    };
+    let again = slate_mount::record::Profile::decode(&p.encode()).expect("an encoded profile decodes");
+    assert_eq!(again, p);
+    let file = |size: u64| {
+        Kind::File(FileData {
+            size,
+            extents: None,
+            chunks: vec![ChunkRef {
+                id: slate_core::ChunkId::of(b"c"),
+                len: size as u32,
+            }],
+        })
+    };
+    let entry = |path: &str, kind| Entry {
+        path: path.as_bytes().to_vec(),
+        meta: Meta::default(),
+        kind,
+    };
+    let tree = slate_mount::tree::Tree::new(Manifest {
+        entries: vec![
+            entry("", Kind::Dir),
+            entry("etc", Kind::Dir),
+            entry("etc/os-release", file(300)),
+            entry("usr", Kind::Dir),
+            entry("usr/bin", Kind::Dir),
+            entry("usr/bin/ls", file(140_000)),
+        ],
+    });
+    for (id, len) in p.chunks(&tree) {
+        assert_eq!(id, slate_core::ChunkId::of(b"c"));
+        assert!(len == 300 || len == 140_000);
+    }
+}
