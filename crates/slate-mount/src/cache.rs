@@ -394,3 +394,112 @@ fn read_access(path: &Path) -> HashMap<PackId, u64> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slate_core::pack::compress_frame;
+
+    /// A frame of one chunk of `n` pseudo-random bytes: (compressed bytes,
+    /// its entry, the chunk).
+    fn frame(seed: u8, n: usize) -> (Vec<u8>, IndexEntry, Vec<u8>) {
+        let mut x = seed as u64 * 0x9e37_79b9 + 1;
+        let raw: Vec<u8> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let z = compress_frame(&raw, 3).unwrap();
+        let e = IndexEntry {
+            id: ChunkId::of(&raw),
+            frame_offset: 0,
+            frame_len: z.len() as u32,
+            frame_raw_len: raw.len() as u32,
+            offset: 0,
+            len: raw.len() as u32,
+        };
+        (z, e, raw)
+    }
+
+    fn store(c: &Cache, f: &(Vec<u8>, IndexEntry, Vec<u8>)) {
+        c.store(&[(&f.0, vec![f.1])]).unwrap();
+    }
+
+    #[test]
+    fn least_recently_used_goes_first_pins_stay_and_order_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("c");
+        let frames: Vec<_> = (1..=4).map(|i| frame(i, 100_000)).collect();
+        let one = frames[0].0.len() as u64 + 9;
+        {
+            let c = Cache::open(&root, one * 3 + 100).unwrap();
+            for f in &frames[..3] {
+                store(&c, f);
+            }
+            // Use the first: the second is now the least recently used.
+            assert!(c.frame(&frames[0].1.id).unwrap().is_some());
+            c.set_pins([frames[1].1.id].into_iter().collect());
+            store(&c, &frames[3]);
+            assert!(c.has(&frames[0].1.id), "recently used");
+            assert!(c.has(&frames[1].1.id), "pinned");
+            assert!(!c.has(&frames[2].1.id), "least recently used and not pinned");
+            assert!(c.has(&frames[3].1.id));
+            assert!(c.disk_bytes() <= c.limit());
+            c.save_access();
+        }
+        // Reopened: same content, same order (frames[0] older than [3]).
+        let c = Cache::open(&root, one * 2 + 100).unwrap();
+        assert!(c.has(&frames[0].1.id) && c.has(&frames[1].1.id) && c.has(&frames[3].1.id));
+        store(&c, &frames[2]);
+        // Now over the bound by two packs: [0] and [3] are older than [2];
+        // [1] is pinned no more (pins are not kept across restarts).
+        assert!(c.has(&frames[2].1.id));
+        assert!(c.disk_bytes() <= c.limit());
+        assert!(!c.has(&frames[0].1.id));
+        // A repository after all: the chunk reader of slate-repo reads it.
+        let repo = Repo::open(&root).unwrap();
+        let index = repo.load_index().unwrap();
+        let mut r = slate_repo::reader::ChunkReader::new(repo.storage.as_ref(), &index);
+        assert_eq!(r.read(&frames[2].1.id).unwrap(), frames[2].2);
+    }
+
+    #[test]
+    fn a_damaged_pack_is_dropped_when_read_and_a_cut_one_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("c");
+        let (a, b) = (frame(7, 50_000), frame(8, 50_000));
+        let c = Cache::open(&root, 1 << 30).unwrap();
+        store(&c, &a);
+        store(&c, &b);
+        let (pack, e) = c.locate(&a.1.id).unwrap();
+        let path = root.join(pack_key(&pack));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = e.frame_offset as usize + e.frame_len as usize / 2;
+        bytes[at] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(c.frame(&a.1.id).unwrap().is_none(), "damaged: not served");
+        assert!(!c.has(&a.1.id) && !path.exists(), "and deleted");
+        assert_eq!(c.frame(&b.1.id).unwrap().unwrap().raw, b.2);
+        drop(c);
+        // A pack cut short (a crash mid-copy) is dropped at open.
+        let (pack, _) = Cache::open(&root, 1 << 30).unwrap().locate(&b.1.id).unwrap();
+        let path = root.join(pack_key(&pack));
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+        let c = Cache::open(&root, 1 << 30).unwrap();
+        assert!(!c.has(&b.1.id));
+        assert_eq!(c.disk_bytes(), 0);
+    }
+
+    #[test]
+    fn a_directory_that_is_not_a_cache_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("precious"), b"x").unwrap();
+        let err = Cache::open(dir.path(), 1 << 20).err().unwrap().to_string();
+        assert!(err.contains("neither empty nor a slate cache"), "{err}");
+        assert!(dir.path().join("precious").exists());
+    }
+}
