@@ -63,7 +63,8 @@ def fmt_ratio(q):
     if q is None:
         return 'n/a'
     m, lo, hi = q
-    return f'**{m:.2f}** ({lo:.2f}-{hi:.2f})' if len(reps) > 1 else f'**{m:.2f}**'
+    f = lambda x: f'{x:.2f}' if x >= 0.1 else f'{x:.3f}' if x >= 0.01 else f'{x:.4f}'
+    return f'**{f(m)}** ({f(lo)}-{f(hi)})' if lo != hi else f'**{f(m)}**'
 
 
 mbps = lambda t: read_bytes / 1e6 / t if t else None
