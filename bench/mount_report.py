@@ -145,6 +145,7 @@ line = '| daemon peak RSS, largest over all sessions (MiB) | ' + ' | '.join(
 if has_slate:
     line += ' | ' + ' | '.join('' for s in others)
 p(line + ' |')
+p('')
 for s in cols:
     per = {se: max(int(v) for v in d.values() if v) for (sy, se, k), d in data.items()
            if sy == s and k == 'hwm_kb' and any(d.values())}
