@@ -9,8 +9,8 @@
 #   native  cp -a of v3 on that ext4 file system.
 #   slate   `slate mount lab MNT --server URL --trust KEY.pub --cache DIR
 #           --status FILE` of a signed commit of v3 served by `slate serve`,
-#           run in the foreground in the background (&) like every peer's
-#           daemon; "complete cache" = a cache filled beforehand by `slate
+#           started without --background as a child of this script (&),
+#           like every peer's daemon; "complete cache" = a cache filled beforehand by `slate
 #           cache fill` (untimed); "empty cache" = a --cache directory that
 #           does not exist yet. Skipped, with a note, when this build's
 #           `slate mount --help` fails.
@@ -35,7 +35,7 @@
 #   read   `xargs -0 cat >/dev/null` of every regular file, in one fixed order
 #          (the native tree's `find -type f` sorted by path, the same list for
 #          every system), cold, then again warm; MB/s = bytes of those files
-#          (hard links read once per name) / wall time.
+#          (a hard-linked file counted once per name) / wall time.
 #   boot   over HTTP with an empty cache: `cat` of the files a v3 boot reads
 #          (bench/mount_bootfiles.py, rules in its header: the ELF closure of
 #          systemd, journald, udevd, logind, the early helpers and generators,
@@ -52,7 +52,7 @@
 # and bodies); all requests logged from the start of the mount to the end of
 # the unmount are counted. For slate, the status file's fetched_bytes and
 # requests are recorded too. Daemon memory: VmHWM from /proc/PID/status of
-# every daemon of a mount (slate's pid from its status file; httpdirfs and
+# every daemon of a mount (slate mount's process; httpdirfs and
 # squashfuse_ll; casync and its casync-http helper) just before unmounting;
 # the report gives the largest, over all sessions. slate's status file is
 # read then too (1.2 s after the command: it is rewritten at most once a
