@@ -488,7 +488,12 @@ mod tests {
         let (pack, _) = Cache::open(&root, 1 << 30).unwrap().locate(&b.1.id).unwrap();
         let path = root.join(pack_key(&pack));
         let len = std::fs::metadata(&path).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
         let c = Cache::open(&root, 1 << 30).unwrap();
         assert!(!c.has(&b.1.id));
         assert_eq!(c.disk_bytes(), 0);

@@ -37,7 +37,14 @@ pub struct SnapshotFs {
     handles: Mutex<HashMap<u64, Arc<Layout>>>,
     next_handle: AtomicU64,
     recorder: Option<Arc<Recorder>>,
+    /// Layouts of files read without an open (the kernel's no-open mode).
+    layouts: Mutex<HashMap<u64, Arc<Layout>>>,
+    /// Whether the kernel skips open, flush and release for files.
+    no_open: bool,
 }
+
+/// Layouts kept for files read without an open.
+const KEPT_LAYOUTS: usize = 4096;
 
 fn errno_of(e: &slate_agent::Error) -> Errno {
     match e {
@@ -55,6 +62,8 @@ impl SnapshotFs {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             recorder,
+            layouts: Mutex::new(HashMap::new()),
+            no_open: false,
         }
     }
 
@@ -62,8 +71,17 @@ impl SnapshotFs {
         if let Some(l) = self.handles.lock().unwrap().get(&u64::from(fh)) {
             return Some(l.clone());
         }
+        if let Some(l) = self.layouts.lock().unwrap().get(&u64::from(ino)) {
+            return Some(l.clone());
+        }
         let i = self.tree.entry_of(ino)?;
-        self.tree.layout(i).map(Arc::new)
+        let layout = Arc::new(self.tree.layout(i)?);
+        let mut kept = self.layouts.lock().unwrap();
+        if kept.len() >= KEPT_LAYOUTS {
+            kept.clear();
+        }
+        kept.insert(u64::from(ino), layout.clone());
+        Some(layout)
     }
 
     /// Fill `out` with file bytes from `offset`.
@@ -97,6 +115,11 @@ impl fuser::Filesystem for SnapshotFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        // Files need no open: the kernel then sends no open, flush or
+        // release (three round trips per file), and keeps pages across
+        // opens as with FOPEN_KEEP_CACHE. Warm reads of many small files
+        // then cost what they cost on a local filesystem.
+        self.no_open = config.add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT).is_ok();
         let _ = config.set_max_readahead(MAX_READ);
         let _ = config.set_max_write(MAX_READ);
         let _ = config.set_max_background(64);
@@ -134,6 +157,10 @@ impl fuser::Filesystem for SnapshotFs {
         let Some(i) = self.tree.entry_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
+        if self.no_open {
+            // ENOSYS here switches the kernel to no-open mode for good.
+            return reply.error(Errno::ENOSYS);
+        }
         let Some(layout) = self.tree.layout(i) else {
             return reply.error(Errno::EISDIR);
         };
@@ -188,8 +215,9 @@ impl fuser::Filesystem for SnapshotFs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        // Nothing is ever written.
-        reply.ok();
+        // Nothing is ever written; ENOSYS tells the kernel not to send
+        // flushes again (one round trip less per close).
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -533,6 +533,17 @@ pub fn serve(opts: &Options, opened: Opened, mountpoint: &Path, ready: impl FnOn
         }
     });
 
+    // The status names this mount before anyone is told it is there.
+    if let Some(p) = &status_path {
+        let s = snapshot_status(
+            &shared_status.lock().unwrap(),
+            &chunks,
+            &all_chunks,
+            opts.fill,
+            "mounted",
+        );
+        let _ = s.save(p);
+    }
     ready();
     let result = session.run();
     signal_handle.close();
