@@ -199,7 +199,7 @@ pub fn cache(cmd: CacheCommand) -> Result<ExitCode> {
             }
             let mut s = Status::load(&path).unwrap_or_default();
             let alive = s.pid != 0 && std::path::Path::new(&format!("/proc/{}", s.pid)).exists();
-            if !alive && s.state != "unmounted" && !s.snapshot.is_empty() {
+            if !alive && s.pid != 0 && s.state != "unmounted" && !s.snapshot.is_empty() {
                 s.state = "stopped".into();
             }
             if out.json {
@@ -262,6 +262,27 @@ pub fn cache(cmd: CacheCommand) -> Result<ExitCode> {
                 .fetched_bytes
                 .load(std::sync::atomic::Ordering::Relaxed);
             let requests = opened.chunks.stats.requests.load(std::sync::atomic::Ordering::Relaxed);
+            // What `slate cache status` and an applet show until a mount runs.
+            let _ = Status {
+                snapshot: opened.id.to_hex(),
+                channel: opened.channel.clone(),
+                state: "unmounted".into(),
+                fill_target: opened.id.to_hex(),
+                cached_bytes: cached,
+                total_bytes: total,
+                complete: cached == total,
+                fetched_bytes: fetched,
+                requests,
+                cache_bytes: cache.disk_bytes(),
+                cache_limit: cache.limit(),
+                pinned_over_limit: cache.pinned_over_limit(),
+                updated_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                ..Status::default()
+            }
+            .save(&cache.root().join("mount/status.json"));
             if out.json {
                 println!(
                     "{}",
