@@ -41,7 +41,13 @@ pub struct SnapshotFs {
     layouts: Mutex<HashMap<u64, Arc<Layout>>>,
     /// Whether the kernel skips open, flush and release for files.
     no_open: bool,
+    /// Where the last read of each inode ended, to see sequential reads.
+    read_ends: Mutex<HashMap<u64, u64>>,
 }
+
+/// How far ahead of a sequential read a remote mount fetches (raw bytes
+/// of the file): frames come in one request instead of one per kernel read.
+const READ_AHEAD: u64 = 8 << 20;
 
 /// Layouts kept for files read without an open.
 const KEPT_LAYOUTS: usize = 4096;
@@ -64,6 +70,7 @@ impl SnapshotFs {
             recorder,
             layouts: Mutex::new(HashMap::new()),
             no_open: false,
+            read_ends: Mutex::new(HashMap::new()),
         }
     }
 
@@ -189,6 +196,27 @@ impl fuser::Filesystem for SnapshotFs {
         let len = (size as u64).min(layout.size - offset) as usize;
         if let (Some(r), Some(i)) = (&self.recorder, self.tree.entry_of(ino)) {
             r.note(i, offset, len as u64);
+        }
+        // A read that starts where the last one of this file ended is
+        // sequential: fetch what follows in large requests. Random reads
+        // (a program mapping parts of a library) fetch only their frames.
+        let sequential = {
+            let mut ends = self.read_ends.lock().unwrap();
+            if ends.len() >= KEPT_LAYOUTS {
+                ends.clear();
+            }
+            let seq = offset > 0 && ends.get(&u64::from(ino)) == Some(&offset);
+            ends.insert(u64::from(ino), offset + len as u64);
+            seq
+        };
+        if sequential && self.chunks.is_remote() {
+            let mut ids = Vec::new();
+            for (_, data_start, n) in layout.pieces(offset, READ_AHEAD) {
+                for (k, _, _) in layout.chunk_spans(data_start, n) {
+                    ids.push(layout.chunks[k].id);
+                }
+            }
+            self.chunks.read_ahead(&ids);
         }
         let mut out = vec![0u8; len];
         match self.read_into(&layout, offset, &mut out) {

@@ -173,6 +173,26 @@ fn resolve_remote(http: &Http, spec: &str, fleet: &[PublicKey]) -> Result<(Snaps
     Ok((head, Some(spec.to_string())))
 }
 
+/// A snapshot's record and signature file from a server (the second empty
+/// when it has none).
+fn fetch_record(http: &Http, id: &SnapshotId) -> Result<(Vec<u8>, Vec<u8>)> {
+    let h = id.to_hex();
+    let record = http.get(&format!("/v1/repo/snapshots/{}/{h}.snap", &h[..2]))?;
+    let sigs = http
+        .get_optional(&format!("/v1/repo/snapshots/{}/{h}.sig", &h[..2]))?
+        .unwrap_or_default();
+    Ok((record, sigs))
+}
+
+/// Decode a record, checking it against its id, and require the keys'
+/// threshold of valid release signatures; `Err` holds why not.
+fn check_record(id: &SnapshotId, record: &[u8], sigs: &[u8], keys: &Keys) -> std::result::Result<Snapshot, String> {
+    let snap = Snapshot::decode(record, id).map_err(|e| format!("snapshot {id}: {e}"))?;
+    let parsed = decode_signatures(sigs).map_err(|e| format!("signatures of snapshot {id}: {e}"))?;
+    check_threshold(id, &parsed, &keys.release, keys.threshold).map_err(|e| e.to_string())?;
+    Ok(snap)
+}
+
 /// Read a snapshot's manifest through `chunks`, checked against its hash.
 fn read_manifest(chunks: &Chunks, snap: &Snapshot) -> Result<slate_core::manifest::Manifest> {
     let mut bytes = Vec::with_capacity(snap.manifest.size.min(64 << 20) as usize);
@@ -279,11 +299,7 @@ pub fn open(opts: &Options) -> Result<Opened> {
             };
             match online {
                 Some((id, channel)) => {
-                    let h = id.to_hex();
-                    let record = http.get(&format!("/v1/repo/snapshots/{}/{h}.snap", &h[..2]))?;
-                    let sigs = http
-                        .get_optional(&format!("/v1/repo/snapshots/{}/{h}.sig", &h[..2]))?
-                        .unwrap_or_default();
+                    let (record, sigs) = fetch_record(&http, &id)?;
                     let idx_dir = cache.root().join("mount/remote");
                     let remote = RemoteRepo::open(http, &idx_dir)?;
                     (id, channel, record, sigs, Origin::Remote(remote), false)
@@ -312,10 +328,8 @@ pub fn open(opts: &Options) -> Result<Opened> {
         }
         (_, None) => unreachable!("servers and configs make a client"),
     };
-    let snap = Snapshot::decode(&record, &id).map_err(|e| Error::Untrusted(format!("snapshot {id}: {e}")))?;
-    let parsed = decode_signatures(&sigs).map_err(|e| Error::Untrusted(format!("signatures of snapshot {id}: {e}")))?;
-    check_threshold(&id, &parsed, &keys.release, keys.threshold)
-        .map_err(|e| Error::Untrusted(format!("refusing to mount: {e}")))?;
+    let snap =
+        check_record(&id, &record, &sigs, &keys).map_err(|e| Error::Untrusted(format!("refusing to mount: {e}")))?;
     if let Some(c) = &cache {
         c.keep_snapshot(&id, &record, &sigs)?;
         if let Some(ch) = &channel {
@@ -624,15 +638,8 @@ fn next_snapshot(chunks: &Chunks, channel: &str, held: &SnapshotId, keys: &Keys)
     if id == *held {
         return Ok(None);
     }
-    let h = id.to_hex();
-    let record = remote.http.get(&format!("/v1/repo/snapshots/{}/{h}.snap", &h[..2]))?;
-    let sigs = remote
-        .http
-        .get_optional(&format!("/v1/repo/snapshots/{}/{h}.sig", &h[..2]))?
-        .unwrap_or_default();
-    let snap = Snapshot::decode(&record, &id).map_err(|e| Error::Untrusted(format!("snapshot {id}: {e}")))?;
-    let parsed = decode_signatures(&sigs).map_err(|e| Error::Untrusted(format!("signatures of snapshot {id}: {e}")))?;
-    check_threshold(&id, &parsed, &keys.release, keys.threshold)
+    let (record, sigs) = fetch_record(&remote.http, &id)?;
+    let snap = check_record(&id, &record, &sigs, keys)
         .map_err(|e| Error::Untrusted(format!("refusing the new head of {channel}: {e}")))?;
     remote.refresh()?;
     let tree = Tree::new(read_manifest(chunks, &snap)?);

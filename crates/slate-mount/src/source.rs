@@ -26,6 +26,9 @@ const MEMORY_FRAMES: usize = 24;
 /// this long instead of each waiting for the timeout again.
 const OFFLINE_HOLD: Duration = Duration::from_secs(3);
 
+/// Largest request of a read-ahead.
+const READ_AHEAD_RANGE: u64 = 4 << 20;
+
 /// Frames closer than this are fetched in one request.
 const COALESCE_GAP: u64 = 16 << 10;
 
@@ -178,6 +181,11 @@ impl Chunks {
         }
     }
 
+    /// Whether it reads from a server.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.origin, Origin::Remote(_))
+    }
+
     /// The cache, if any.
     pub fn cache(&self) -> Option<&Cache> {
         self.cache.as_ref()
@@ -285,38 +293,82 @@ impl Chunks {
             .and_then(|v| v.first())
             .copied()
             .ok_or_else(|| Error::Server("a chunk's frame is not in the server's index".into()))?;
-        let span = Span {
-            pack,
-            start: offset,
-            end: offset + e.frame_len as u64,
-            frames: vec![(offset, e.frame_len, e.frame_raw_len)],
-        };
-        let (flight, leader) = {
+        self.fetch_shared(
+            remote,
+            &Span {
+                pack,
+                start: offset,
+                end: offset + e.frame_len as u64,
+                frames: vec![(offset, e.frame_len, e.frame_raw_len)],
+            },
+        )
+    }
+
+    /// Fetch `span`'s frames into the cache, each once even when several
+    /// readers want it at the same time: frames another reader is fetching
+    /// are waited for, not fetched again.
+    fn fetch_shared(&self, remote: &RemoteRepo, span: &Span) -> Result<()> {
+        let flight = Arc::new(InFlight {
+            done: Mutex::new(None),
+            cv: Condvar::new(),
+        });
+        let mut mine = Vec::new();
+        let mut theirs = Vec::new();
+        {
             let mut m = self.inflight.lock().unwrap();
-            match m.get(&(pack, offset)) {
-                Some(f) => (f.clone(), false),
-                None => {
-                    let f = Arc::new(InFlight {
-                        done: Mutex::new(None),
-                        cv: Condvar::new(),
-                    });
-                    m.insert((pack, offset), f.clone());
-                    (f, true)
+            for f in &span.frames {
+                match m.get(&(span.pack, f.0)) {
+                    Some(other) => theirs.push(other.clone()),
+                    None => {
+                        m.insert((span.pack, f.0), flight.clone());
+                        mine.push(*f);
+                    }
                 }
             }
+        }
+        let result = match (mine.first(), mine.last()) {
+            (Some(first), Some(last)) => {
+                let sub = Span {
+                    pack: span.pack,
+                    start: first.0,
+                    end: last.0 + last.1 as u64,
+                    frames: mine.clone(),
+                };
+                self.fetch_span(remote, &sub).map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
         };
-        if leader {
-            let r = self.fetch_span(remote, &span).map_err(|e| e.to_string());
-            *flight.done.lock().unwrap() = Some(r.clone());
-            flight.cv.notify_all();
-            self.inflight.lock().unwrap().remove(&(pack, offset));
-            return r.map_err(Error::Server);
+        *flight.done.lock().unwrap() = Some(result.clone());
+        flight.cv.notify_all();
+        {
+            let mut m = self.inflight.lock().unwrap();
+            for f in &mine {
+                m.remove(&(span.pack, f.0));
+            }
         }
-        let mut done = flight.done.lock().unwrap();
-        while done.is_none() {
-            done = flight.cv.wait(done).unwrap();
+        for other in theirs {
+            let mut done = other.done.lock().unwrap();
+            while done.is_none() {
+                done = other.cv.wait(done).unwrap();
+            }
         }
-        done.clone().unwrap().map_err(Error::Server)
+        result.map_err(Error::Server)
+    }
+
+    /// Bring the chunks of `ids` the cache lacks in as few requests as
+    /// their places allow (for a file read sequentially: what comes next).
+    /// Errors are left to the reads that need the data.
+    pub fn read_ahead(&self, ids: &[ChunkId]) {
+        let Origin::Remote(remote) = &self.origin else {
+            return;
+        };
+        self.demand.fetch_add(1, Ordering::SeqCst);
+        for span in self.plan(ids, READ_AHEAD_RANGE) {
+            if self.fetch_shared(remote, &span).is_err() {
+                break;
+            }
+        }
+        self.demand.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Fetch one span, verify every chunk of every frame in it, and store
