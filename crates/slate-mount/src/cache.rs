@@ -233,12 +233,15 @@ impl Cache {
     }
 
     /// Store verified frames (compressed bytes and their chunks' entries,
-    /// offsets relative to each frame) as one new pack.
-    pub fn store(&self, frames: &[(&[u8], Vec<IndexEntry>)]) -> Result<()> {
+    /// offsets relative to each frame) as one new pack. Returns the pack
+    /// and where each frame landed in it (none when there was nothing).
+    pub fn store(&self, frames: &[(&[u8], Vec<IndexEntry>)]) -> Result<Option<(PackId, Vec<u64>)>> {
         let mut data = pack_header();
         let mut entries = Vec::new();
+        let mut offsets = Vec::with_capacity(frames.len());
         for (bytes, chunk_entries) in frames {
             let at = data.len() as u64;
+            offsets.push(at);
             data.extend_from_slice(bytes);
             for e in chunk_entries {
                 entries.push(IndexEntry {
@@ -249,7 +252,7 @@ impl Cache {
             }
         }
         if entries.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let id = PackId::of(&data);
         let idx = PackIndex {
@@ -257,12 +260,8 @@ impl Cache {
             entries,
         };
         // The pack before its index: an index always has its pack.
-        self.storage
-            .write(&pack_key(&id), &data)
-            .map_err(|e| io_err("cannot write to the cache", e))?;
-        self.storage
-            .write(&index_key(&id), &idx.encode())
-            .map_err(|e| io_err("cannot write to the cache", e))?;
+        self.write_file(&pack_key(&id), &data)?;
+        self.write_file(&index_key(&id), &idx.encode())?;
         {
             let mut inner = self.inner.lock().unwrap();
             if !inner.packs.contains_key(&id) {
@@ -281,6 +280,34 @@ impl Cache {
             }
         }
         self.evict();
+        Ok(Some((id, offsets)))
+    }
+
+    /// Write a file of the cache: complete under its name or not at all
+    /// (temporary file, rename), but not synced. The cache needs no
+    /// durability: after a power cut a file may be empty or cut short, which
+    /// `open` (lengths) or the first read (hashes) finds, and the frames are
+    /// fetched again. Syncing every pack would cost two disk flushes per
+    /// read that misses.
+    fn write_file(&self, key: &str, data: &[u8]) -> Result<()> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let tmp = self.root.join("tmp").join(format!(
+            "mount-{}-{}.tmp",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let dst = self.root.join(key);
+        let done = (|| {
+            std::fs::write(&tmp, data)?;
+            if let Some(dir) = dst.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::rename(&tmp, &dst)
+        })();
+        if let Err(e) = done {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err(&format!("cannot write {} to the cache", dst.display()), e));
+        }
         Ok(())
     }
 
@@ -425,7 +452,7 @@ mod tests {
     }
 
     fn store(c: &Cache, f: &(Vec<u8>, IndexEntry, Vec<u8>)) {
-        c.store(&[(&f.0, vec![f.1])]).unwrap();
+        assert!(c.store(&[(&f.0, vec![f.1])]).unwrap().is_some());
     }
 
     #[test]

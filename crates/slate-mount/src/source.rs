@@ -408,6 +408,7 @@ impl Chunks {
             }
         };
         let mut frames: Vec<(&[u8], Vec<IndexEntry>)> = Vec::new();
+        let mut raws = Vec::with_capacity(span.frames.len());
         for &(off, len, raw_len) in &span.frames {
             let body = &data[(off - span.start) as usize..(off - span.start) as usize + len as usize];
             let raw = decompress_frame(body, raw_len, &pack_id, off).map_err(|e| {
@@ -425,10 +426,17 @@ impl Chunks {
                 })?;
                 rel.push(*e);
             }
-            self.remember(FrameKey::Pack(pack_id, off), Arc::new(raw));
+            raws.push(raw);
             frames.push((body, rel));
         }
-        cache.store(&frames)
+        // Kept in memory under their place in the cache, where the read
+        // that wanted them looks next (no second decompression).
+        if let Some((local, offsets)) = cache.store(&frames)? {
+            for (raw, at) in raws.into_iter().zip(offsets) {
+                self.remember(FrameKey::Pack(local, at), Arc::new(raw));
+            }
+        }
+        Ok(())
     }
 
     /// Record a failure for the status.
