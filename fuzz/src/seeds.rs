@@ -332,11 +332,22 @@ fn made_here(out: &Path) {
         out,
         "profile",
         "small",
-        prof(&[("etc/os-release", 0, 65536), ("usr/bin/ls", 0, 131072), ("usr/bin/ls", 131072, 196608)])
+        prof(&[
+            ("etc/os-release", 0, 65536),
+            ("usr/bin/ls", 0, 131072),
+            ("usr/bin/ls", 131072, 196608),
+        ])
+        .encode()
+        .as_bytes(),
+    );
+    put(
+        out,
+        "profile",
+        "strangers",
+        prof(&[("nope", 0, 1), ("usr/bin/ls", 1 << 40, 1 << 41)])
             .encode()
             .as_bytes(),
     );
-    put(out, "profile", "strangers", prof(&[("nope", 0, 1), ("usr/bin/ls", 1 << 40, 1 << 41)]).encode().as_bytes());
 
     // A state bundle of a small tree.
     let t = tempfile::tempdir().expect("a temporary directory");
