@@ -84,7 +84,30 @@ const INITRAMFS_TOOLS: &[(&str, &str, u32)] = &[
         include_str!("../../../dist/initramfs-tools/scripts/slate-live"),
         0o644,
     ),
+    (
+        "etc/initramfs-tools/scripts/slate-net",
+        include_str!("../../../dist/initramfs-tools/scripts/slate-net"),
+        0o644,
+    ),
 ];
+
+/// Where the tree keeps the keys a network boot's initramfs checks with.
+const NETBOOT_KEYS: &str = "etc/slate/netboot/keys";
+
+/// The lean network-boot initramfs of kernel `k`: initramfs-tools' own
+/// configuration with `MODULES=list` (only the network and disk drivers
+/// and the filesystems slate's hook adds: `netboot` would bring every
+/// network driver and filesystem, 36 MB against 44), and slate's hook told
+/// to leave out what only a live medium needs. Built from a copy of the configuration
+/// in the chroot's private /tmp.
+fn netboot_initramfs_script(k: &str) -> String {
+    format!(
+        "chroot \"$T\" sh -ec 'rm -rf /tmp/slate-netboot-conf; cp -a /etc/initramfs-tools /tmp/slate-netboot-conf; \
+         sed -i -e \"s/^MODULES=.*/MODULES=list/\" -e \"s/^COMPRESS=.*/COMPRESS=zstd/\" /tmp/slate-netboot-conf/initramfs.conf; \
+         SLATE_INITRAMFS=netboot mkinitramfs -d /tmp/slate-netboot-conf -o /boot/slate-netboot.img-{k}.new {k}; \
+         mv /boot/slate-netboot.img-{k}.new /boot/slate-netboot.img-{k}' >/dev/null"
+    )
+}
 
 const DRACUT: &[(&str, &str, u32)] = &[
     (
@@ -113,6 +136,16 @@ pub enum Initramfs {
     None,
 }
 
+/// Keys a network boot's initramfs checks the fleet's answer and the
+/// snapshot with (`slate prepare --trust`, `--fleet-trust`).
+#[derive(Debug, Clone, Default)]
+pub struct NetbootKeys {
+    /// Release keys' public files.
+    pub release: Vec<PathBuf>,
+    /// Fleet keys' public files.
+    pub fleet: Vec<PathBuf>,
+}
+
 /// What `prepare` did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PrepareReport {
@@ -124,6 +157,10 @@ pub struct PrepareReport {
     pub kernels: Vec<String>,
     /// Whether a default state policy was written.
     pub wrote_policy: bool,
+    /// Keys built into the initramfs for network boots.
+    pub netboot_keys: usize,
+    /// Sizes of the lean network-boot initramfs images, by kernel.
+    pub netboot_initramfs: Vec<(String, u64)>,
 }
 
 fn write(tree: &Path, rel: &str, data: &[u8], mode: u32) -> Result<()> {
@@ -177,8 +214,49 @@ fn in_chroot(tree: &Path, script: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Put the network-boot keys into the tree (replacing those of an
+/// earlier run), each checked to be a public key.
+fn write_netboot_keys(tree: &Path, keys: &NetbootKeys) -> Result<usize> {
+    let dir = tree.join(NETBOOT_KEYS);
+    if keys.release.is_empty() {
+        if !keys.fleet.is_empty() {
+            return Err(Error::Config(
+                "--fleet-trust needs --trust too: a network boot checks the snapshot with a release key".into(),
+            ));
+        }
+        // Keys of an earlier run stay: prepare is run again after changes.
+        return Ok(std::fs::read_dir(&dir).map_or(0, |rd| rd.count()));
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::Local(format!("cannot clear {}: {e}", dir.display())))?;
+    }
+    let mut n = 0;
+    for (role, files) in [("release", &keys.release), ("fleet", &keys.fleet)] {
+        for (i, f) in files.iter().enumerate() {
+            let text =
+                std::fs::read_to_string(f).map_err(|e| Error::Config(format!("cannot read {}: {e}", f.display())))?;
+            slate_core::keys::PublicKey::from_text(&text)
+                .map_err(|e| Error::Config(format!("{}: not a public key: {e}", f.display())))?;
+            write(
+                tree,
+                &format!("{NETBOOT_KEYS}/{role}-{}.pub", i + 1),
+                text.as_bytes(),
+                0o644,
+            )?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Prepare `tree`, installing `binary` as its /usr/bin/slate.
 pub fn prepare(tree: &Path, binary: &Path) -> Result<PrepareReport> {
+    prepare_with(tree, binary, &NetbootKeys::default())
+}
+
+/// Prepare `tree`, with keys for network boots (and then a lean
+/// network-boot initramfs beside each kernel's own).
+pub fn prepare_with(tree: &Path, binary: &Path, netboot: &NetbootKeys) -> Result<PrepareReport> {
     for d in ["etc", "usr/bin", "proc", "sys", "dev", "run", "tmp"] {
         if !tree.join(d).is_dir() {
             return Err(Error::Local(format!(
@@ -214,6 +292,7 @@ pub fn prepare(tree: &Path, binary: &Path) -> Result<PrepareReport> {
         std::os::unix::fs::symlink("../proc/self/mounts", &mtab)
             .map_err(|e| Error::Local(format!("cannot create {}: {e}", mtab.display())))?;
     }
+    let netboot_keys = write_netboot_keys(tree, netboot)?;
     let policy = tree.join("etc/slate/state.toml");
     let wrote_policy = !policy.exists();
     if wrote_policy {
@@ -227,6 +306,7 @@ pub fn prepare(tree: &Path, binary: &Path) -> Result<PrepareReport> {
         Initramfs::None
     };
     let kernels = kernels(tree);
+    let mut netboot_initramfs = Vec::new();
     match initramfs {
         Initramfs::InitramfsTools => {
             for (rel, text, mode) in INITRAMFS_TOOLS {
@@ -243,6 +323,16 @@ pub fn prepare(tree: &Path, binary: &Path) -> Result<PrepareReport> {
                     &format!("chroot \"$T\" update-initramfs {mode} -k {k} >/dev/null"),
                     &format!("update-initramfs for {k}"),
                 )?;
+                if netboot_keys > 0 {
+                    in_chroot(
+                        tree,
+                        &netboot_initramfs_script(k),
+                        &format!("the network-boot initramfs for {k}"),
+                    )?;
+                    let img = tree.join("boot").join(format!("slate-netboot.img-{k}"));
+                    let size = std::fs::metadata(&img).map(|m| m.len()).unwrap_or(0);
+                    netboot_initramfs.push((k.clone(), size));
+                }
             }
         }
         Initramfs::Dracut => {
@@ -264,5 +354,7 @@ pub fn prepare(tree: &Path, binary: &Path) -> Result<PrepareReport> {
         initramfs,
         kernels,
         wrote_policy,
+        netboot_keys,
+        netboot_initramfs,
     })
 }

@@ -389,6 +389,21 @@ pub enum Command {
         /// filled (only its new frames) while the mount keeps the snapshot it started with; 0: never.
         #[arg(long, value_name = "SECS", default_value_t = 10)]
         poll: u64,
+        /// Network boot: once the snapshot is completely cached, write its kernel, initramfs and a GRUB
+        /// menu to DIR (a cache partition's boot area; `slate netboot root` passes it).
+        #[arg(long, value_name = "DIR", hide = true)]
+        offline_boot: Option<PathBuf>,
+        /// Network boot: the kernel command line the offline boot entry starts from.
+        #[arg(long, value_name = "TEXT", hide = true, allow_hyphen_values = true)]
+        boot_cmdline: Option<String>,
+        /// Network boot: the mount is the machine's root; stop signals are ignored.
+        #[arg(long, hide = true)]
+        as_root: bool,
+    },
+    /// Network boot of diskless machines (docs/diskless.md).
+    Netboot {
+        #[command(subcommand)]
+        command: NetbootCommand,
     },
     /// The cache of `slate mount`: status, fill (docs/mount.md).
     Cache {
@@ -409,6 +424,13 @@ pub enum Command {
     Prepare {
         /// The tree (built by debootstrap, mkosi, dnf --installroot...).
         tree: PathBuf,
+        /// A release key (public) to build into the initramfs for network boots (docs/diskless.md);
+        /// with it, a lean network-boot initramfs is built beside each kernel's own.
+        #[arg(long, value_name = "KEY.pub")]
+        trust: Vec<PathBuf>,
+        /// A fleet key (public): network boots then accept only assignments it signed.
+        #[arg(long, value_name = "KEY.pub")]
+        fleet_trust: Vec<PathBuf>,
         #[command(flatten)]
         out: OutputArg,
     },
@@ -915,5 +937,27 @@ pub enum HomeCommand {
     Check {
         #[command(flatten)]
         home: HomeArgs,
+    },
+}
+
+/// `slate netboot` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum NetbootCommand {
+    /// In the initramfs (`boot=slate-net`): ask the fleet, check its answer with the keys built into the
+    /// initramfs, and mount the snapshot as the new root from the machine's cache (a `slate-cache`
+    /// partition, or RAM), fetching what it reads from the servers on the kernel command line.
+    Root {
+        /// The new root's mount point.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// The kernel command line.
+        #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+        cmdline: PathBuf,
+        /// The keys built into the initramfs (release-*.pub, fleet-*.pub).
+        #[arg(long, value_name = "DIR", default_value = slate_mount::netboot::KEYS_DIR)]
+        keys: PathBuf,
+        /// Where the booted system finds this boot's files.
+        #[arg(long, value_name = "DIR", default_value = slate_mount::netboot::RUN_DIR)]
+        run_dir: PathBuf,
     },
 }

@@ -9,13 +9,18 @@
 //! - [`fs`]: the FUSE operations;
 //! - [`fill`]: fetching the rest in the background;
 //! - [`record`]: boot profiles, recorded and prefetched;
-//! - [`status`]: the status file for people and the fleet report.
+//! - [`status`]: the status file for people and the fleet report;
+//! - [`bootfiles`]: a snapshot's kernel and initramfs, and the offline
+//!   boot area of a cache partition;
+//! - [`netboot`]: the root of a machine booted from the network.
 //!
 //! Usage and behaviour: docs/mount.md.
 
+pub mod bootfiles;
 pub mod cache;
 pub mod fill;
 pub mod fs;
+pub mod netboot;
 pub mod record;
 pub mod source;
 pub mod status;
@@ -88,6 +93,16 @@ pub struct Options {
     /// head, seconds. A new head is filled in its turn (only its new
     /// frames are fetched) and the old snapshot's data is no longer pinned.
     pub poll_secs: u64,
+    /// A cache partition's offline boot area: once the mounted snapshot is
+    /// completely cached, its kernel and initramfs are written there with
+    /// a GRUB menu (docs/diskless.md).
+    pub offline_boot: Option<PathBuf>,
+    /// The kernel command line the offline boot entry starts from (this
+    /// boot's).
+    pub boot_cmdline: String,
+    /// The mount is the machine's root: stop signals are ignored (only
+    /// the kernel ends it, at power-off).
+    pub as_root: bool,
 }
 
 /// A snapshot opened for mounting: verified record, chunks, tree.
@@ -443,6 +458,8 @@ pub fn serve(opts: &Options, opened: Opened, mountpoint: &Path, ready: impl FnOn
         );
         let (keys, poll) = (keys.clone(), Duration::from_secs(opts.poll_secs.max(1)));
         let mounted_pins: Vec<ChunkId> = manifest_chunks.clone();
+        let (offline_boot, boot_cmdline, boot_tree) =
+            (opts.offline_boot.clone(), opts.boot_cmdline.clone(), tree.clone());
         let profile_ids: Vec<ChunkId> = profile_chunks.iter().map(|c| c.0).collect();
         workers.push(std::thread::spawn(move || loop {
             let ids: Vec<ChunkId> = target.lock().unwrap().1.iter().map(|c| c.0).collect();
@@ -451,6 +468,15 @@ pub fn serve(opts: &Options, opened: Opened, mountpoint: &Path, ready: impl FnOn
                 chunks.note_error(&format!("the fill stopped: {e}"));
             }
             filling.store(false, Ordering::SeqCst);
+            if let Some(area) = &offline_boot {
+                let (tid, _) = *target.lock().unwrap();
+                if tid == id && !stop.load(Ordering::Relaxed) && chunks.plan(&ids, fill::FILL_RANGE).is_empty() {
+                    match bootfiles::write_offline_boot(&boot_tree, &chunks, &id, area, &boot_cmdline) {
+                        Ok(dir) => tracing::info!("the cache is complete; offline boot files in {}", dir.display()),
+                        Err(e) => chunks.note_error(&format!("cannot write the offline boot files: {e}")),
+                    }
+                }
+            }
             let Some(ch) = &follow else { break };
             // Wait for a new head of the channel.
             let next = loop {
@@ -538,8 +564,17 @@ pub fn serve(opts: &Options, opened: Opened, mountpoint: &Path, ready: impl FnOn
     ])
     .map_err(|e| Error::Local(format!("cannot handle signals: {e}")))?;
     let signal_handle = signals.handle();
+    let as_root = opts.as_root;
     let signal_worker = std::thread::spawn(move || {
         let mut signals = signals;
+        if as_root {
+            // The machine's root: unmounting it would take the system
+            // down with it. The signals are received and dropped.
+            for sig in signals.forever() {
+                tracing::warn!("signal {sig} ignored: this mount is the machine's root");
+            }
+            return;
+        }
         if signals.forever().next().is_some() {
             if let Err(e) = unmounter.unmount() {
                 tracing::warn!("cannot unmount: {e}");

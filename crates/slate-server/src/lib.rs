@@ -128,6 +128,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/packs", get(objects::packs))
         .route("/v1/channels/{*name}", get(objects::channel))
         .route("/v1/fleet/assignment", post(fleet::api::assignment))
+        .route("/v1/boot/assignment", post(fleet::api::boot_assignment))
         .route("/v1/fleet/report", post(fleet::api::report))
         .route("/v1/fleet/machines", get(fleet::api::machines))
         .route("/v1/trust", get(fleet::sign::trust_document))

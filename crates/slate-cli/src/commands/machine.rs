@@ -71,9 +71,9 @@ pub fn install(
 }
 
 /// Run `slate prepare`.
-pub fn prepare(tree: &Path, as_json: bool) -> Result<ExitCode> {
+pub fn prepare(tree: &Path, netboot: &slate_agent::prepare::NetbootKeys, as_json: bool) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the running slate binary")?;
-    let report = slate_agent::prepare::prepare(tree, &exe)?;
+    let report = slate_agent::prepare::prepare_with(tree, &exe, netboot)?;
     if as_json {
         json(&report)?;
     } else {
@@ -94,6 +94,13 @@ pub fn prepare(tree: &Path, as_json: bool) -> Result<ExitCode> {
                 ""
             }
         );
+        for (k, bytes) in &report.netboot_initramfs {
+            eprintln!(
+                "network-boot initramfs for {k}: /boot/slate-netboot.img-{k}, {:.1} MB, with {} key(s)",
+                *bytes as f64 / 1e6,
+                report.netboot_keys
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

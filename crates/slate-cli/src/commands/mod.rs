@@ -16,6 +16,7 @@ mod log;
 mod ls;
 mod machine;
 mod mount;
+mod netboot;
 mod serve;
 mod state;
 mod tokens;
@@ -28,7 +29,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use slate_repo::Repo;
 
-use crate::cli::{Cli, Command, FleetCommand, PolicyCommand, StateCommand, TrustCommand};
+use crate::cli::{Cli, Command, FleetCommand, NetbootCommand, PolicyCommand, StateCommand, TrustCommand};
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -224,6 +225,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             no_prefetch,
             threads,
             poll,
+            offline_boot,
+            boot_cmdline,
+            as_root,
         } => mount::mount(mount::MountArgs {
             source,
             mountpoint,
@@ -235,10 +239,38 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             no_prefetch,
             threads,
             poll,
+            offline_boot,
+            boot_cmdline,
+            as_root,
         }),
+        Command::Netboot { command } => match command {
+            NetbootCommand::Root {
+                root,
+                cmdline,
+                keys,
+                run_dir,
+            } => netboot::root(netboot::RootArgs {
+                root,
+                cmdline,
+                keys,
+                run_dir,
+            }),
+        },
         Command::Cache { command } => mount::cache(command),
         Command::Profile { command } => mount::profile(command),
-        Command::Prepare { tree, out } => machine::prepare(&tree, out.json),
+        Command::Prepare {
+            tree,
+            trust,
+            fleet_trust,
+            out,
+        } => machine::prepare(
+            &tree,
+            &slate_agent::prepare::NetbootKeys {
+                release: trust,
+                fleet: fleet_trust,
+            },
+            out.json,
+        ),
         Command::State { command } => match command {
             StateCommand::Apply {
                 root,

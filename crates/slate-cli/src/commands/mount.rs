@@ -15,7 +15,7 @@ use crate::cli::{CacheCommand, MountSourceArgs, ProfileCommand};
 
 /// Set in the environment of a `--background` daemon: print `ready` on
 /// stdout once mounted.
-const NOTIFY_ENV: &str = "SLATE_MOUNT_NOTIFY";
+pub(crate) const NOTIFY_ENV: &str = "SLATE_MOUNT_NOTIFY";
 
 /// `slate mount`'s arguments.
 pub struct MountArgs {
@@ -29,6 +29,9 @@ pub struct MountArgs {
     pub no_prefetch: bool,
     pub threads: usize,
     pub poll: u64,
+    pub offline_boot: Option<PathBuf>,
+    pub boot_cmdline: Option<String>,
+    pub as_root: bool,
 }
 
 fn size(s: &str, what: &str) -> Result<u64> {
@@ -61,6 +64,9 @@ fn options(src: &MountSourceArgs) -> Result<Options> {
         threads: 4,
         prefetch: true,
         poll_secs: 10,
+        offline_boot: None,
+        boot_cmdline: String::new(),
+        as_root: false,
     })
 }
 
@@ -70,7 +76,7 @@ fn options(src: &MountSourceArgs) -> Result<Options> {
 /// stay in fragmented arenas and the daemon's memory doubles (117 MB
 /// against 58 MB reading all of v3). Served from mmap and trimmed, they are
 /// returned to the system when freed.
-const MALLOC_ENV: [(&str, &str); 3] = [
+pub(crate) const MALLOC_ENV: [(&str, &str); 3] = [
     ("MALLOC_MMAP_THRESHOLD_", "131072"),
     ("MALLOC_TRIM_THRESHOLD_", "131072"),
     ("MALLOC_ARENA_MAX", "2"),
@@ -107,6 +113,9 @@ pub fn mount(a: MountArgs) -> Result<ExitCode> {
     opts.threads = a.threads.clamp(1, 64);
     opts.prefetch = !a.no_prefetch;
     opts.poll_secs = a.poll;
+    opts.offline_boot = a.offline_boot.clone();
+    opts.boot_cmdline = a.boot_cmdline.clone().unwrap_or_default();
+    opts.as_root = a.as_root;
     if !a.mountpoint.is_dir() {
         bail!("{} is not a directory", a.mountpoint.display());
     }

@@ -490,6 +490,22 @@ pub async fn assignment(State(st): State<AppState>, headers: HeaderMap, req: Req
     Ok(Json(answer))
 }
 
+/// `POST /v1/boot/assignment`: the assignment of a machine that is booting
+/// from the network, asked without a token (a machine with no disk holds
+/// no secret; docs/diskless.md). It tells no more than the network boot's
+/// iPXE script tells anyone who asks with the same identity, signed with
+/// the fleet key so that the initramfs can check it; nothing is recorded
+/// (an unauthenticated request must not write the fleet's table).
+pub async fn boot_assignment(State(st): State<AppState>, req: Request) -> ApiResult<Json<Assignment>> {
+    let body = JsonBody::<AssignmentRequest>::from_request(req, &()).await?;
+    let machine = body.value.machine.validate().map_err(ApiError::BadRequest)?;
+    let mut answer = resolve_blocking(&st, &machine, false).await??;
+    if let Some(s) = &st.signer {
+        s.sign(&mut answer)?;
+    }
+    Ok(Json(answer))
+}
+
 /// `POST /v1/fleet/report`: 204; only with the reporting machine's token.
 pub async fn report(State(st): State<AppState>, headers: HeaderMap, req: Request) -> ApiResult<StatusCode> {
     let caller = caller(&st, &headers).await?;
