@@ -3,6 +3,7 @@
 //! (assignments, reports, the machines table) over a small store trait.
 //! Machines enrolled with a token ([`auth`]) keep private state blobs and
 //! encrypted home repositories on it ([`private`], over [`blobs`]).
+//! Diskless machines boot from it with iPXE ([`netboot`]).
 //! The protocol is `docs/format/http.md`; the fleet file `docs/fleet.md`.
 //!
 //! [`app`] builds the router from an [`AppState`]; it is what the tests
@@ -16,6 +17,7 @@ pub mod blobs;
 pub mod changes;
 pub mod error;
 pub mod fleet;
+pub mod netboot;
 pub mod objects;
 pub mod private;
 pub mod range;
@@ -68,6 +70,8 @@ pub struct AppState {
     pub signer: Option<Arc<fleet::sign::Signer>>,
     /// The administrators' tokens; `None`: no request is an administrator's.
     pub admin: Option<auth::AdminTokens>,
+    /// The kernels and initramfses of the snapshots booted lately.
+    pub boot: Arc<netboot::files::BootCache>,
 }
 
 impl AppState {
@@ -83,6 +87,7 @@ impl AppState {
             private: None,
             signer: None,
             admin: None,
+            boot: Arc::default(),
         }
     }
 
@@ -133,6 +138,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/fleet/machines", get(fleet::api::machines))
         .route("/v1/trust", get(fleet::sign::trust_document))
         .route("/v1/heads/{*name}", get(fleet::sign::channel_head))
+        .route("/v1/boot/ipxe", get(netboot::ipxe))
+        .route("/v1/boot/{id}/{file}", get(netboot::file))
         .route("/v1/state/{machine}/", get(private::state_list))
         .route(
             "/v1/state/{machine}/{name}",
@@ -187,6 +194,8 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal(anyhow::anyhow!("a request handler panicked")).into_response()
 }
 
+#[cfg(test)]
+mod netboot_tests;
 #[cfg(test)]
 mod private_tests;
 #[cfg(test)]

@@ -29,7 +29,7 @@ use crate::AppState;
 
 /// `Cache-Control` of content-addressed objects: a name always means the
 /// same bytes, so any cache may keep them for good.
-const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+pub(crate) const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// `Cache-Control` of signature files: they gain entries when someone signs
 /// again, so caches keep them only briefly.
 const SHORT: &str = "public, max-age=60";
@@ -61,7 +61,7 @@ pub enum Object {
 /// `s` if it is exactly 64 lower-case hex digits. Stricter than
 /// `from_hex`, which would also take upper case: one object, one URL, so
 /// caches never hold two copies.
-fn hex64(s: &str) -> Option<&str> {
+pub(crate) fn hex64(s: &str) -> Option<&str> {
     (s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(s)
 }
 

@@ -130,6 +130,39 @@ pub struct FleetConfig {
     pub rules: Vec<Rule>,
     /// No fleet file was given (see [`Choice::OnlyChannel`]).
     implicit: bool,
+    /// `[netboot]`: what the iPXE scripts of `GET /v1/boot/ipxe` say.
+    pub netboot: Netboot,
+}
+
+/// The default of `[netboot] kernel_cmdline`: the kernel speaks on the
+/// screen and on the first serial port, where a lab's console server or
+/// `qemu -serial` shows it.
+pub const DEFAULT_KERNEL_CMDLINE: &str = "console=tty0 console=ttyS0,115200";
+/// Longest `[netboot] kernel_cmdline`: x86 kernels keep at most 2 KiB of
+/// command line, and the server adds its own parameters before it.
+pub const MAX_KERNEL_CMDLINE: usize = 2048;
+/// Longest URL in `[netboot] server`.
+pub const MAX_SERVER_URL: usize = 512;
+/// Most URLs in `[netboot] server`.
+pub const MAX_SERVERS: usize = 16;
+
+/// `[netboot]`: the network boot of diskless machines (docs/fleet.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netboot {
+    /// Appended to the kernel command line the server writes.
+    pub kernel_cmdline: String,
+    /// `slate.server=` URLs, failover order (no trailing `/`); empty: the
+    /// URL the machine reached this server by (`http://` + its `Host`).
+    pub servers: Vec<String>,
+}
+
+impl Default for Netboot {
+    fn default() -> Self {
+        Netboot {
+            kernel_cmdline: DEFAULT_KERNEL_CMDLINE.into(),
+            servers: Vec::new(),
+        }
+    }
 }
 
 // ---- the file as written -------------------------------------------------
@@ -140,6 +173,14 @@ struct RawFile {
     default: Option<RawTarget>,
     #[serde(default)]
     machine: Vec<Spanned<RawRule>>,
+    netboot: Option<RawNetboot>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetboot {
+    kernel_cmdline: Option<Cmdline>,
+    server: Option<Spanned<Vec<ServerUrl>>>,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +291,54 @@ impl TryFrom<String> for HostGlob {
     }
 }
 
+/// Text that goes into an iPXE script line and onto a kernel command line:
+/// printable ASCII only, because a newline would start another iPXE
+/// command, and without `$`, because iPXE expands `${...}` in every line.
+fn script_safe(s: &str) -> bool {
+    s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'$')
+}
+
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Cmdline(String);
+
+impl TryFrom<String> for Cmdline {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.len() > MAX_KERNEL_CMDLINE || !script_safe(&s) {
+            return Err(format!(
+                "kernel_cmdline must be at most {MAX_KERNEL_CMDLINE} bytes of printable ASCII on one line, \
+                 without '$' (iPXE would expand it)"
+            ));
+        }
+        Ok(Cmdline(s.trim().to_string()))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct ServerUrl(String);
+
+impl TryFrom<String> for ServerUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://"));
+        // The kernel parameter is `slate.server=URL,URL`: no spaces, no commas.
+        let ok = rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+            && s.len() <= MAX_SERVER_URL
+            && script_safe(&s)
+            && !s.contains([' ', ',']);
+        if !ok {
+            return Err(format!(
+                "server {:?} is not an http:// or https:// URL of at most {MAX_SERVER_URL} printable ASCII \
+                 characters without spaces, ',' or '$'",
+                s.chars().take(60).collect::<String>()
+            ));
+        }
+        Ok(ServerUrl(s.trim_end_matches('/').to_string()))
+    }
+}
+
 // ---- loading ---------------------------------------------------------------
 
 /// Line and column (from 1) of byte `offset` in `text`.
@@ -268,6 +357,7 @@ impl FleetConfig {
             default: None,
             rules: Vec::new(),
             implicit: true,
+            netboot: Netboot::default(),
         }
     }
 
@@ -405,11 +495,29 @@ impl FleetConfig {
                 }),
             });
         }
+        let mut netboot = Netboot::default();
+        if let Some(n) = raw.netboot {
+            if let Some(c) = n.kernel_cmdline {
+                netboot.kernel_cmdline = c.0;
+            }
+            if let Some(servers) = n.server {
+                let start = servers.span().start;
+                let servers = servers.into_inner();
+                if servers.is_empty() || servers.len() > MAX_SERVERS {
+                    return Err(invalid(
+                        start,
+                        format!("server must list 1 to {MAX_SERVERS} URLs (leave it out to use the URL machines reach this server by)"),
+                    ));
+                }
+                netboot.servers = servers.into_iter().map(|u| u.0).collect();
+            }
+        }
         Ok(FleetConfig {
             path: None,
             default: raw.default.map(target),
             rules,
             implicit: false,
+            netboot,
         })
     }
 
@@ -658,6 +766,8 @@ channel = "never: shadowed by the earlier hostname rule"
         assert_eq!(c.rules.len(), 5);
         assert_eq!(c.default.as_ref().unwrap().channel, "debian/bookworm/stable");
         assert!(c.rules[1].target.pin.is_some());
+        assert_eq!(c.netboot.servers, ["http://boot.example.org:8470"]);
+        assert_eq!(c.netboot.kernel_cmdline, "console=tty0 console=ttyS0,115200 quiet");
         // The message docs/fleet.md quotes.
         let e = FleetConfig::parse("[default]\nchannel = \"x\"\nchanel = \"y\"\n", "/etc/slate/fleet.toml")
             .unwrap_err()
@@ -666,6 +776,53 @@ channel = "never: shadowed by the earlier hostname rule"
             e,
             "/etc/slate/fleet.toml: line 3, column 1: unknown field `chanel`, expected one of `channel`, `snapshot`, `state_policy`"
         );
+    }
+
+    #[test]
+    fn netboot_section() {
+        let c = FleetConfig::parse("[default]\nchannel = \"x\"\n", "f").unwrap();
+        assert_eq!(c.netboot, Netboot::default());
+        assert_eq!(c.netboot.kernel_cmdline, "console=tty0 console=ttyS0,115200");
+        let c = FleetConfig::parse(
+            "[netboot]\nkernel_cmdline = \" quiet slate.cache=ram \"\nserver = [\"http://a:8470/\", \"https://b\"]\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.netboot.kernel_cmdline, "quiet slate.cache=ram");
+        assert_eq!(c.netboot.servers, ["http://a:8470", "https://b"]);
+        let c = FleetConfig::parse("[netboot]\nkernel_cmdline = \"\"\n", "f").unwrap();
+        assert_eq!(c.netboot.kernel_cmdline, "");
+
+        let long = "x".repeat(MAX_KERNEL_CMDLINE + 1);
+        for (text, line, needle) in [
+            (
+                "[netboot]\nkernel_cmdline = \"a\\nb\"\n".to_string(),
+                2,
+                "printable ASCII",
+            ),
+            ("[netboot]\nkernel_cmdline = \"ip=${ip}\"\n".into(), 2, "without '$'"),
+            (
+                format!("[netboot]\nkernel_cmdline = \"{long}\"\n"),
+                2,
+                "at most 2048 bytes",
+            ),
+            (
+                "[netboot]\nserver = [\"ftp://a\"]\n".into(),
+                2,
+                "not an http:// or https:// URL",
+            ),
+            ("[netboot]\nserver = [\"http://a b\"]\n".into(), 2, "without spaces"),
+            ("[netboot]\nserver = [\"http://a,http://b\"]\n".into(), 2, "not an http"),
+            ("[netboot]\nserver = [\"http://\"]\n".into(), 2, "not an http"),
+            ("[netboot]\nserver = []\n".into(), 2, "1 to 16 URLs"),
+            ("[netboot]\nserver = \"http://a\"\n".into(), 2, "invalid type"),
+            ("[netboot]\nkernel = \"x\"\n".into(), 2, "unknown field `kernel`"),
+        ] {
+            let e = FleetConfig::parse(&text, "F.toml").unwrap_err().to_string();
+            assert!(!e.contains('\n'), "one line: {e}");
+            assert!(e.starts_with(&format!("F.toml: line {line}, ")), "{text:?}: {e}");
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
     }
 
     #[test]
