@@ -142,7 +142,9 @@ fn start_daemon(
     let mut child = c
         .env(NOTIFY_ENV, "1")
         .envs(MALLOC_ENV)
-        .env("SLATE_LOG", "warn")
+        // The FUSE library's own notes (an operation the kernel tried that
+        // a read-only tree does not offer) are not for the console.
+        .env("SLATE_LOG", "warn,fuser=error")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(console)

@@ -60,8 +60,14 @@ fn script_response(text: String) -> Response {
 /// on its console and fails, since iPXE shows nothing of a 404's body. A
 /// malformed query is 400: iPXE itself never sends one.
 pub async fn ipxe(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> ApiResult<Response> {
+    // HTTP/1.1 sends Host; HTTP/2 the authority of the request's URI.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    let base = script::request_base(host).map_err(ApiError::BadRequest)?;
     let Some(query) = uri.query().filter(|q| !q.is_empty()) else {
-        return Ok(script_response(script::chain_script()));
+        return Ok(script_response(script::chain_script(&base)));
     };
     if query.len() > script::MAX_QUERY {
         return Err(ApiError::BadRequest(format!(
@@ -74,11 +80,6 @@ pub async fn ipxe(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> A
         .0;
     let machine = script::machine_from_query(&pairs).map_err(ApiError::BadRequest)?;
     let fleet = st.fleet();
-    // HTTP/1.1 sends Host; HTTP/2 the authority of the request's URI.
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()));
     let servers = script::server_urls(&fleet.netboot, host).map_err(ApiError::BadRequest)?;
     let (repo, f, m) = (st.repo.clone(), fleet.clone(), machine.clone());
     // Channel files are read from disk.
@@ -92,7 +93,7 @@ pub async fn ipxe(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> A
                 a.rule,
                 a.snapshot
             );
-            script::boot_script(&a, &servers, &fleet.netboot.kernel_cmdline)
+            script::boot_script(&a, &base, &servers, &fleet.netboot.kernel_cmdline)
         }
         Err(ApiError::NotFound(why)) => {
             tracing::warn!("no network boot for machine {}: {why}", machine.id);

@@ -29,16 +29,22 @@ const MAX_ECHO: usize = 512;
 pub const ERROR_PAUSE_SECS: u32 = 30;
 
 /// The script `GET /v1/boot/ipxe` answers without a query: ask again,
-/// saying who this machine is. The URL is relative, so iPXE resolves it
-/// against the URL it fetched this script from (any server name, port or
-/// proxy in front works). The host name goes through `:uristring` because
-/// a DHCP server may hand out one with characters that would end the URL
-/// or the query parameter.
-pub fn chain_script() -> String {
-    "#!ipxe\n\
-     # slate: ask again with this machine's identity (docs/format/http.md)\n\
-     chain /v1/boot/ipxe?mac=${net0/mac}&uuid=${uuid}&hostname=${hostname:uristring}\n"
-        .to_string()
+/// saying who this machine is, at `base` (`http://` and the Host the
+/// machine reached this server by: the iPXE ROMs that ship in firmware and
+/// with qemu do not resolve relative URLs in scripts). The host name goes
+/// through `:uristring` because a DHCP server may hand out one with
+/// characters that would end the URL or the query parameter.
+pub fn chain_script(base: &str) -> String {
+    format!(
+        "#!ipxe\n\
+         # slate: ask again with this machine's identity (docs/format/http.md)\n\
+         chain {base}/v1/boot/ipxe?mac=${{net0/mac}}&uuid=${{uuid}}&hostname=${{hostname:uristring}}\n"
+    )
+}
+
+/// `http://HOST` of the request: where this machine reached the server.
+pub fn request_base(host: Option<&str>) -> Result<String, String> {
+    server_urls(&Netboot::default(), host).map(|mut v| v.remove(0))
 }
 
 /// Whether a query value is absent: empty (iPXE expands an unset setting
@@ -177,14 +183,14 @@ pub fn echo_safe(s: &str) -> String {
 /// ```text
 /// #!ipxe
 /// # slate: machine ID, rule RULE, snapshot SNAPSHOT
-/// kernel /v1/boot/SNAPSHOT/kernel initrd=initrd boot=slate-net slate.mode=diskless slate.snapshot=SNAPSHOT slate.server=URL[,URL] ip=dhcp CMDLINE
-/// initrd --name initrd /v1/boot/SNAPSHOT/initrd
+/// kernel BASE/v1/boot/SNAPSHOT/kernel initrd=initrd boot=slate-net slate.mode=diskless slate.snapshot=SNAPSHOT slate.server=URL[,URL] ip=dhcp CMDLINE
+/// initrd --name initrd BASE/v1/boot/SNAPSHOT/initrd
 /// boot
 /// ```
 ///
 /// The snapshot is 64 hex digits and the URLs and `CMDLINE` were checked
 /// when FLEET.toml was read, so only the comment needs escaping.
-pub fn boot_script(a: &Assignment, servers: &[String], kernel_cmdline: &str) -> String {
+pub fn boot_script(a: &Assignment, base: &str, servers: &[String], kernel_cmdline: &str) -> String {
     let id = &a.snapshot;
     let mut cmdline = format!(
         "initrd=initrd boot=slate-net slate.mode=diskless slate.snapshot={id} slate.server={} ip=dhcp",
@@ -197,8 +203,8 @@ pub fn boot_script(a: &Assignment, servers: &[String], kernel_cmdline: &str) -> 
     format!(
         "#!ipxe\n\
          # slate: machine {}, rule {}, snapshot {id}\n\
-         kernel /v1/boot/{id}/kernel {cmdline}\n\
-         initrd --name initrd /v1/boot/{id}/initrd\n\
+         kernel {base}/v1/boot/{id}/kernel {cmdline}\n\
+         initrd --name initrd {base}/v1/boot/{id}/initrd\n\
          boot\n",
         comment_safe(&a.machine),
         comment_safe(&a.rule),
