@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLATE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         // Colour only for a person: logs kept in files stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .with_target(false)
         .init();
     match commands::run(args) {

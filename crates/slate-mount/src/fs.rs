@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use fuser::{
     Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
-    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request,
 };
 use slate_core::manifest::Kind;
 
@@ -223,7 +223,12 @@ impl fuser::Filesystem for SnapshotFs {
         match self.read_into(&layout, offset, &mut out) {
             Ok(()) => reply.data(&out),
             Err(e) => {
-                tracing::warn!("read of inode {ino} at {offset}: {e}");
+                let path = self
+                    .tree
+                    .entry_of(ino)
+                    .map(|i| String::from_utf8_lossy(&self.tree.manifest.entries[i].path).into_owned())
+                    .unwrap_or_else(|| format!("inode {ino}"));
+                tracing::warn!("read of /{path} at {offset} failed: {e}");
                 reply.error(errno_of(&e))
             }
         }

@@ -461,7 +461,7 @@ pub fn serve(opts: &Options, opened: Opened, mountpoint: &Path, ready: impl FnOn
         let (offline_boot, boot_cmdline, boot_tree) =
             (opts.offline_boot.clone(), opts.boot_cmdline.clone(), tree.clone());
         let profile_ids: Vec<ChunkId> = profile_chunks.iter().map(|c| c.0).collect();
-        workers.push(std::thread::spawn(move || loop {
+        let fill_loop = move || loop {
             let ids: Vec<ChunkId> = target.lock().unwrap().1.iter().map(|c| c.0).collect();
             filling.store(true, Ordering::SeqCst);
             if let Err(e) = fill::fill(&chunks, &ids, rate, &stop, false) {
@@ -501,6 +501,13 @@ pub fn serve(opts: &Options, opened: Opened, mountpoint: &Path, ready: impl FnOn
                 c.set_pins(pins);
             }
             *target.lock().unwrap() = next;
+        };
+        workers.push(std::thread::spawn(move || {
+            // The fill is background work: below programs for the CPU
+            // (decompressing and checking frames), on top of yielding to
+            // their reads. Linux sets the nice value per thread.
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
+            fill_loop()
         }));
     }
     let base = Status {

@@ -145,6 +145,8 @@ fn start_daemon(
         // The FUSE library's own notes (an operation the kernel tried that
         // a read-only tree does not offer) are not for the console.
         .env("SLATE_LOG", "warn,fuser=error")
+        // The console is a terminal, but what it shows ends up in logs.
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(console)

@@ -143,6 +143,16 @@ pub(crate) struct Lab {
 
 impl Lab {
     pub(crate) fn new(v3: &Path) -> Lab {
+        Lab::build(v3, false)
+    }
+
+    /// A lab whose tree is prepared for network boots too: the release
+    /// and fleet keys built into a lean network-boot initramfs.
+    pub(crate) fn netboot(v3: &Path) -> Lab {
+        Lab::build(v3, true)
+    }
+
+    fn build(v3: &Path, netboot: bool) -> Lab {
         let t = scratch();
         let dir = t.path().to_path_buf();
         let tree = dir.join("tree");
@@ -165,7 +175,20 @@ impl Lab {
         .unwrap();
         std::fs::write(tree.join("etc/slate-test-version"), "1\n").unwrap();
         let started = Instant::now();
-        slate_ok(&["prepare", s(&tree)]);
+        if netboot {
+            slate_ok(&["keygen", "--out", s(&dir.join("key"))]);
+            let fleet = FleetKey::in_dir(&dir);
+            slate_ok(&[
+                "prepare",
+                s(&tree),
+                "--trust",
+                s(&dir.join("key.pub")),
+                "--fleet-trust",
+                s(&fleet.public),
+            ]);
+        } else {
+            slate_ok(&["prepare", s(&tree)]);
+        }
         eprintln!("slate prepare: {:.1} s", started.elapsed().as_secs_f64());
         // The default policy that prepare wrote, plus a server path.
         let policy = tree.join("etc/slate/state.toml");
@@ -175,7 +198,9 @@ impl Lab {
 
         let repo = dir.join("repo");
         slate_ok(&["init", "--repo", s(&repo)]);
-        slate_ok(&["keygen", "--out", s(&dir.join("key"))]);
+        if !netboot {
+            slate_ok(&["keygen", "--out", s(&dir.join("key"))]);
+        }
         std::fs::write(dir.join("FLEET.toml"), "[default]\nchannel = \"lab\"\n").unwrap();
         let admin = crate::support::admin_token(&dir);
         let server = Server::start_signed(
@@ -274,6 +299,12 @@ pub(crate) struct Vm {
     pub(crate) name: Option<PathBuf>,
     /// Longest one boot may take.
     pub(crate) timeout: Duration,
+    /// The network card's `-netdev` (default: qemu's user network).
+    pub(crate) netdev: Option<String>,
+    /// Boot from the network card first (its iPXE ROM), the disk second.
+    pub(crate) net_boot: bool,
+    /// A monitor socket, for `set_link` while the machine runs.
+    pub(crate) monitor: Option<PathBuf>,
 }
 
 /// What one boot printed: the console (firmware, kernel, initramfs,
@@ -334,6 +365,9 @@ impl Vm {
             extra: Vec::new(),
             name: None,
             timeout: BOOT_TIMEOUT,
+            netdev: None,
+            net_boot: false,
+            monitor: None,
         }
     }
 
@@ -344,6 +378,12 @@ impl Vm {
 
     /// Power on with or without a network card.
     pub(crate) fn boot_with(&mut self, nic: bool) -> BootLog {
+        self.boot_watching(nic, |_| {})
+    }
+
+    /// Power on; `watch` sees the marker port's text every quarter second
+    /// while the machine runs (to act on what it says).
+    pub(crate) fn boot_watching(&mut self, nic: bool, mut watch: impl FnMut(&str)) -> BootLog {
         self.boots += 1;
         let base = self.name.clone().unwrap_or_else(|| self.disk.clone());
         let log = base.with_extension(format!("boot{}.log", self.boots));
@@ -363,7 +403,12 @@ impl Vm {
             "-m",
             "1024",
         ])
-        .args(["-no-reboot", "-display", "none", "-monitor", "none"])
+        .args(["-no-reboot", "-display", "none"])
+        .args(if self.monitor.is_some() {
+            &[][..]
+        } else {
+            &["-monitor", "none"][..]
+        })
         // ttyS0: the console; ttyS1: the marker unit's port, which
         // nothing else writes to.
         .arg("-serial")
@@ -377,7 +422,7 @@ impl Vm {
             c.arg("-drive")
                 .arg(format!("file={},format=raw,if=none,id=d0", self.disk.display()))
                 .arg("-device")
-                .arg(if self.extra.is_empty() {
+                .arg(if self.extra.is_empty() && !self.net_boot {
                     "virtio-blk-pci,drive=d0,addr=0x2"
                 } else {
                     // Behind the CD or stick in the boot order.
@@ -385,7 +430,17 @@ impl Vm {
                 });
         }
         if nic {
-            c.args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,addr=0x3"]);
+            let netdev = self.netdev.clone().unwrap_or_else(|| "user,id=n0".into());
+            let card = if self.net_boot {
+                "virtio-net-pci,netdev=n0,addr=0x3,bootindex=0"
+            } else {
+                "virtio-net-pci,netdev=n0,addr=0x3"
+            };
+            c.arg("-netdev").arg(netdev).args(["-device", card]);
+        }
+        if let Some(m) = &self.monitor {
+            let _ = std::fs::remove_file(m);
+            c.arg("-monitor").arg(format!("unix:{},server,nowait", m.display()));
         }
         if let Some(vars) = &self.uefi_vars {
             c.arg("-drive")
@@ -398,6 +453,9 @@ impl Vm {
         loop {
             if child.try_wait().unwrap().is_some() {
                 break;
+            }
+            if let Ok(text) = std::fs::read(&markers) {
+                watch(&String::from_utf8_lossy(&text));
             }
             if started.elapsed() > self.timeout {
                 let _ = child.kill();
