@@ -23,6 +23,75 @@ pub enum Bootloader {
     None,
 }
 
+/// Where AGENT.toml is when `--config` and `SLATE_AGENT_CONFIG` say
+/// nothing, on a machine installed on its disk (see [`default_path`]).
+pub const DEFAULT_PATH: &str = "/etc/slate/agent.toml";
+
+/// The AGENT.toml to use by default: [`DEFAULT_PATH`], unless it does not
+/// exist and the network boot wrote one (`NETBOOT_DIR/agent.toml`,
+/// [`crate::netboot::dir`]): a diskless machine has no /etc/slate/agent.toml
+/// of its own, but its initramfs generated one for the booted system.
+pub fn default_path() -> PathBuf {
+    pick_default(Path::new(DEFAULT_PATH), &crate::netboot::dir().join("agent.toml"))
+}
+
+/// [`default_path`]'s choice between the installed and the generated file.
+fn pick_default(installed: &Path, netboot: &Path) -> PathBuf {
+    if !installed.exists() && netboot.exists() {
+        netboot.to_path_buf()
+    } else {
+        // Also when neither exists: the error then names the usual place.
+        installed.to_path_buf()
+    }
+}
+
+/// How the machine runs its snapshots: AGENT.toml's `mode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Two slots on the machine's disk, written by the agent and booted
+    /// in turn (`mode = "ab"`, the default).
+    Ab(Slots),
+    /// Booted from the network, the root mounted from `slate mount`
+    /// (`mode = "netboot"`): there is nothing on disk for the agent to
+    /// write; the next network boot runs what the fleet assigns.
+    Netboot,
+}
+
+/// An A/B machine's slots and what boots them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slots {
+    /// Slot A's location (directory, block device or image file).
+    pub a: PathBuf,
+    /// Slot B's location.
+    pub b: PathBuf,
+    /// The bootloader to drive.
+    pub bootloader: Bootloader,
+    /// Size of an image-file slot created by the agent, in bytes.
+    pub size: u64,
+}
+
+impl Slots {
+    /// The location of slot `name` ("a" or "b").
+    pub fn path(&self, name: &str) -> &Path {
+        if name == "a" {
+            &self.a
+        } else {
+            &self.b
+        }
+    }
+}
+
+/// Size of an image-file slot when AGENT.toml gives no `slot_size`.
+pub const DEFAULT_SLOT_SIZE: &str = "8G";
+
+/// AGENT.toml's `mode`, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawMode {
+    Ab,
+    Netboot,
+}
+
 /// One server URL or several, tried in order.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -56,12 +125,16 @@ struct RawServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
+    #[serde(default = "default_mode")]
+    mode: RawMode,
     server: Servers,
     trust: Vec<PathBuf>,
     #[serde(default)]
     fleet_trust: Vec<PathBuf>,
     state_dir: PathBuf,
-    slots: RawSlots,
+    // Optional here so that a netboot machine needs none; `ab` requires
+    // them after parsing, with an error naming the missing field.
+    slots: Option<RawSlots>,
     #[serde(default = "default_bootloader")]
     bootloader: Bootloader,
     #[serde(default = "default_boot_dir")]
@@ -91,6 +164,9 @@ struct RawSlots {
     b: PathBuf,
 }
 
+fn default_mode() -> RawMode {
+    RawMode::Ab
+}
 fn default_bootloader() -> Bootloader {
     Bootloader::None
 }
@@ -101,7 +177,7 @@ fn default_tries() -> u32 {
     3
 }
 fn default_slot_size() -> String {
-    "8G".into()
+    DEFAULT_SLOT_SIZE.into()
 }
 fn default_connections() -> usize {
     4
@@ -126,13 +202,9 @@ pub struct Config {
     pub fleet_trust: Vec<PathBuf>,
     /// Where the agent keeps its state, manifests and download cache.
     pub state_dir: PathBuf,
-    /// Slot A's location (directory, block device or image file).
-    pub slot_a: PathBuf,
-    /// Slot B's location.
-    pub slot_b: PathBuf,
-    /// The bootloader to drive.
-    pub bootloader: Bootloader,
-    /// Where its files go.
+    /// A/B slots, or a network-booted machine.
+    pub mode: Mode,
+    /// Where the bootloader's files go (A/B only).
     pub boot_dir: PathBuf,
     /// Boots a new slot gets before falling back.
     pub boot_tries: u32,
@@ -142,8 +214,6 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     /// Extra kernel command line for boot entries.
     pub kernel_cmdline: String,
-    /// Size of an image-file slot created by the agent, in bytes.
-    pub slot_size: u64,
     /// Parallel HTTP connections.
     pub connections: usize,
     /// Per-request timeout in seconds.
@@ -269,14 +339,33 @@ impl Config {
         if raw.trust.is_empty() {
             return Err(bad("`trust` must name at least one public key file".into()));
         }
-        if raw.slots.a == raw.slots.b {
-            return Err(bad("slots a and b are the same place".into()));
-        }
-        let slot_size =
-            parse_size(&raw.slot_size).ok_or_else(|| bad(format!("slot_size {:?} is not a size", raw.slot_size)))?;
-        if !(1..=10).contains(&raw.boot_tries) {
-            return Err(bad("boot_tries must be between 1 and 10".into()));
-        }
+        let mode = match raw.mode {
+            RawMode::Ab => {
+                let slots = raw.slots.ok_or_else(|| {
+                    bad("missing field `slots`: an A/B machine needs [slots] a and b (a machine booted from the network \
+                         says mode = \"netboot\")"
+                        .into())
+                })?;
+                if slots.a == slots.b {
+                    return Err(bad("slots a and b are the same place".into()));
+                }
+                let size = parse_size(&raw.slot_size)
+                    .ok_or_else(|| bad(format!("slot_size {:?} is not a size", raw.slot_size)))?;
+                if !(1..=10).contains(&raw.boot_tries) {
+                    return Err(bad("boot_tries must be between 1 and 10".into()));
+                }
+                Mode::Ab(Slots {
+                    a: slots.a,
+                    b: slots.b,
+                    bootloader: raw.bootloader,
+                    size,
+                })
+            }
+            // The slot and boot keys were parsed (a typo in them is still an
+            // error) but mean nothing here: nothing on disk is written. An
+            // AGENT.toml shared with A/B machines may keep them.
+            RawMode::Netboot => Mode::Netboot,
+        };
         Ok(Config {
             path: path.to_path_buf(),
             servers: settings.iter().map(|s| s.url.clone()).collect(),
@@ -284,15 +373,12 @@ impl Config {
             trust: raw.trust,
             fleet_trust: raw.fleet_trust,
             state_dir: raw.state_dir,
-            slot_a: raw.slots.a,
-            slot_b: raw.slots.b,
-            bootloader: raw.bootloader,
+            mode,
             boot_dir: raw.boot_dir,
             boot_tries: raw.boot_tries,
             machine_id: raw.machine_id,
             labels: raw.labels,
             kernel_cmdline: raw.kernel_cmdline,
-            slot_size,
             connections: raw.connections.clamp(1, 16),
             timeout_secs: raw.timeout_secs.clamp(1, 3600),
             token_file: raw.token_file,
@@ -302,12 +388,26 @@ impl Config {
         })
     }
 
-    /// The location of slot `name` ("a" or "b").
-    pub fn slot_path(&self, name: &str) -> &Path {
-        if name == "a" {
-            &self.slot_a
-        } else {
-            &self.slot_b
+    /// The slots of an A/B machine; on a network-booted one, an error
+    /// saying that `what` needs slots. Every path that writes or reads a
+    /// slot goes through here, so a netboot machine never touches one.
+    pub fn slots(&self, what: &str) -> Result<&Slots> {
+        match &self.mode {
+            Mode::Ab(s) => Ok(s),
+            Mode::Netboot => Err(Error::Local(format!(
+                "{what} needs A/B slots, but {} says mode = \"netboot\": this machine boots from the network \
+                 and has no slots (the fleet decides what its next network boot runs)",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// The bootloader the agent drives: `none` on a netboot machine, whose
+    /// firmware boots from the network.
+    pub fn bootloader(&self) -> Bootloader {
+        match &self.mode {
+            Mode::Ab(s) => s.bootloader,
+            Mode::Netboot => Bootloader::None,
         }
     }
 
@@ -406,15 +506,74 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.servers, vec!["http://127.0.0.1:8470"]);
-        assert_eq!(c.bootloader, Bootloader::None);
+        assert_eq!(c.bootloader(), Bootloader::None);
         let c = Config::parse(
             "server = [\"http://a\", \"https://b\"]\ntrust = [\"/k.pub\"]\nstate_dir = \"/x\"\nbootloader = \"bls\"\nslot_size = \"2G\"\nmachine_id = \"m1\"\n[slots]\na = \"/dev/vda2\"\nb = \"/dev/vda3\"\n[labels]\nroom = \"b12\"\n",
             Path::new("agent.toml"),
         )
         .unwrap();
         assert_eq!(c.servers.len(), 2);
-        assert_eq!(c.slot_size, 2 << 30);
+        let Mode::Ab(slots) = &c.mode else {
+            panic!("ab is the default mode")
+        };
+        assert_eq!(slots.size, 2 << 30);
+        assert_eq!(slots.bootloader, Bootloader::Bls);
         assert_eq!(c.labels["room"], "b12");
+    }
+
+    #[test]
+    fn the_two_modes() {
+        let common = "server = \"http://s\"\ntrust = [\"/k\"]\nstate_dir = \"/x\"\n";
+        let parse = |text: &str| Config::parse(&format!("{common}{text}"), Path::new("agent.toml"));
+        // ab, said or not: slots required, checked as ever.
+        for mode in ["", "mode = \"ab\"\n"] {
+            let c = parse(&format!("{mode}slot_size = \"1G\"\n[slots]\na = \"/a\"\nb = \"/b\"\n")).unwrap();
+            let slots = c.slots("a test").unwrap();
+            assert_eq!((slots.path("a"), slots.path("b")), (Path::new("/a"), Path::new("/b")));
+            assert_eq!(slots.size, 1 << 30);
+            let e = parse(mode).unwrap_err().to_string();
+            assert!(e.contains("missing field `slots`") && e.contains("netboot"), "{e}");
+            let e = parse(&format!("{mode}[slots]\na = \"/a\"\nb = \"/a\"\n")).unwrap_err();
+            assert!(e.to_string().contains("slots a and b are the same place"), "{e}");
+            let e = parse(&format!("{mode}slot_size = \"big\"\n[slots]\na = \"/a\"\nb = \"/b\"\n")).unwrap_err();
+            assert!(e.to_string().contains("slot_size \"big\" is not a size"), "{e}");
+            let e = parse(&format!("{mode}boot_tries = 0\n[slots]\na = \"/a\"\nb = \"/b\"\n")).unwrap_err();
+            assert!(e.to_string().contains("boot_tries"), "{e}");
+        }
+        // netboot: no slots needed, and those given do not matter, even
+        // ones an A/B machine would refuse.
+        let c = parse("mode = \"netboot\"\n").unwrap();
+        assert_eq!(c.mode, Mode::Netboot);
+        assert_eq!(c.bootloader(), Bootloader::None);
+        let e = c.slots("slate rollback").unwrap_err().to_string();
+        assert!(
+            e.contains("slate rollback needs A/B slots") && e.contains("mode = \"netboot\""),
+            "{e}"
+        );
+        let c = parse(
+            "mode = \"netboot\"\nbootloader = \"grub\"\nslot_size = \"big\"\nboot_tries = 0\n\
+             [slots]\na = \"/a\"\nb = \"/a\"\n",
+        )
+        .unwrap();
+        assert_eq!((&c.mode, c.bootloader()), (&Mode::Netboot, Bootloader::None));
+        // Still TOML checked: a wrong type or an unknown mode is an error.
+        let e = parse("mode = \"netboot\"\nbootloader = \"lilo\"\n").unwrap_err();
+        assert!(e.to_string().contains("agent.toml line 5"), "{e}");
+        let e = parse("mode = \"diskless\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown variant `diskless`"), "{e}");
+    }
+
+    #[test]
+    fn the_default_path_falls_back_to_the_network_boots_file() {
+        let d = tempfile::tempdir().unwrap();
+        let (installed, netboot) = (d.path().join("etc-agent.toml"), d.path().join("run-agent.toml"));
+        // Neither: the usual place, so that the error names it.
+        assert_eq!(pick_default(&installed, &netboot), installed);
+        std::fs::write(&netboot, "").unwrap();
+        assert_eq!(pick_default(&installed, &netboot), netboot);
+        // A machine's own file always wins.
+        std::fs::write(&installed, "").unwrap();
+        assert_eq!(pick_default(&installed, &netboot), installed);
     }
 
     #[test]
@@ -424,13 +583,15 @@ mod tests {
         let text = include_str!("../../../dist/agent.example.toml");
         let c = Config::parse(text, Path::new("dist/agent.example.toml")).unwrap();
         assert_eq!(c.servers.len(), 2);
-        assert_eq!(c.bootloader, Bootloader::Grub);
+        assert_eq!(c.bootloader(), Bootloader::Grub);
         assert_eq!(c.boot_tries, 3);
-        assert_eq!(c.slot_size, 8 << 30);
-        assert_eq!(c.slot_path("b"), Path::new("/dev/disk/by-partlabel/slate-b"));
+        let slots = c.slots("a test").unwrap();
+        assert_eq!(slots.size, 8 << 30);
+        assert_eq!(slots.path("b"), Path::new("/dev/disk/by-partlabel/slate-b"));
         assert_eq!(c.labels["role"], "kiosk");
         assert_eq!(c.fleet_trust, vec![PathBuf::from("/etc/slate/keys/fleet.pub")]);
         for key in [
+            "mode",
             "server",
             "trust",
             "fleet_trust",

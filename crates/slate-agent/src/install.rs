@@ -34,7 +34,7 @@ pub const STORE_DIR: &str = "store";
 /// The agent's state directory on an installed machine (a `local` path).
 pub const MACHINE_STATE_DIR: &str = "/var/lib/slate";
 /// The machine's AGENT.toml on an installed machine (a `local` path).
-pub const MACHINE_CONFIG: &str = "/etc/slate/agent.toml";
+pub const MACHINE_CONFIG: &str = crate::config::DEFAULT_PATH;
 
 /// How the machine starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -681,12 +681,15 @@ pub fn install(o: &InstallOptions<'_>, progress: &dyn slate_repo::progress::Prog
     // Slot A, by an agent pass with the install's view of the same machine.
     let mut cfg = o.template.clone();
     cfg.state_dir = agent_dir.clone();
-    cfg.slot_a = slot_a.dev.clone();
-    cfg.slot_b = slot_b.dev.clone();
-    cfg.bootloader = match o.firmware {
-        Firmware::Bios => Bootloader::Grub,
-        Firmware::Uefi => Bootloader::Bls,
-    };
+    cfg.mode = crate::config::Mode::Ab(crate::config::Slots {
+        a: slot_a.dev.clone(),
+        b: slot_b.dev.clone(),
+        bootloader: match o.firmware {
+            Firmware::Bios => Bootloader::Grub,
+            Firmware::Uefi => Bootloader::Bls,
+        },
+        size: o.slot_size,
+    });
     cfg.boot_dir = boot_dir.clone();
     cfg.boot_device = None;
     cfg.kernel_cmdline = machine_cmdline(&o.template.kernel_cmdline);

@@ -10,7 +10,9 @@
 //! atomically and reports back. [`boot`] drives GRUB and BLS boot counting;
 //! [`pull`] mirrors a channel into another repository; [`serverstate`]
 //! keeps this machine's state blobs on the server; [`watch`] waits for the
-//! fleet to assign another snapshot.
+//! fleet to assign another snapshot. A machine booted from the network
+//! (AGENT.toml `mode = "netboot"`) has no slots: its pass only reports
+//! what its next boot runs, from what [`netboot`] reads.
 
 pub mod apply;
 pub mod boot;
@@ -21,6 +23,7 @@ pub mod http;
 pub mod identity;
 pub mod install;
 pub mod live;
+pub mod netboot;
 pub mod prepare;
 pub mod pull;
 pub mod remote;

@@ -30,7 +30,8 @@ pub struct SlotState {
 /// The result of the last update pass.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LastPass {
-    /// ok, up-to-date, offline, error.
+    /// ok, up-to-date, offline, error, refused, stale; next-boot on a
+    /// network-booted machine.
     pub result: String,
     /// One sentence.
     pub message: String,

@@ -11,7 +11,7 @@ use slate_core::{ChunkId, Id32, SnapshotId};
 use slate_repo::progress::Progress;
 use slate_repo::reader::ChunkReader;
 
-use crate::config::{Bootloader, Config};
+use crate::config::{Bootloader, Config, Mode};
 use crate::error::{Error, Result};
 use crate::http::Http;
 use crate::identity::{self, Identity};
@@ -23,7 +23,8 @@ use crate::{apply, boot, slot};
 /// What a pass did, for people and scripts.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Outcome {
-    /// ok, up-to-date, offline, dry-run.
+    /// ok, up-to-date, offline, dry-run; `next-boot` on a network-booted
+    /// machine whose next boot runs the assigned snapshot.
     pub result: String,
     /// One sentence.
     pub message: String,
@@ -138,22 +139,134 @@ fn decode_manifest(bytes: &[u8], id: &str) -> Result<Manifest> {
 /// Most shadowed paths a report lists (the server refuses longer lists).
 const MAX_SHADOWED_REPORTED: usize = 256;
 
+/// The body of `POST /v1/fleet/report` (docs/format/http.md), the same
+/// for every kind of machine; what differs is where its values come from
+/// ([`Report::ab`], [`Report::netboot`]).
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    machine: &'a Identity,
+    /// The snapshot the machine runs.
+    current: Option<String>,
+    /// The snapshot of the last pass.
+    target: Option<String>,
+    active_slot: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slots: Option<serde_json::Value>,
+    pending: Option<String>,
+    last_update: Option<ReportUpdate<'a>>,
+    boot: Option<ReportBoot<'a>>,
+    /// `ab`, `live`, `diskless` or `cached`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<&'static str>,
+    /// How full a network-booted machine's cache is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<crate::netboot::CacheReport>,
+}
+
+/// The report's `last_update`.
+#[derive(Debug, Serialize)]
+struct ReportUpdate<'a> {
+    result: &'a str,
+    message: &'a str,
+    bytes_fetched: u64,
+    at: i64,
+    shadowed: Vec<&'a String>,
+}
+
+/// The report's `boot`.
+#[derive(Debug, Serialize)]
+struct ReportBoot<'a> {
+    result: &'a str,
+    slot: Option<String>,
+    snapshot: Option<String>,
+    warnings: &'a [String],
+}
+
+impl<'a> Report<'a> {
+    /// The parts every machine reports from its state file.
+    fn common(who: &'a Identity, state: &'a State) -> Report<'a> {
+        Report {
+            machine: who,
+            current: None,
+            target: state.last_pass.as_ref().and_then(|p| p.target.clone()),
+            active_slot: None,
+            slots: None,
+            pending: None,
+            last_update: state.last_pass.as_ref().map(|p| ReportUpdate {
+                result: &p.result,
+                message: &p.message,
+                bytes_fetched: p.bytes_fetched,
+                at: p.at,
+                shadowed: p.shadowed.iter().take(MAX_SHADOWED_REPORTED).collect(),
+            }),
+            boot: None,
+            mode: None,
+            cache: None,
+        }
+    }
+
+    /// An A/B machine (or a live system, whose agent writes a disk's slots
+    /// while it runs from the medium): its slots.
+    fn ab(who: &'a Identity, state: &'a State) -> Report<'a> {
+        let current = state.active.as_deref().and_then(|a| state.slot(a).snapshot.clone());
+        Report {
+            current: current.clone(),
+            active_slot: state.active.clone(),
+            slots: Some(serde_json::json!({"a": state.a.snapshot, "b": state.b.snapshot})),
+            pending: state.pending.clone(),
+            boot: state.boot_result.as_ref().map(|r| ReportBoot {
+                result: r,
+                slot: state.active.clone(),
+                snapshot: current,
+                warnings: &state.boot_warnings,
+            }),
+            mode: Some(if booted_live() { "live" } else { "ab" }),
+            ..Report::common(who, state)
+        }
+    }
+
+    /// A network-booted machine: what it booted and how full its cache
+    /// is, from the files the network boot left; no slots.
+    fn netboot(who: &'a Identity, state: &'a State, found: &crate::netboot::Found) -> Report<'a> {
+        let info = found.info.as_ref().ok();
+        let current = info.map(|i| i.snapshot.clone());
+        Report {
+            current: current.clone(),
+            boot: state.boot_result.as_ref().map(|r| ReportBoot {
+                result: r,
+                slot: None,
+                snapshot: current,
+                warnings: &state.boot_warnings,
+            }),
+            mode: info.map(|i| i.mode.as_str()),
+            cache: found.cache.as_ref().ok().map(|(_, c)| c.report()),
+            ..Report::common(who, state)
+        }
+    }
+}
+
+/// Whether the running system is a live medium's (`boot=slate-live` on
+/// the kernel command line).
+fn booted_live() -> bool {
+    std::fs::read_to_string(cmdline_path()).is_ok_and(|c| {
+        c.split_whitespace()
+            .take_while(|w| *w != "--")
+            .any(|w| w == "boot=slate-live")
+    })
+}
+
 /// Send the machine's report; failures are logged, not fatal.
-fn report(http: &Http, who: &Identity, state: &State) {
-    let body = serde_json::json!({
-        "machine": who,
-        "current": state.active.as_deref().and_then(|a| state.slot(a).snapshot.clone()),
-        "target": state.last_pass.as_ref().and_then(|p| p.target.clone()),
-        "active_slot": state.active,
-        "slots": {"a": state.a.snapshot, "b": state.b.snapshot},
-        "pending": state.pending,
-        "last_update": state.last_pass.as_ref().map(|p| serde_json::json!({
-            "result": p.result, "message": p.message, "bytes_fetched": p.bytes_fetched, "at": p.at,
-            "shadowed": p.shadowed.iter().take(MAX_SHADOWED_REPORTED).collect::<Vec<_>>()})),
-        "boot": state.boot_result.as_ref().map(|r| serde_json::json!({
-            "result": r, "slot": state.active, "snapshot": state.active.as_deref().and_then(|a| state.slot(a).snapshot.clone()),
-            "warnings": state.boot_warnings})),
-    });
+fn report(cfg: &Config, http: &Http, who: &Identity, state: &State) {
+    let found;
+    let body = match &cfg.mode {
+        Mode::Ab(_) => Report::ab(who, state),
+        Mode::Netboot => {
+            found = crate::netboot::Found::read();
+            Report::netboot(who, state, &found)
+        }
+    };
+    // Plain data (strings, numbers, lists) always serialises.
+    let body = serde_json::to_value(&body).unwrap_or_default();
     if let Err(e) = http.post_json("/v1/fleet/report", &body) {
         tracing::warn!("could not report to the server: {e}");
     }
@@ -210,7 +323,7 @@ fn failed_pass(
     });
     // Best effort: the error itself is what the caller must see.
     let _ = state.save(&cfg.state_dir);
-    report(http, who, state);
+    report(cfg, http, who, state);
     e
 }
 
@@ -221,14 +334,100 @@ pub fn run(cfg: &Config, dry_run: bool, progress: &dyn Progress) -> Result<Outco
 
 /// Run one pass; with `wait_lock`, after the pass another agent is running
 /// (the hourly timer's and the watch loop's passes queue up rather than
-/// fail, and never run at once).
+/// fail, and never run at once). An A/B machine writes its reserve slot
+/// ([`run_ab`]); a network-booted one only learns what its next boot runs
+/// ([`run_netboot`]).
 pub fn run_after_others(cfg: &Config, dry_run: bool, wait_lock: bool, progress: &dyn Progress) -> Result<Outcome> {
+    match &cfg.mode {
+        Mode::Ab(_) => run_ab(cfg, dry_run, wait_lock, progress),
+        Mode::Netboot => run_netboot(cfg, dry_run, wait_lock),
+    }
+}
+
+/// What asking the fleet for this machine's assignment gave.
+enum Asked {
+    /// No fleet server answered (why).
+    Offline(String),
+    /// The answer was stale: the pass ended there, recorded and reported.
+    Ended(Outcome),
+    /// A verified assignment, fresh and signed by a trusted fleet key.
+    Fresh(slate_core::trust::Assignment),
+}
+
+/// Ask the fleet servers for the assignment and check it as every pass
+/// does: a rotated trust document first, then the fleet key's signature,
+/// this machine, an expired trust document, expiry and replay. A refusal
+/// is recorded and reported (not in a dry run) and returned as the error.
+fn ask_fleet(
+    cfg: &Config,
+    state: &mut State,
+    trusted: &mut crate::trust::Trusted,
+    http: &Http,
+    who: &Identity,
+    dry_run: bool,
+) -> Result<Asked> {
+    let now_s = now().max(0) as u64;
+    let answer = if cfg.has_fleet_server() {
+        http.post_json("/v1/fleet/assignment", &serde_json::json!({ "machine": who }))
+    } else {
+        Err(Error::Offline("AGENT.toml names mirrors only".into()))
+    };
+    let answer = match answer {
+        Ok(a) => a,
+        Err(Error::Offline(why)) => return Ok(Asked::Offline(why)),
+        Err(e) => return Err(e),
+    };
+    // New keys first: a rotated fleet key must verify this very assignment.
+    // Nothing from the answer is kept or acted on before it verifies.
+    let checked = crate::trust::refresh(cfg, http, trusted, now_s, !dry_run)
+        .and_then(|_| crate::trust::verify_assignment(&answer, &who.id, trusted));
+    let verified = match checked {
+        Ok(v) => v.assignment,
+        Err(e @ Error::Untrusted(_)) if !dry_run => {
+            return Err(failed_pass(cfg, state, http, who, "refused", e, None));
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(why) = trust_expired(trusted, now_s) {
+        return stale(cfg, state, http, who, dry_run, "assignment", why).map(Asked::Ended);
+    }
+    if let Err(why) = crate::trust::freshness(&verified, state.assignment_issued_at, now_s) {
+        return stale(cfg, state, http, who, dry_run, "assignment", why).map(Asked::Ended);
+    }
+    Ok(Asked::Fresh(verified))
+}
+
+/// Note a fresh assignment in the state (saved by the caller): its issue
+/// time, never beyond this machine's clock, so that a server's
+/// future-dated assignment cannot make later ones replays; and what to
+/// follow from mirrors.
+fn accept_assignment(state: &mut State, verified: &slate_core::trust::Assignment) {
+    let now_s = now().max(0) as u64;
+    state.assignment_issued_at = state.assignment_issued_at.max(verified.issued_at.min(now_s));
+    state.last_fresh_at = Some(now_s);
+    state.followed = Some(crate::state::Followed {
+        channel: verified.channel.clone(),
+        pinned: verified.pinned,
+    });
+}
+
+/// The offline outcome: nothing was written, not even the state.
+fn offline_outcome(why: &str) -> Outcome {
+    Outcome {
+        result: "offline".into(),
+        message: format!("offline: no server answered ({why}); nothing changed, will try again later"),
+        ..Default::default()
+    }
+}
+
+/// One pass of an A/B machine: write the assigned snapshot into the
+/// reserve slot and switch to it on trial.
+fn run_ab(cfg: &Config, dry_run: bool, wait_lock: bool, progress: &dyn Progress) -> Result<Outcome> {
     let _lock = lock_or_wait(&cfg.state_dir, wait_lock)?;
     let mut state = State::load(&cfg.state_dir)?;
     let mut trusted = crate::trust::load(cfg)?;
     let who = identity::detect(cfg.machine_id.as_deref(), &cfg.labels);
     let http = cfg.http()?;
-    let now_s = now().max(0) as u64;
 
     // An offline install from a live medium: the medium's snapshot, its
     // content read from the verified live root; no server is asked.
@@ -248,58 +447,25 @@ pub fn run_after_others(cfg: &Config, dry_run: bool, wait_lock: bool, progress: 
         );
         return finish_pass(cfg, &mut state, &http, &http, &who, target, dry_run, result);
     }
-    let answer = if cfg.has_fleet_server() {
-        http.post_json("/v1/fleet/assignment", &serde_json::json!({ "machine": who }))
-    } else {
-        Err(Error::Offline("AGENT.toml names mirrors only".into()))
-    };
-    let answer = match answer {
-        Ok(a) => a,
-        Err(Error::Offline(why)) => {
+    let verified = match ask_fleet(cfg, &mut state, &mut trusted, &http, &who, dry_run)? {
+        Asked::Fresh(v) => v,
+        Asked::Ended(outcome) => return Ok(outcome),
+        Asked::Offline(why) => {
             return match cfg.mirror_http()? {
                 Some(mirrors) => follow_mirrors(
                     cfg, &mut state, &trusted, &mirrors, &http, &who, &why, dry_run, progress,
                 ),
-                None => Ok(Outcome {
-                    result: "offline".into(),
-                    message: format!("offline: no server answered ({why}); nothing changed, will try again later"),
-                    ..Default::default()
-                }),
+                None => Ok(offline_outcome(&why)),
             };
         }
-        Err(e) => return Err(e),
     };
-    // New keys first: a rotated fleet key must verify this very assignment.
-    // Nothing from the answer is kept or acted on before it verifies.
-    let checked = crate::trust::refresh(cfg, &http, &mut trusted, now_s, !dry_run)
-        .and_then(|_| crate::trust::verify_assignment(&answer, &who.id, &trusted));
-    let verified = match checked {
-        Ok(v) => v.assignment,
-        Err(e @ Error::Untrusted(_)) if !dry_run => {
-            return Err(failed_pass(cfg, &mut state, &http, &who, "refused", e, None));
-        }
-        Err(e) => return Err(e),
-    };
-    if let Some(why) = trust_expired(&trusted, now_s) {
-        return stale(cfg, &mut state, &http, &who, dry_run, "assignment", why);
-    }
     let target = verified.snapshot;
-    if let Err(why) = crate::trust::freshness(&verified, state.assignment_issued_at, now_s) {
-        return stale(cfg, &mut state, &http, &who, dry_run, "assignment", why);
-    }
     let pinned = verified.pinned;
     // A fleet policy that cannot work on this machine's tree is refused
     // before it is kept: the pass fails and the old policy stays.
     let vetted = vet_fleet_policy(cfg, &state, verified.state_policy.as_deref());
     if !dry_run {
-        // The issue time this machine saw, never beyond its own clock: a
-        // server's future-dated assignment cannot make later ones replays.
-        state.assignment_issued_at = state.assignment_issued_at.max(verified.issued_at.min(now_s));
-        state.last_fresh_at = Some(now_s);
-        state.followed = Some(crate::state::Followed {
-            channel: verified.channel.clone(),
-            pinned,
-        });
+        accept_assignment(&mut state, &verified);
         if vetted.is_ok() {
             keep_fleet_policy(cfg, verified.state_policy.as_deref());
         }
@@ -310,6 +476,100 @@ pub fn run_after_others(cfg: &Config, dry_run: bool, wait_lock: bool, progress: 
         )
     });
     finish_pass(cfg, &mut state, &http, &http, &who, target, dry_run, result)
+}
+
+/// One pass of a network-booted machine: ask the fleet (checked exactly
+/// as on an A/B machine), check that the assigned snapshot is one its next
+/// network boot accepts (signed by trusted release keys), record and
+/// report. It writes no slot and no boot entry: the result is `up-to-date`
+/// when the machine runs the assigned snapshot, else `next-boot`.
+fn run_netboot(cfg: &Config, dry_run: bool, wait_lock: bool) -> Result<Outcome> {
+    let _lock = lock_or_wait(&cfg.state_dir, wait_lock)?;
+    let mut state = State::load(&cfg.state_dir)?;
+    let mut trusted = crate::trust::load(cfg)?;
+    let who = identity::detect(cfg.machine_id.as_deref(), &cfg.labels);
+    let http = cfg.http()?;
+    let verified = match ask_fleet(cfg, &mut state, &mut trusted, &http, &who, dry_run)? {
+        Asked::Fresh(v) => v,
+        Asked::Ended(outcome) => return Ok(outcome),
+        // Mirrors are not followed: a pass here writes nothing, and the
+        // initramfs finds its snapshot by itself at the next boot.
+        Asked::Offline(why) => return Ok(offline_outcome(&why)),
+    };
+    if !dry_run {
+        accept_assignment(&mut state, &verified);
+        // Kept for `slate state apply`, as on an A/B machine; there is no
+        // slot to check it against, but a policy that does not parse is
+        // still not kept.
+        keep_fleet_policy(cfg, verified.state_policy.as_deref());
+    }
+    let target = verified.snapshot;
+    let result = netboot_outcome(cfg, &http, &trusted, target);
+    let target_hex = target.to_hex();
+    if dry_run {
+        return result;
+    }
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e @ Error::Untrusted(_)) => {
+            return Err(failed_pass(
+                cfg,
+                &mut state,
+                &http,
+                &who,
+                "refused",
+                e,
+                Some(target_hex),
+            ))
+        }
+        Err(e) => return Err(failed_pass(cfg, &mut state, &http, &who, "error", e, Some(target_hex))),
+    };
+    let fetched = http.received.load(std::sync::atomic::Ordering::Relaxed);
+    state.last_pass = Some(LastPass {
+        result: outcome.result.clone(),
+        message: outcome.message.clone(),
+        bytes_fetched: fetched,
+        at: now(),
+        target: Some(target_hex),
+        shadowed: Vec::new(),
+    });
+    state.save(&cfg.state_dir)?;
+    report(cfg, &http, &who, &state);
+    Ok(Outcome {
+        bytes_fetched: fetched,
+        ..outcome
+    })
+}
+
+/// What the assignment means to a network-booted machine: nothing to do
+/// when it runs `target`, else the next network boot runs `target`. The
+/// snapshot's record and signatures are fetched (a few hundred bytes) so
+/// that `next-boot` is never said of a snapshot the boot would refuse.
+fn netboot_outcome(cfg: &Config, http: &Http, trusted: &crate::trust::Trusted, target: SnapshotId) -> Result<Outcome> {
+    let target_hex = target.to_hex();
+    let info = crate::netboot::Info::load(&crate::netboot::Info::path())?;
+    if info.snapshot == target_hex {
+        return Ok(Outcome {
+            result: "up-to-date".into(),
+            message: format!("already running {} (booted from the network)", &target_hex[..12]),
+            target: Some(target_hex),
+            ..Default::default()
+        });
+    }
+    // Only the record and its signatures: nothing is cached or written.
+    let (_, sigs) = Remote::new(http, &cache_dir(&cfg.state_dir)).snapshot(&target)?;
+    check_threshold(&target, &sigs, trusted.release(), trusted.doc.snapshots as usize)
+        .map_err(|e| Error::Untrusted(format!("refusing snapshot {target_hex}: {e}")))?;
+    Ok(Outcome {
+        result: "next-boot".into(),
+        message: format!(
+            "the fleet assigns {} (this machine runs {}): the next network boot runs it; nothing was written",
+            &target_hex[..12],
+            &info.snapshot[..12],
+        ),
+        target: Some(target_hex),
+        ..Default::default()
+    })
 }
 
 /// Why the trust document in use no longer vouches for anything: it
@@ -358,7 +618,7 @@ fn stale(
             shadowed: Vec::new(),
         });
         state.save(&cfg.state_dir)?;
-        report(http, who, state);
+        report(cfg, http, who, state);
     }
     Ok(outcome)
 }
@@ -505,7 +765,7 @@ fn finish_pass(
         shadowed: outcome.shadowed.iter().map(|s| s.path.clone()).collect(),
     });
     state.save(&cfg.state_dir)?;
-    report(fleet, who, state);
+    report(cfg, fleet, who, state);
     Ok(Outcome {
         bytes_fetched: fetched,
         ..outcome
@@ -524,6 +784,7 @@ fn pass(
     progress: &dyn Progress,
     offline: Option<&crate::live::Medium>,
 ) -> Result<Outcome> {
+    let slots = cfg.slots("an update pass")?;
     let target_hex = target.to_hex();
     let active = state.active.clone();
     let running = active.as_deref().and_then(|a| state.slot(a).snapshot.clone());
@@ -612,10 +873,10 @@ fn pass(
         None => None,
     };
     let active_mount = match (&active, &active_m) {
-        (Some(a), Some(_)) => slot::open_read(a, cfg.slot_path(a), &cfg.state_dir)?,
+        (Some(a), Some(_)) => slot::open_read(a, slots.path(a), &cfg.state_dir)?,
         _ => None,
     };
-    let reserve_path = cfg.slot_path(&reserve).to_path_buf();
+    let reserve_path = slots.path(&reserve).to_path_buf();
     let reserve_mount = match &reserve_m {
         Some(_) => slot::open_read(&reserve, &reserve_path, &cfg.state_dir)?,
         None => None,
@@ -800,7 +1061,7 @@ fn pass(
     // running slot's, which are never touched: refuse before anything is
     // fetched or written.
     let boot_files = BootFiles::open(cfg)?;
-    if cfg.bootloader != Bootloader::None {
+    if slots.bootloader != Bootloader::None {
         boot::check_room(&boot_files.path, &reserve, boot::kernel_bytes(&new_m))?;
     }
 
@@ -812,7 +1073,7 @@ fn pass(
     // fetching keeps the reserve's old content as a source for the next).
     state.slot_mut(&reserve).dirty = true;
     state.save(&cfg.state_dir)?;
-    let mounted = slot::open_write(&reserve, &reserve_path, &cfg.state_dir, fresh, cfg.slot_size)?;
+    let mounted = slot::open_write(&reserve, &reserve_path, &cfg.state_dir, fresh, slots.size)?;
     let readers = || {
         let mut v = vec![ChunkReader::new(&cache, &index)];
         if let Some(i) = &store_index {
@@ -854,7 +1115,7 @@ fn pass(
     // Record what the slot holds before anything points at it.
     write_atomic(&manifest_path(&cfg.state_dir, &target_hex), &manifest_bytes)?;
     write_atomic(&record_path(&cfg.state_dir, &target_hex), &snap.encode())?;
-    let has_kernel = if cfg.bootloader != Bootloader::None {
+    let has_kernel = if slots.bootloader != Bootloader::None {
         boot::install_kernel(&boot_files.path, &reserve, &mounted.path)?
     } else {
         false
@@ -899,14 +1160,14 @@ fn pass(
     policy_fits?;
     if first_install {
         // The first snapshot on a machine is the one it boots: nothing to fall back to.
-        boot::switch(cfg.bootloader, &boot_files.path, &entry, None, cfg.boot_tries)?;
-        boot::mark_good(cfg.bootloader, &boot_files.path, &reserve)?;
+        boot::switch(slots.bootloader, &boot_files.path, &entry, None, cfg.boot_tries)?;
+        boot::mark_good(slots.bootloader, &boot_files.path, &reserve)?;
         state.active = Some(reserve.clone());
         state.known_good = vec![reserve.clone()];
     } else {
         // The switch: the last step, after the slot and its record are durable.
         boot::switch(
-            cfg.bootloader,
+            slots.bootloader,
             &boot_files.path,
             &entry,
             other_entry.as_ref(),
@@ -989,7 +1250,11 @@ fn vet_fleet_policy(cfg: &Config, state: &State, text: Option<&str>) -> Result<(
     if state.slot(active).snapshot.is_none() {
         return Ok(());
     }
-    if let Some(tree) = slot::open_read(active, cfg.slot_path(active), &cfg.state_dir)? {
+    if let Some(tree) = slot::open_read(
+        active,
+        cfg.slots("checking the fleet's state policy")?.path(active),
+        &cfg.state_dir,
+    )? {
         slate_state::check::check(&policy, &tree.path).map_err(|e| refuse(e.to_string()))?;
     }
     Ok(())
@@ -1063,7 +1328,7 @@ pub struct BootFiles {
 impl BootFiles {
     /// Mount the boot partition if there is one.
     pub fn open(cfg: &Config) -> Result<BootFiles> {
-        if cfg.bootloader == Bootloader::None {
+        if cfg.bootloader() == Bootloader::None {
             return Ok(BootFiles {
                 path: cfg.boot_dir.clone(),
                 _mounted: None,
@@ -1174,9 +1439,63 @@ fn refuse_booted(slot: &str, state: &State) -> Result<()> {
     }
 }
 
-/// `slate boot-ok`: the booted slot is good. A machine that booted the
-/// other slot while one was on trial has fallen back: that is recorded.
+/// `slate boot-ok`: the machine booted well. On an A/B machine the booted
+/// slot is marked good ([`boot_ok_ab`]); a network-booted one only records
+/// and reports the boot ([`boot_ok_netboot`]).
 pub fn boot_ok(cfg: &Config) -> Result<String> {
+    match &cfg.mode {
+        Mode::Ab(slots) => boot_ok_ab(cfg, slots),
+        Mode::Netboot => boot_ok_netboot(cfg),
+    }
+}
+
+/// A network-booted machine's `boot-ok`: `good` (or `rescue` when the
+/// initramfs step gave up on the declared state), with the boot's
+/// warnings, reported to the fleet. There are no slots, boot entries or
+/// trials: the firmware boots from the network every time.
+fn boot_ok_netboot(cfg: &Config) -> Result<String> {
+    let _lock = lock(&cfg.state_dir)?;
+    let mut state = State::load(&cfg.state_dir)?;
+    let run = BootRun::read();
+    state.boot_warnings = run.warnings.clone();
+    let booted = match crate::netboot::Info::load(&crate::netboot::Info::path()) {
+        Ok(i) => format!(
+            "snapshot {} ({}, booted from the network)",
+            &i.snapshot[..12],
+            i.mode.as_str()
+        ),
+        Err(e) => format!("this network boot (snapshot unknown: {e})"),
+    };
+    let warned = match run.warnings.len() {
+        0 => String::new(),
+        n => format!("; {n} warning(s) at boot: {}", run.warnings.join("; ")),
+    };
+    let msg = match &run.rescue {
+        Some(why) => {
+            state.boot_result = Some("rescue".into());
+            format!("{booted} booted in rescue mode ({why}); not marked good (docs/boot.md){warned}")
+        }
+        None => {
+            state.boot_result = Some("good".into());
+            format!("{booted} is good{warned}")
+        }
+    };
+    state.save(&cfg.state_dir)?;
+    if let Ok(http) = cfg.http_with_timeout(cfg.timeout_secs.min(5)) {
+        report(
+            cfg,
+            &http,
+            &identity::detect(cfg.machine_id.as_deref(), &cfg.labels),
+            &state,
+        );
+    }
+    Ok(msg)
+}
+
+/// An A/B machine's `boot-ok`: the booted slot is good. A machine that
+/// booted the other slot while one was on trial has fallen back: that is
+/// recorded.
+fn boot_ok_ab(cfg: &Config, slots: &crate::config::Slots) -> Result<String> {
     let _lock = lock(&cfg.state_dir)?;
     let mut state = State::load(&cfg.state_dir)?;
     let from_cmdline = booted_slot();
@@ -1203,7 +1522,12 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
         state.boot_result = Some("rescue".into());
         state.save(&cfg.state_dir)?;
         if let Ok(http) = cfg.http_with_timeout(cfg.timeout_secs.min(5)) {
-            report(&http, &identity::detect(cfg.machine_id.as_deref(), &cfg.labels), &state);
+            report(
+                cfg,
+                &http,
+                &identity::detect(cfg.machine_id.as_deref(), &cfg.labels),
+                &state,
+            );
         }
         return Ok(format!(
             "slot {booted} booted in rescue mode ({why}); not marked good (docs/boot.md){warned}"
@@ -1251,14 +1575,19 @@ pub fn boot_ok(cfg: &Config) -> Result<String> {
         None => format!("{msg}{warned}"),
     };
     run.keep_good_policy(&cfg.state_dir, &booted);
-    boot::mark_good(cfg.bootloader, &BootFiles::open(cfg)?.path, &booted)?;
+    boot::mark_good(slots.bootloader, &BootFiles::open(cfg)?.path, &booted)?;
     state.active = Some(booted.clone());
     if !state.known_good.contains(&booted) {
         state.known_good.push(booted.clone());
     }
     state.save(&cfg.state_dir)?;
     if let Ok(http) = cfg.http_with_timeout(cfg.timeout_secs.min(5)) {
-        report(&http, &identity::detect(cfg.machine_id.as_deref(), &cfg.labels), &state);
+        report(
+            cfg,
+            &http,
+            &identity::detect(cfg.machine_id.as_deref(), &cfg.labels),
+            &state,
+        );
     }
     Ok(msg)
 }
@@ -1355,6 +1684,7 @@ fn clear_boot_failures(state_dir: &Path, slot: &str) {
 
 /// `slate rollback`: the other slot boots next.
 pub fn rollback(cfg: &Config) -> Result<String> {
+    let slots = cfg.slots("slate rollback")?;
     let _lock = lock(&cfg.state_dir)?;
     let mut state = State::load(&cfg.state_dir)?;
     let active = state
@@ -1381,7 +1711,7 @@ pub fn rollback(cfg: &Config) -> Result<String> {
             "slot {target} holds no complete snapshot; nothing to roll back to"
         )));
     }
-    boot::rollback_to(cfg.bootloader, &BootFiles::open(cfg)?.path, &target)?;
+    boot::rollback_to(slots.bootloader, &BootFiles::open(cfg)?.path, &target)?;
     state.pending = None;
     state.active = Some(target.clone());
     state.boot_result = Some("rolled-back".into());
@@ -1392,8 +1722,62 @@ pub fn rollback(cfg: &Config) -> Result<String> {
     ))
 }
 
-/// What `slate status` shows.
+/// What `slate status` shows: an A/B machine's slots ([`status_ab`]), or
+/// what a network-booted machine booted and its cache ([`status_netboot`]).
 pub fn status(cfg: &Config) -> Result<serde_json::Value> {
+    match &cfg.mode {
+        Mode::Ab(slots) => status_ab(cfg, slots),
+        Mode::Netboot => status_netboot(cfg),
+    }
+}
+
+/// A network-booted machine's status (docs/agent.md): a file the network
+/// boot should have left that cannot be read is said in `netboot_error`
+/// or `cache_error`, beside everything else that could be.
+fn status_netboot(cfg: &Config) -> Result<serde_json::Value> {
+    let state = State::load(&cfg.state_dir)?;
+    let found = crate::netboot::Found::read();
+    let info = found.info.as_ref().ok();
+    // The latest word of the fleet: this boot's last pass, else what the
+    // initramfs was told when it booted.
+    let assigned = state
+        .last_pass
+        .as_ref()
+        .and_then(|p| p.target.clone())
+        .or_else(|| info.and_then(|i| i.assigned.clone()));
+    let mut v = serde_json::json!({
+        "mode": info.map_or("netboot", |i| i.mode.as_str()),
+        "netboot": info,
+        "booted": info.map(|i| &i.snapshot),
+        "assigned": assigned,
+        "device": info.and_then(|i| i.device.as_ref()),
+        "cache": found.cache.as_ref().ok().map(|(path, c)| serde_json::json!({
+            "status_file": path,
+            "state": c.state,
+            "snapshot": c.snapshot,
+            "fill_target": c.fill_target,
+            "filling": c.filling,
+            "cached_bytes": c.cached_bytes,
+            "total_bytes": c.total_bytes,
+            "percent": c.percent(),
+            "complete": c.complete,
+            "updated_at": c.updated_at,
+        })),
+        "boot_result": state.boot_result,
+        "boot_warnings": state.boot_warnings,
+        "last_pass": state.last_pass,
+    });
+    if let Err(e) = &found.info {
+        v["netboot_error"] = e.as_str().into();
+    }
+    if let Err(e) = &found.cache {
+        v["cache_error"] = e.as_str().into();
+    }
+    Ok(v)
+}
+
+/// An A/B machine's status: both slots, the last pass and boot.
+fn status_ab(cfg: &Config, slots: &crate::config::Slots) -> Result<serde_json::Value> {
     let state = State::load(&cfg.state_dir)?;
     let slot = |n: &str| {
         let s = state.slot(n);
@@ -1403,7 +1787,7 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
             .and_then(|id| local_snapshot(&cfg.state_dir, id))
             .map(|(snap, _)| snap);
         serde_json::json!({
-            "location": cfg.slot_path(n),
+            "location": slots.path(n),
             "snapshot": s.snapshot,
             "os": meta.as_ref().and_then(|m| m.meta("PRETTY_NAME").map(str::to_string)),
             "written_at": s.written_at,
@@ -1421,7 +1805,8 @@ pub fn status(cfg: &Config) -> Result<serde_json::Value> {
         "boot_warnings": state.boot_warnings,
         "failed": state.failed,
         "last_pass": state.last_pass,
-        "bootloader": cfg.bootloader,
+        "bootloader": slots.bootloader,
+        "mode": if booted_live() { "live" } else { "ab" },
     }))
 }
 

@@ -267,14 +267,16 @@ pub enum Command {
         #[command(subcommand)]
         command: FleetCommand,
     },
-    /// One pass of the agent: ask the server, fetch what is missing, write the reserve slot, switch.
+    /// One pass of the agent: ask the server, fetch what is missing, write the reserve slot, switch
+    /// (booted from the network: report what the next boot runs).
     Update {
-        /// Agent configuration (see docs/agent.md).
+        /// Agent configuration (see docs/agent.md); /run/slate/netboot/agent.toml when the default does not
+        /// exist and the network boot wrote that one.
         #[arg(
             long,
             value_name = "AGENT.toml",
             env = "SLATE_AGENT_CONFIG",
-            default_value = "/etc/slate/agent.toml"
+            default_value_os_t = slate_agent::config::default_path()
         )]
         config: PathBuf,
         /// Print JSON lines (progress and result) on stdout.
@@ -294,27 +296,28 @@ pub enum Command {
         #[arg(long, conflicts_with = "dry_run")]
         watch: bool,
     },
-    /// The agent's slots, which is active, pending and known good, and the last pass.
+    /// The agent's slots, which is active, pending and known good, and the last pass (booted from the
+    /// network: what booted, what is assigned and how full the cache is).
     Status {
         /// Agent configuration.
         #[arg(
             long,
             value_name = "AGENT.toml",
             env = "SLATE_AGENT_CONFIG",
-            default_value = "/etc/slate/agent.toml"
+            default_value_os_t = slate_agent::config::default_path()
         )]
         config: PathBuf,
         #[command(flatten)]
         out: OutputArg,
     },
-    /// Mark the booted slot good: stop boot counting.
+    /// Mark the booted slot good: stop boot counting (booted from the network: report the boot).
     BootOk {
         /// Agent configuration.
         #[arg(
             long,
             value_name = "AGENT.toml",
             env = "SLATE_AGENT_CONFIG",
-            default_value = "/etc/slate/agent.toml"
+            default_value_os_t = slate_agent::config::default_path()
         )]
         config: PathBuf,
     },
@@ -325,7 +328,7 @@ pub enum Command {
             long,
             value_name = "AGENT.toml",
             env = "SLATE_AGENT_CONFIG",
-            default_value = "/etc/slate/agent.toml"
+            default_value_os_t = slate_agent::config::default_path()
         )]
         config: PathBuf,
     },
@@ -804,7 +807,7 @@ pub enum StateCommand {
             long,
             value_name = "AGENT.toml",
             env = "SLATE_AGENT_CONFIG",
-            default_value = "/etc/slate/agent.toml"
+            default_value_os_t = slate_agent::config::default_path()
         )]
         config: PathBuf,
         #[command(flatten)]

@@ -73,3 +73,40 @@ impl Status {
             .map_err(|e| slate_agent::Error::Local(format!("{} is not a mount status: {e}", path.display())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent of a network-booted machine reads this file with a type
+    /// of its own (`slate_agent::netboot::CacheFill`: slate-agent cannot
+    /// depend on this crate); what the daemon writes must stay readable.
+    #[test]
+    fn the_agent_reads_what_the_daemon_writes() {
+        let s = Status {
+            pid: 0,
+            snapshot: "a".repeat(64),
+            state: "mounted".into(),
+            filling: true,
+            cached_bytes: 301_989_888,
+            total_bytes: 750_399_057,
+            last_error: Some(LastError {
+                at: 1,
+                message: "x".into(),
+            }),
+            ..Default::default()
+        };
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("status.json");
+        s.save(&path).unwrap();
+        let fill = slate_agent::netboot::CacheFill::load(&path).unwrap();
+        assert_eq!(
+            (fill.cached_bytes, fill.total_bytes, fill.complete, fill.filling),
+            (s.cached_bytes, s.total_bytes, false, true)
+        );
+        assert_eq!(
+            (fill.state.as_str(), fill.snapshot.as_str()),
+            ("mounted", s.snapshot.as_str())
+        );
+    }
+}

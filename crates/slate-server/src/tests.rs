@@ -31,6 +31,11 @@ const TEST_MACHINES: &[&str] = &[
     "m-labels",
     "m-mac",
     "m-uuid",
+    "m-ab",
+    "m-cached",
+    "m-diskless",
+    "m-newer",
+    "m-bad",
 ];
 
 /// The administrator token of the test servers.
@@ -689,6 +694,7 @@ async fn report_then_machines_round_trip() {
         [
             "active_slot",
             "boot",
+            "cache",
             "channel",
             "current",
             "first_seen",
@@ -696,10 +702,13 @@ async fn report_then_machines_round_trip() {
             "last_seen",
             "last_update",
             "machine",
+            "mode",
             "slots",
             "target"
         ]
     );
+    // An agent that does not say its mode (an older one): null, not a guess.
+    assert_eq!((&m["mode"], &m["cache"]), (&Value::Null, &Value::Null));
     assert_eq!(m["machine"], "dmi:4c4c4544");
     assert_eq!(m["hostname"], "lab-07");
     assert_eq!(m["channel"], LAB);
@@ -714,6 +723,101 @@ async fn report_then_machines_round_trip() {
     assert_eq!(machines[1]["machine"], "lone");
     assert_eq!(machines[1]["channel"], Value::Null);
     assert_eq!(machines[1]["boot"], Value::Null);
+}
+
+#[tokio::test]
+async fn reports_carry_the_mode_and_a_network_booted_machines_cache() {
+    let f = Fixture::new();
+    let app = f.app(DEFAULT_LAB);
+    let machine = |id: &str| json!({"id": id});
+    // An A/B machine, a cached machine filling its cache, a diskless one,
+    // and a mode this server does not know yet (kept, as result words are).
+    let reports = [
+        json!({"machine": machine("m-ab"), "mode": "ab", "slots": {"a": f.lab, "b": null}}),
+        json!({"machine": machine("m-cached"), "current": f.lab, "mode": "cached",
+               "cache": {"cached_bytes": 42, "total_bytes": 100, "complete": false},
+               "last_update": {"result": "next-boot"}, "boot": {"result": "good", "snapshot": f.lab}}),
+        json!({"machine": machine("m-diskless"), "mode": "diskless",
+               "cache": {"cached_bytes": 0, "total_bytes": 0, "complete": true, "later": 1}}),
+        json!({"machine": machine("m-newer"), "mode": "zfs-boot"}),
+    ];
+    for r in &reports {
+        let a = post(&app, "/v1/fleet/report", r.to_string()).await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT, "{r}: {:?}", a.body);
+    }
+    let v = get(&app, "/v1/fleet/machines").await.json();
+    let row = |id: &str| {
+        v["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["machine"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (&row("m-ab")["mode"], &row("m-ab")["cache"]),
+        (&json!("ab"), &Value::Null)
+    );
+    let c = row("m-cached");
+    assert_eq!(c["mode"], "cached");
+    assert_eq!(
+        c["cache"],
+        json!({"cached_bytes": 42, "total_bytes": 100, "complete": false})
+    );
+    assert_eq!(c["last_update"]["result"], "next-boot");
+    assert_eq!(c["active_slot"], Value::Null);
+    // Fields inside `cache` this server does not know are not kept in the
+    // column (the raw report keeps them).
+    assert_eq!(
+        row("m-diskless")["cache"],
+        json!({"cached_bytes": 0, "total_bytes": 0, "complete": true})
+    );
+    assert_eq!(row("m-newer")["mode"], "zfs-boot");
+
+    // Refused: a mode that is not a short lower-case word, bytes that are
+    // not counts or do not add up, a missing field. Nothing is stored.
+    let bad = [
+        (json!({"mode": "A/B"}), "mode must be a word"),
+        (json!({"mode": ""}), "mode must be a word"),
+        (json!({"mode": "x".repeat(17)}), "mode must be a word"),
+        (json!({"mode": 5}), "invalid type"),
+        (
+            json!({"cache": {"cached_bytes": 101, "total_bytes": 100, "complete": false}}),
+            "cache.cached_bytes (101) is more than cache.total_bytes (100)",
+        ),
+        (
+            json!({"cache": {"cached_bytes": -1, "total_bytes": 100, "complete": false}}),
+            "invalid value",
+        ),
+        (
+            json!({"cache": {"cached_bytes": 1.5, "total_bytes": 100, "complete": false}}),
+            "invalid type",
+        ),
+        (
+            json!({"cache": {"cached_bytes": "42", "total_bytes": 100, "complete": false}}),
+            "invalid type",
+        ),
+        (
+            json!({"cache": {"cached_bytes": 1, "total_bytes": 2}}),
+            "missing field `complete`",
+        ),
+    ];
+    for (extra, needle) in bad {
+        let mut body = json!({"machine": machine("m-bad")});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let a = post(&app, "/v1/fleet/report", body.to_string()).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(a.error().contains(needle), "{body}: {}", a.error());
+    }
+    let v = get(&app, "/v1/fleet/machines").await.json();
+    assert!(!v["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["machine"] == "m-bad"));
 }
 
 #[tokio::test]

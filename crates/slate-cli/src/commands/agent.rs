@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use slate_agent::config::Config;
+use slate_agent::config::{Config, Mode};
 use slate_agent::update;
 use slate_core::SnapshotId;
 use slate_repo::progress::Progress;
@@ -236,6 +236,85 @@ pub fn status(config: &Path, as_json: bool) -> Result<ExitCode> {
         json(&s)?;
         return Ok(ExitCode::SUCCESS);
     }
+    match &cfg.mode {
+        Mode::Ab(_) => print_slots(&s),
+        Mode::Netboot => print_netboot(&s),
+    }
+    print_last_pass_and_boot(&s);
+    if let Some(h) = home_backup {
+        println!(
+            "last home backup: {} ({}), {} files, {}",
+            crate::output::time(h["time"].as_i64().unwrap_or(0) * 1_000_000_000),
+            h["user"].as_str().unwrap_or(""),
+            h["files"].as_u64().unwrap_or(0),
+            human(h["bytes"].as_u64().unwrap_or(0))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The first 12 hex digits of a snapshot id in `v`, or `none`.
+fn short(v: &serde_json::Value) -> &str {
+    v.as_str().map_or("none", |x| &x[..12.min(x.len())])
+}
+
+/// A network-booted machine's status lines: how it booted, what runs and
+/// what is assigned, and its cache; a file that could not be read is one
+/// line saying so.
+fn print_netboot(s: &serde_json::Value) {
+    match s["netboot_error"].as_str() {
+        Some(e) => println!("mode: netboot, but {e}"),
+        None => {
+            let n = &s["netboot"];
+            let from = match n["booted_from"].as_str() {
+                Some("disk") => "its cache partition",
+                _ => "the network",
+            };
+            let offline = if n["offline"].as_bool().unwrap_or(false) {
+                ", no server answered"
+            } else {
+                ""
+            };
+            println!(
+                "mode: {} (booted from {from}{offline}), cache on {}",
+                s["mode"].as_str().unwrap_or("?"),
+                s["device"].as_str().unwrap_or("RAM")
+            );
+            println!("booted: {}", short(&s["booted"]));
+        }
+    }
+    if !s["assigned"].is_null() {
+        let note = if s["assigned"] == s["booted"] {
+            "running it"
+        } else {
+            "the next network boot runs it"
+        };
+        println!("assigned: {} ({note})", short(&s["assigned"]));
+    }
+    match (s["cache"].as_object(), s["cache_error"].as_str()) {
+        (Some(c), _) => {
+            let mut how = vec![c["state"].as_str().unwrap_or("?").to_string()];
+            if c["filling"].as_bool().unwrap_or(false) {
+                how.push("filling".into());
+            }
+            if c["complete"].as_bool().unwrap_or(false) {
+                how.push("complete: boots without a server".into());
+            }
+            println!(
+                "cache: {} of {} cached ({:.1}%), {}",
+                human(c["cached_bytes"].as_u64().unwrap_or(0)),
+                human(c["total_bytes"].as_u64().unwrap_or(0)),
+                c["percent"].as_f64().unwrap_or(0.0),
+                how.join(", ")
+            );
+        }
+        (None, Some(e)) => println!("cache: {e}"),
+        (None, None) => println!("cache: unknown"),
+    }
+}
+
+/// An A/B machine's slot lines.
+fn print_slots(s: &serde_json::Value) {
     for n in ["a", "b"] {
         let slot = &s["slots"][n];
         let mut flags = Vec::new();
@@ -252,6 +331,10 @@ pub fn status(config: &Path, as_json: bool) -> Result<ExitCode> {
             slot["location"].as_str().unwrap_or("")
         );
     }
+}
+
+/// The last boot and update pass, whatever the mode.
+fn print_last_pass_and_boot(s: &serde_json::Value) {
     if let Some(b) = s["boot_result"].as_str() {
         println!("last boot: {b}");
     }
@@ -279,16 +362,6 @@ pub fn status(config: &Path, as_json: bool) -> Result<ExitCode> {
             p["message"].as_str().unwrap_or("")
         );
     }
-    if let Some(h) = home_backup {
-        println!(
-            "last home backup: {} ({}), {} files, {}",
-            crate::output::time(h["time"].as_i64().unwrap_or(0) * 1_000_000_000),
-            h["user"].as_str().unwrap_or(""),
-            h["files"].as_u64().unwrap_or(0),
-            human(h["bytes"].as_u64().unwrap_or(0))
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 pub fn boot_ok(config: &Path) -> Result<ExitCode> {

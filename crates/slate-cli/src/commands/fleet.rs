@@ -148,12 +148,37 @@ fn field(v: &Value, key: &str) -> String {
     v.get(key).and_then(Value::as_str).unwrap_or("-").to_string()
 }
 
+/// The MODE cell: how the machine runs, by its last report. A cached
+/// machine shows how full its cache is until it can boot without a server
+/// (`offline-ready`); a mode this client does not know is shown as sent.
+fn mode(m: &MachineRow) -> String {
+    match m.mode.as_deref() {
+        None => "-".into(),
+        Some("ab") => "a/b".into(),
+        Some("cached") => {
+            let bytes = |k: &str| m.cache.get(k).and_then(Value::as_u64);
+            match (
+                m.cache.get("complete").and_then(Value::as_bool),
+                bytes("cached_bytes"),
+                bytes("total_bytes"),
+            ) {
+                (Some(true), ..) => "offline-ready".into(),
+                // Rounded down: 99.7% is not yet offline-ready.
+                (_, Some(c), Some(t)) if t > 0 => format!("cached {}%", (c.min(t) as u128 * 100 / t as u128)),
+                _ => "cached".into(),
+            }
+        }
+        Some(other) => other.into(),
+    }
+}
+
 /// The table: one row per machine, columns padded to their widest cell.
 fn table(machines: &[MachineRow], now: u64) -> String {
     let header = [
         "MACHINE",
         "HOSTNAME",
         "CHANNEL",
+        "MODE",
         "CURRENT",
         "TARGET",
         "ACTIVE",
@@ -168,6 +193,7 @@ fn table(machines: &[MachineRow], now: u64) -> String {
             m.machine.clone(),
             m.hostname.clone().unwrap_or_else(|| "-".into()),
             m.channel.clone().unwrap_or_else(|| "-".into()),
+            mode(m),
             short_id(&m.current),
             short_id(&m.target),
             m.active_slot.clone().unwrap_or_else(|| "-".into()),
@@ -195,6 +221,30 @@ fn table(machines: &[MachineRow], now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mode_column() {
+        let row = |mode: Option<&str>, cache: Value| MachineRow {
+            mode: mode.map(str::to_string),
+            cache,
+            ..Default::default()
+        };
+        let cache = |c: u64, t: u64, complete: bool| serde_json::json!({"cached_bytes": c, "total_bytes": t, "complete": complete});
+        for (r, want) in [
+            (row(None, Value::Null), "-"),
+            (row(Some("ab"), Value::Null), "a/b"),
+            (row(Some("diskless"), cache(5, 10, false)), "diskless"),
+            (row(Some("live"), Value::Null), "live"),
+            (row(Some("cached"), cache(42, 100, false)), "cached 42%"),
+            (row(Some("cached"), cache(997, 1000, false)), "cached 99%"),
+            (row(Some("cached"), cache(100, 100, true)), "offline-ready"),
+            (row(Some("cached"), Value::Null), "cached"),
+            (row(Some("cached"), cache(0, 0, false)), "cached"),
+            (row(Some("zfs-boot"), Value::Null), "zfs-boot"),
+        ] {
+            assert_eq!(mode(&r), want, "{r:?}");
+        }
+    }
 
     #[test]
     fn ages_and_table() {
@@ -225,6 +275,7 @@ mod tests {
                 "dmi:1",
                 "lab-07",
                 "debian/bookworm/lab",
+                "-",
                 "aaaaaaaaaaaa",
                 "-",
                 "a",

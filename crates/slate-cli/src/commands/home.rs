@@ -20,8 +20,6 @@ use crate::output::{human, json, Bar};
 
 /// Where the state policy lives once `slate state` exists.
 const STATE_POLICY: &str = "/etc/slate/state.toml";
-/// The agent configuration used when neither --config nor --repo-dir is given.
-const DEFAULT_CONFIG: &str = "/etc/slate/agent.toml";
 /// The agent's default state directory.
 const DEFAULT_STATE_DIR: &str = "/var/lib/slate";
 
@@ -148,7 +146,7 @@ fn context(home: &HomeArgs, confirm: bool) -> Result<RepoAccess> {
     let user = user_name(home)?;
     let config = match (&home.config, &home.repo_dir) {
         (Some(c), _) => Some(Config::load(c)?),
-        (None, None) => Some(Config::load(Path::new(DEFAULT_CONFIG)).context(
+        (None, None) => Some(Config::load(&slate_agent::config::default_path()).context(
             "no --repo-dir given and the agent configuration cannot be read (give --config AGENT.toml or --repo-dir DIR)",
         )?),
         (None, Some(_)) => None,

@@ -44,6 +44,8 @@ use crate::treedigest::{assert_same_tree, digest};
 
 #[path = "agent_hostile.rs"]
 mod hostile;
+#[path = "agent_netboot.rs"]
+mod netboot;
 
 const MIB: u64 = 1 << 20;
 /// The largest Range request the agent makes (`remote::MAX_RANGE`): the
@@ -1552,6 +1554,9 @@ fn boot_counting_falls_back(kind: Bootloader, name: &'static str) {
     assert_eq!(row["boot"]["result"], "fell-back", "{row}");
     assert_eq!(row["boot"]["slot"], "a", "{row}");
     assert_eq!(row["active_slot"], "a", "{row}");
+    // An A/B machine says so, to the fleet and in its status.
+    assert_eq!(row["mode"], "ab", "{row}");
+    assert_eq!(m.status()["mode"], "ab");
 
     // ...unless the administrator asks for another try.
     let mut c = m.command("update");

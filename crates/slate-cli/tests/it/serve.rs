@@ -168,7 +168,7 @@ fn serve_objects_assignments_and_fleet_status() {
             "machine": machine, "current": id, "target": null, "active_slot": "a",
             "slots": {"a": id, "b": null}, "pending": null,
             "last_update": {"result": "up-to-date", "bytes_fetched": 0, "at": 1764115200u64},
-            "boot": {"result": "good", "slot": "a", "snapshot": id}
+            "boot": {"result": "good", "slot": "a", "snapshot": id}, "mode": "ab"
         }))
         .send()
         .unwrap();
@@ -190,6 +190,7 @@ fn serve_objects_assignments_and_fleet_status() {
         "MACHINE",
         "HOSTNAME",
         "CHANNEL",
+        "MODE",
         "CURRENT",
         "TARGET",
         "ACTIVE",
@@ -202,11 +203,12 @@ fn serve_objects_assignments_and_fleet_status() {
     }
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
-        &row[..9],
+        &row[..10],
         [
             "dmi:test-1",
             "kiosk-1",
             "lab/one",
+            "a/b",
             &id[..12],
             "-",
             "a",
@@ -216,7 +218,7 @@ fn serve_objects_assignments_and_fleet_status() {
         ],
         "{table}"
     );
-    assert!(row[9].ends_with('s') && row[10] == "ago", "{table}");
+    assert!(row[10].ends_with('s') && row[11] == "ago", "{table}");
     // A trailing slash, or no scheme at all, works too.
     let bare = slate_ok(&[
         "fleet",
@@ -243,6 +245,10 @@ fn serve_objects_assignments_and_fleet_status() {
     assert_eq!(m["current"], id.as_str());
     assert_eq!(m["slots"]["a"], id.as_str());
     assert_eq!(m["last_update"]["result"], "up-to-date");
+    assert_eq!(
+        (&m["mode"], &m["cache"]),
+        (&serde_json::json!("ab"), &serde_json::Value::Null)
+    );
     assert!(db.exists(), "the --db file is used");
 
     // SIGTERM: a clean exit, and the request log went to stderr.

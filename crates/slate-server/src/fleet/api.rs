@@ -132,6 +132,17 @@ pub struct Boot {
     pub warnings: Vec<String>,
 }
 
+/// How full a network-booted machine's cache is, in a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cache {
+    /// Bytes of the snapshot the cache holds.
+    pub cached_bytes: u64,
+    /// Bytes of the snapshot in all (never fewer than `cached_bytes`).
+    pub total_bytes: u64,
+    /// Whether it holds all of them: the machine boots without a server.
+    pub complete: bool,
+}
+
 /// `POST /v1/fleet/report` body. Unknown fields are accepted (and kept in
 /// the stored raw report) so that newer agents can talk to this server.
 #[derive(Debug, Deserialize)]
@@ -159,6 +170,12 @@ pub struct ReportRequest {
     /// The last boot.
     #[serde(default)]
     pub boot: Option<Boot>,
+    /// How the machine runs: `ab`, `diskless`, `cached` or `live`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// A network-booted machine's cache.
+    #[serde(default)]
+    pub cache: Option<Cache>,
 }
 
 /// Most slots a report may list.
@@ -180,6 +197,16 @@ fn check_slot(field: &str, v: &str) -> Result<(), String> {
         return Err(format!(
             "{field} must be a slot name (1 to 16 letters, digits, '_' or '-')"
         ));
+    }
+    Ok(())
+}
+
+/// A machine's mode: `docs/format/http.md` lists those of this version
+/// (`ab`, `diskless`, `cached`, `live`); as for result words, any short
+/// lower-case word is kept, for agents that know one more.
+fn check_mode(v: &str) -> Result<(), String> {
+    if v.is_empty() || v.len() > 16 || !v.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+        return Err("mode must be a word such as ab, diskless, cached or live (1 to 16 of a-z, '-')".into());
     }
     Ok(())
 }
@@ -251,6 +278,19 @@ impl ReportRequest {
                 check_text("boot.warnings", w, 1024)?;
             }
         }
+        if let Some(m) = &self.mode {
+            check_mode(m)?;
+        }
+        if let Some(c) = &self.cache {
+            // The bytes are u64 already (serde refuses negatives, fractions
+            // and strings); what is left is that they add up.
+            if c.cached_bytes > c.total_bytes {
+                return Err(format!(
+                    "cache.cached_bytes ({}) is more than cache.total_bytes ({})",
+                    c.cached_bytes, c.total_bytes
+                ));
+            }
+        }
         Ok(ReportRecord {
             machine: self.machine.id,
             hostname: self.machine.hostname,
@@ -260,6 +300,8 @@ impl ReportRequest {
             slots: to_json(&self.slots),
             last_update: to_json(&self.last_update),
             boot: to_json(&self.boot),
+            mode: self.mode,
+            cache: to_json(&self.cache),
             raw,
         })
     }

@@ -12,6 +12,10 @@
 //!                enrolled INTEGER)                             -- Unix seconds
 //! ```
 //!
+//! Version 3 adds `machines.mode` (TEXT) and `machines.cache` (JSON) from
+//! the report: how the machine runs and how full a network-booted
+//! machine's cache is.
+//!
 //! WAL mode lets `slate fleet status` (a reader) run while reports are
 //! written, and makes each write one append to the log instead of a
 //! rewrite of pages. `synchronous = NORMAL` may lose the last reports on a
@@ -34,7 +38,7 @@ const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// `MIGRATIONS[v]` turns a database of schema version `v` into one of
 /// version `v + 1` (version 0 is an empty file). Steps are only ever
 /// appended: a released step never changes.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// Version 1: the machines table.
 const SCHEMA_V1: &str = "
@@ -61,6 +65,14 @@ CREATE TABLE IF NOT EXISTS machine_tokens (
     token_hash TEXT NOT NULL UNIQUE,
     enrolled   INTEGER NOT NULL
 ) STRICT;
+";
+
+/// Version 3: the machine's mode and cache, as its latest report gave
+/// them. Columns of their own, not read out of `report`: that raw text may
+/// come from a server that did not check these fields yet.
+const SCHEMA_V3: &str = "
+ALTER TABLE machines ADD COLUMN mode TEXT;
+ALTER TABLE machines ADD COLUMN cache TEXT;
 ";
 
 /// The machines table in a SQLite file.
@@ -200,8 +212,8 @@ impl FleetStore for SqliteStore {
         self.conn()
             .execute(
                 "INSERT INTO machines (id, first_seen, last_seen, hostname, current, target,
-                                       active_slot, slots, last_update, boot, report)
-                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                                       active_slot, slots, last_update, boot, report, mode, cache)
+                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                  ON CONFLICT(id) DO UPDATE SET
                     last_seen = excluded.last_seen,
                     hostname = COALESCE(excluded.hostname, machines.hostname),
@@ -211,7 +223,9 @@ impl FleetStore for SqliteStore {
                     slots = excluded.slots,
                     last_update = excluded.last_update,
                     boot = excluded.boot,
-                    report = excluded.report",
+                    report = excluded.report,
+                    mode = excluded.mode,
+                    cache = excluded.cache",
                 params![
                     r.machine,
                     now as i64,
@@ -223,6 +237,8 @@ impl FleetStore for SqliteStore {
                     json_text(&r.last_update),
                     json_text(&r.boot),
                     r.raw,
+                    r.mode,
+                    json_text(&r.cache),
                 ],
             )
             .map_err(err(&self.name, "recording a report"))?;
@@ -234,7 +250,7 @@ impl FleetStore for SqliteStore {
         let mut stmt = conn
             .prepare(
                 "SELECT id, hostname, channel, current, target, active_slot, slots, last_update, boot,
-                        first_seen, last_seen
+                        first_seen, last_seen, mode, cache
                  FROM machines ORDER BY id",
             )
             .map_err(err(&self.name, "listing machines"))?;
@@ -250,6 +266,8 @@ impl FleetStore for SqliteStore {
             Option<String>,
             i64,
             i64,
+            Option<String>,
+            Option<String>,
         );
         let rows: Vec<Raw> = stmt
             .query_map([], |r| {
@@ -265,13 +283,15 @@ impl FleetStore for SqliteStore {
                     r.get(8)?,
                     r.get(9)?,
                     r.get(10)?,
+                    r.get(11)?,
+                    r.get(12)?,
                 ))
             })
             .and_then(|it| it.collect())
             .map_err(err(&self.name, "listing machines"))?;
         rows.into_iter()
             .map(
-                |(machine, hostname, channel, current, target, active_slot, s, u, b, first, last)| {
+                |(machine, hostname, channel, current, target, active_slot, s, u, b, first, last, mode, cache)| {
                     Ok(MachineRow {
                         machine,
                         hostname,
@@ -282,6 +302,8 @@ impl FleetStore for SqliteStore {
                         slots: json_value(&self.name, "slots", s)?,
                         last_update: json_value(&self.name, "last_update", u)?,
                         boot: json_value(&self.name, "boot", b)?,
+                        mode,
+                        cache: json_value(&self.name, "cache", cache)?,
                         first_seen: first.max(0) as u64,
                         last_seen: last.max(0) as u64,
                     })
@@ -480,7 +502,7 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         let v: i64 = s.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-        assert_eq!(v, 2);
+        assert_eq!(v, SCHEMA_VERSION);
         let rows = s.machines().unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].hostname.as_deref(), Some("old"));
@@ -491,6 +513,75 @@ mod tests {
         // Opening again changes nothing.
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.tokens().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn upgrades_a_version_2_database_with_mode_and_cache() {
+        let (_dir, path) = scratch_db();
+        {
+            // A database as version 2 wrote it: a machine with a report
+            // (no mode then) and a token.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(SCHEMA_V2).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            c.execute(
+                "INSERT INTO machines (id, first_seen, last_seen, hostname, current, last_update, report)
+                 VALUES ('m1', 5, 6, 'old', 'aa', '{\"result\":\"ok\"}', '{}')",
+                [],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO machine_tokens (machine, token_hash, enrolled) VALUES ('m1', 'h', 7)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let v: i64 = s.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, 3);
+        let rows = s.machines().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].hostname.as_deref(), rows[0].current.as_deref()),
+            (Some("old"), Some("aa"))
+        );
+        assert_eq!(rows[0].last_update["result"], "ok");
+        assert_eq!(
+            (rows[0].mode.as_deref(), &rows[0].cache),
+            (None, &serde_json::Value::Null)
+        );
+        assert_eq!(s.machine_for("h").unwrap().as_deref(), Some("m1"));
+
+        // New reports carry them; a later report without them clears them
+        // (the latest report is the machine as it is now).
+        let cached = ReportRecord {
+            machine: "m1".into(),
+            mode: Some("cached".into()),
+            cache: serde_json::json!({"cached_bytes": 42, "total_bytes": 100, "complete": false}),
+            raw: "{}".into(),
+            ..Default::default()
+        };
+        s.record_report(&cached, 8).unwrap();
+        drop(s);
+        let s = SqliteStore::open(&path).unwrap();
+        let rows = s.machines().unwrap();
+        assert_eq!(rows[0].mode.as_deref(), Some("cached"));
+        assert_eq!(rows[0].cache["cached_bytes"], 42);
+        s.record_report(
+            &ReportRecord {
+                machine: "m1".into(),
+                raw: "{}".into(),
+                ..Default::default()
+            },
+            9,
+        )
+        .unwrap();
+        let rows = s.machines().unwrap();
+        assert_eq!(
+            (rows[0].mode.as_deref(), &rows[0].cache),
+            (None, &serde_json::Value::Null)
+        );
     }
 
     #[test]

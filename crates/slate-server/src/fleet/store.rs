@@ -41,6 +41,10 @@ pub struct ReportRecord {
     pub last_update: serde_json::Value,
     /// The last boot (JSON object or null).
     pub boot: serde_json::Value,
+    /// How the machine runs (`ab`, `diskless`, `cached`, `live`), if it said.
+    pub mode: Option<String>,
+    /// A network-booted machine's cache (JSON object or null).
+    pub cache: serde_json::Value,
     /// The whole report as received, for fields this version does not read.
     pub raw: String,
 }
@@ -67,6 +71,12 @@ pub struct MachineRow {
     pub last_update: serde_json::Value,
     /// Its last boot (`result`, `slot`, `snapshot`).
     pub boot: serde_json::Value,
+    /// How it runs, by its last report: `ab`, `diskless`, `cached`,
+    /// `live`; null when it did not say (an older agent).
+    pub mode: Option<String>,
+    /// A network-booted machine's cache, by its last report
+    /// (`cached_bytes`, `total_bytes`, `complete`); null when none.
+    pub cache: serde_json::Value,
     /// First contact, Unix seconds.
     pub first_seen: u64,
     /// Last contact (assignment or report), Unix seconds.
