@@ -28,7 +28,7 @@ pub enum Bootloader {
 pub const DEFAULT_PATH: &str = "/etc/slate/agent.toml";
 
 /// The AGENT.toml to use by default: [`DEFAULT_PATH`], unless it does not
-/// exist and the network boot wrote one (`NETBOOT_DIR/agent.toml`,
+/// exist (or is empty) and the network boot wrote one (`NETBOOT_DIR/agent.toml`,
 /// [`crate::netboot::dir`]): a diskless machine has no /etc/slate/agent.toml
 /// of its own, but its initramfs generated one for the booted system.
 pub fn default_path() -> PathBuf {
@@ -37,7 +37,11 @@ pub fn default_path() -> PathBuf {
 
 /// [`default_path`]'s choice between the installed and the generated file.
 fn pick_default(installed: &Path, netboot: &Path) -> PathBuf {
-    if !installed.exists() && netboot.exists() {
+    // Empty counts as absent: the default state policy binds a `local`
+    // /etc/slate/agent.toml, which a diskless machine's RAM store holds
+    // as an empty file.
+    let missing = std::fs::metadata(installed).map_or(true, |m| m.len() == 0);
+    if missing && netboot.exists() {
         netboot.to_path_buf()
     } else {
         // Also when neither exists: the error then names the usual place.
@@ -571,8 +575,11 @@ mod tests {
         assert_eq!(pick_default(&installed, &netboot), installed);
         std::fs::write(&netboot, "").unwrap();
         assert_eq!(pick_default(&installed, &netboot), netboot);
-        // A machine's own file always wins.
+        // An empty one is what a RAM state store binds there: not the machine's.
         std::fs::write(&installed, "").unwrap();
+        assert_eq!(pick_default(&installed, &netboot), netboot);
+        // A machine's own file always wins.
+        std::fs::write(&installed, "server = \"http://a\"\n").unwrap();
         assert_eq!(pick_default(&installed, &netboot), installed);
     }
 
