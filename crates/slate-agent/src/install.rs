@@ -13,6 +13,13 @@
 //! AGENT.toml, its token, its trusted keys and the agent's state go to the
 //! state partition, where `slate state apply` binds them into place at
 //! every boot (`/etc/slate/agent.toml`, `/var/lib/slate`).
+//!
+//! The disk of a machine that boots from the network and caches its
+//! snapshot locally is laid out by [`cached`] (`--mode cached`) with the
+//! same pieces: pre-flight, partition table, loop devices, filesystems,
+//! GRUB and mtools.
+
+pub mod cached;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,7 +49,8 @@ pub const MACHINE_CONFIG: &str = "/etc/slate/agent.toml";
 pub enum Firmware {
     /// Legacy BIOS: GRUB from the MBR and a BIOS boot partition.
     Bios,
-    /// UEFI: systemd-boot on an ESP.
+    /// UEFI: a bootloader on an ESP (systemd-boot for the A/B layout,
+    /// GRUB for a cache disk).
     Uefi,
 }
 

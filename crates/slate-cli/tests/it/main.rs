@@ -7,6 +7,7 @@ mod cli;
 mod enroll;
 mod fidelity;
 mod home;
+mod install_cached;
 mod live;
 mod mount;
 mod nasty;
