@@ -419,17 +419,7 @@ impl Config {
     /// line, trimmed. A named file that cannot be read, or holds no token,
     /// is an error rather than a silent anonymous request.
     pub fn token(&self) -> Result<Option<String>> {
-        let Some(p) = &self.token_file else { return Ok(None) };
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| Error::Config(format!("cannot read the machine token {}: {e}", p.display())))?;
-        let token = text.lines().next().unwrap_or("").trim();
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Error::Config(format!(
-                "{} holds no machine token (write the line `slate fleet enroll` printed)",
-                p.display()
-            )));
-        }
-        Ok(Some(token.to_string()))
+        self.token_file.as_deref().map(read_token).transpose()
     }
 
     /// Where the agent keeps the state policy the fleet assigned to this
@@ -485,6 +475,21 @@ impl Config {
     pub fn fleet_keys(&self) -> Result<Vec<slate_core::keys::PublicKey>> {
         read_keys(&self.fleet_trust)
     }
+}
+
+/// The machine token in file `p`: its first line, trimmed; a file that
+/// cannot be read, or holds no token, is an error.
+pub fn read_token(p: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| Error::Config(format!("cannot read the machine token {}: {e}", p.display())))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::Config(format!(
+            "{} holds no machine token (write the line `slate fleet enroll` printed)",
+            p.display()
+        )));
+    }
+    Ok(token.to_string())
 }
 
 fn read_keys(paths: &[PathBuf]) -> Result<Vec<slate_core::keys::PublicKey>> {

@@ -13,6 +13,13 @@
 //! AGENT.toml, its token, its trusted keys and the agent's state go to the
 //! state partition, where `slate state apply` binds them into place at
 //! every boot (`/etc/slate/agent.toml`, `/var/lib/slate`).
+//!
+//! The disk of a machine that boots from the network and caches its
+//! snapshot locally is laid out by [`cached`] (`--mode cached`) with the
+//! same pieces: pre-flight, partition table, loop devices, filesystems,
+//! GRUB and mtools.
+
+pub mod cached;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,7 +49,8 @@ pub const MACHINE_CONFIG: &str = crate::config::DEFAULT_PATH;
 pub enum Firmware {
     /// Legacy BIOS: GRUB from the MBR and a BIOS boot partition.
     Bios,
-    /// UEFI: systemd-boot on an ESP.
+    /// UEFI: a bootloader on an ESP (systemd-boot for the A/B layout,
+    /// GRUB for a cache disk).
     Uefi,
 }
 
@@ -58,63 +66,75 @@ pub struct Part {
     pub start: u64,
     /// Sectors.
     pub sectors: u64,
+    /// Size in bytes (`sectors` times 512; for reports).
+    pub bytes: u64,
 }
 
 impl Part {
+    /// Partition `name` of `sectors` sectors from sector `start`.
+    pub fn new(name: &'static str, code: &'static str, start: u64, sectors: u64) -> Part {
+        Part {
+            name,
+            code,
+            start,
+            sectors,
+            bytes: sectors * SECTOR,
+        }
+    }
+
     fn offset(&self) -> u64 {
         self.start * SECTOR
     }
-    fn bytes(&self) -> u64 {
-        self.sectors * SECTOR
+}
+
+/// Lay `fixed` partitions (name, type code, bytes rounded up to MiB) out
+/// from the first MiB on, then `last` over the rest of the disk, on MiB
+/// boundaries; the last MiB stays free for the backup GPT (33 sectors).
+/// When the rest is smaller than `min_last` bytes, the error is the disk
+/// size the layout needs, in bytes, for the caller to explain.
+fn lay_out(
+    disk_bytes: u64,
+    fixed: &[(&'static str, &'static str, u64)],
+    last: (&'static str, &'static str),
+    min_last: u64,
+) -> std::result::Result<Vec<Part>, u64> {
+    let mut parts = Vec::new();
+    let mut at = MIB;
+    for &(name, code, bytes) in fixed {
+        let sectors = bytes.div_ceil(1 << 20) * MIB;
+        parts.push(Part::new(name, code, at, sectors));
+        at += sectors;
     }
+    let total = disk_bytes / SECTOR;
+    // At least one MiB for the last partition, whatever `min_last` says:
+    // a partition of no size is no partition.
+    let need = at + min_last.div_ceil(1 << 20).max(1) * MIB + MIB;
+    if total < need {
+        return Err(need * SECTOR);
+    }
+    parts.push(Part::new(last.0, last.1, at, (total - MIB - at) / MIB * MIB));
+    Ok(parts)
 }
 
 /// The partitions for a disk of `disk_bytes`, or why it is too small.
 pub fn layout(disk_bytes: u64, firmware: Firmware, slot_bytes: u64) -> Result<Vec<Part>> {
-    let slot = slot_bytes.div_ceil(1 << 20) * MIB;
-    let boot = BOOT_SIZE / SECTOR;
-    let mut parts = Vec::new();
-    let mut at = MIB;
-    let mut add = |name: &'static str, code: &'static str, sectors: u64| {
-        parts.push(Part {
-            name,
-            code,
-            start: at,
-            sectors,
-        });
-        at += sectors;
+    let slot = slot_bytes.div_ceil(1 << 20) << 20;
+    let mut fixed = match firmware {
+        Firmware::Bios => vec![("bios-boot", "EF02", 1 << 20), ("slate-boot", "8300", BOOT_SIZE)],
+        Firmware::Uefi => vec![("slate-esp", "EF00", BOOT_SIZE)],
     };
-    match firmware {
-        Firmware::Bios => {
-            add("bios-boot", "EF02", MIB);
-            add("slate-boot", "8300", boot);
-        }
-        Firmware::Uefi => add("slate-esp", "EF00", boot),
-    }
-    add("slate-a", "8300", slot);
-    add("slate-b", "8300", slot);
-    // The backup GPT takes the last 33 sectors; leave the last MiB.
-    let total = disk_bytes / SECTOR;
-    let need = at + MIN_STATE_SIZE / SECTOR + MIB;
-    if total < need {
-        return Err(Error::Local(format!(
+    fixed.extend([("slate-a", "8300", slot), ("slate-b", "8300", slot)]);
+    lay_out(disk_bytes, &fixed, ("slate-state", "8300"), MIN_STATE_SIZE).map_err(|need| {
+        Error::Local(format!(
             "the disk holds {} MiB; this layout needs at least {} MiB (boot {} MiB, two slots of {} MiB, state {} MiB): \
              use a larger disk or a smaller --slot-size",
             disk_bytes >> 20,
-            (need * SECTOR) >> 20,
+            need >> 20,
             BOOT_SIZE >> 20,
-            (slot * SECTOR) >> 20,
+            slot >> 20,
             MIN_STATE_SIZE >> 20
-        )));
-    }
-    let state = (total - MIB - at) / MIB * MIB;
-    parts.push(Part {
-        name: "slate-state",
-        code: "8300",
-        start: at,
-        sectors: state,
-    });
-    Ok(parts)
+        ))
+    })
 }
 
 pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
@@ -154,7 +174,7 @@ impl Loop {
         let out = run(
             Command::new("losetup")
                 .args(["--find", "--show", "--offset", &part.offset().to_string()])
-                .args(["--sizelimit", &part.bytes().to_string()])
+                .args(["--sizelimit", &part.bytes.to_string()])
                 .arg(disk),
             &format!("losetup for partition {}", part.name),
         )?;
@@ -205,18 +225,53 @@ impl Drop for Mount {
     }
 }
 
-/// Refuse a disk that is mounted, or holds a mounted partition.
+/// Whether the device `src` is the disk `disk` or one of its partitions,
+/// by the kernel's naming: `sda` has `sda1`, a name that ends in a digit
+/// has `p1` (`loop0p1`, `nvme0n1p1`); so `loop1` does not hold `loop10`.
+fn is_part_of(src: &str, disk: &str) -> bool {
+    let Some(rest) = src.strip_prefix(disk) else {
+        return false;
+    };
+    let digits = |r: &str| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit());
+    if rest.is_empty() {
+        return true;
+    }
+    if disk.ends_with(|c: char| c.is_ascii_digit()) {
+        rest.strip_prefix('p').is_some_and(digits)
+    } else {
+        digits(rest)
+    }
+}
+
+/// The loop devices whose backing file is `file` (from sysfs): an image
+/// that is mounted shows in the mount table by its loop device only.
+fn loop_devices_of(file: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            (Path::new(backing.trim_end()) == file).then(|| format!("/dev/{}", e.file_name().to_string_lossy()))
+        })
+        .collect()
+}
+
+/// Refuse a disk that is mounted, or holds a mounted partition; an image
+/// file also when a loop device over it (or a part of it) is mounted.
 fn check_not_in_use(disk: &Path) -> Result<()> {
     let canon = std::fs::canonicalize(disk).unwrap_or_else(|_| disk.to_path_buf());
-    let name = canon.to_string_lossy().into_owned();
+    let mut names = vec![canon.to_string_lossy().into_owned()];
+    if canon.is_file() {
+        names.extend(loop_devices_of(&canon));
+    }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     for l in mounts.lines() {
         let mut f = l.split_whitespace();
         let (Some(src), Some(at)) = (f.next(), f.next()) else {
             continue;
         };
-        let rest = src.strip_prefix(name.as_str());
-        if rest.is_some_and(|r| r.is_empty() || r.trim_start_matches('p').bytes().all(|b| b.is_ascii_digit())) {
+        if names.iter().any(|n| is_part_of(src, n)) {
             return Err(Error::Local(format!(
                 "{} is in use: {src} is mounted at {at}; installing would destroy it",
                 disk.display()
@@ -243,6 +298,78 @@ fn disk_size(disk: &Path) -> Result<u64> {
             disk.display()
         )))
     }
+}
+
+/// The size of the disk to install onto, checked not to be in use; an
+/// image that does not exist yet is planned at `create_size` (made by
+/// [`create_image`]), and without one that is an error.
+fn planned_disk_size(disk: &Path, create_size: Option<u64>) -> Result<u64> {
+    if disk.exists() {
+        check_not_in_use(disk)?;
+        return disk_size(disk);
+    }
+    create_size.ok_or_else(|| {
+        Error::Local(format!(
+            "{} does not exist (give --size to create a disk image)",
+            disk.display()
+        ))
+    })
+}
+
+/// Create the image file `disk` of `size` bytes (sparse) unless it exists.
+fn create_image(disk: &Path, size: u64) -> Result<()> {
+    if disk.exists() {
+        return Ok(());
+    }
+    let f = std::fs::File::create(disk).map_err(|e| Error::Local(format!("cannot create {}: {e}", disk.display())))?;
+    f.set_len(size)
+        .map_err(|e| Error::Local(format!("cannot size {}: {e}", disk.display())))
+}
+
+/// A new GPT on `disk` with `parts` (numbered in order), anything there
+/// before wiped first.
+fn write_gpt(disk: &Path, parts: &[Part]) -> Result<()> {
+    run(Command::new("sgdisk").arg("--zap-all").arg(disk), "sgdisk --zap-all")?;
+    let mut sg = Command::new("sgdisk");
+    sg.arg("--clear");
+    for (i, p) in parts.iter().enumerate() {
+        let n = i + 1;
+        sg.arg(format!("--new={n}:{}:{}", p.start, p.start + p.sectors - 1))
+            .arg(format!("--typecode={n}:{}", p.code))
+            .arg(format!("--change-name={n}:{}", p.name));
+    }
+    sg.arg(disk);
+    run(&mut sg, "sgdisk")?;
+    Ok(())
+}
+
+/// An ext4 filesystem labelled `label` on `dev`, with this UUID if given.
+/// Inode tables and journal are initialised lazily: on a large disk an
+/// eager mkfs writes for minutes.
+fn mkfs_ext4(dev: &Path, label: &str, uuid: Option<&str>) -> Result<()> {
+    let mut c = Command::new("mkfs.ext4");
+    c.args(["-q", "-F", "-L", label, "-E", "lazy_itable_init=1,lazy_journal_init=1"]);
+    if let Some(u) = uuid {
+        c.args(["-U", u]);
+    }
+    run(c.arg(dev), &format!("mkfs.ext4 {label}"))?;
+    Ok(())
+}
+
+/// A FAT32 ESP on `dev`.
+fn mkfs_esp(dev: &Path) -> Result<()> {
+    run(
+        Command::new("mkfs.fat").args(["-F", "32", "-n", "SLATE-ESP"]).arg(dev),
+        "mkfs.fat",
+    )?;
+    Ok(())
+}
+
+/// Flush the disk (image file or device) to stable storage.
+fn sync_disk(disk: &Path) -> Result<()> {
+    let f = std::fs::File::open(disk).map_err(|e| Error::Local(format!("{}: {e}", disk.display())))?;
+    f.sync_all()
+        .map_err(|e| Error::Local(format!("cannot sync {}: {e}", disk.display())))
 }
 
 /// What `slate install` is asked to do.
@@ -459,15 +586,15 @@ const GRUB_MODULES: &[&str] = &[
     "gzio",
 ];
 
-fn install_grub(disk: &Path, boot: &Path, work: &Path) -> Result<()> {
-    let src = Path::new("/usr/lib/grub/i386-pc");
-    if !src.join("boot.img").is_file() {
-        return Err(Error::Local(
-            "GRUB's BIOS files are missing (/usr/lib/grub/i386-pc): install grub-pc-bin and grub-pc".into(),
-        ));
-    }
-    let dst = boot.join("grub/i386-pc");
-    std::fs::create_dir_all(&dst).map_err(|e| Error::Local(format!("cannot create {}: {e}", dst.display())))?;
+/// Where GRUB's BIOS files are (grub-pc-bin).
+const GRUB_BIOS_DIR: &str = "/usr/lib/grub/i386-pc";
+
+/// Copy GRUB's modules for one platform (`src`, like
+/// `/usr/lib/grub/i386-pc`) into `dst`, where GRUB loads them from its
+/// prefix at boot: what the core image lacks (`sleep`, `halt`, a
+/// filesystem a menu names) is then loaded on demand.
+fn copy_grub_modules(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst).map_err(|e| Error::Local(format!("cannot create {}: {e}", dst.display())))?;
     for e in std::fs::read_dir(src).map_err(|e| Error::Local(format!("cannot read {}: {e}", src.display())))? {
         let e = e.map_err(|e| Error::Local(e.to_string()))?;
         let name = e.file_name();
@@ -476,18 +603,50 @@ fn install_grub(disk: &Path, boot: &Path, work: &Path) -> Result<()> {
             std::fs::copy(e.path(), dst.join(&name)).map_err(|err| Error::Local(format!("cannot copy {n}: {err}")))?;
         }
     }
-    write_file(&boot.join("grub/grub.cfg"), GRUB_CFG.as_bytes(), 0o644)?;
-    let early = work.join("grub-early.cfg");
-    write_file(&early, GRUB_EARLY_CFG.as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// Run grub-mkimage for `platform`: an image with `modules` built in that
+/// runs `early` (which finds the filesystem and sets the prefix) first.
+fn grub_mkimage(platform: &str, prefix: &str, early: &str, modules: &[&str], out: &Path, work: &Path) -> Result<()> {
+    let early_file = work.join(format!("grub-early-{platform}.cfg"));
+    write_file(&early_file, early.as_bytes(), 0o644)?;
+    if let Some(d) = out.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::Local(format!("cannot create {}: {e}", d.display())))?;
+    }
     run(
         Command::new("grub-mkimage")
-            .args(["-O", "i386-pc", "-p", "/grub", "-o"])
-            .arg(dst.join("core.img"))
+            .args(["-O", platform, "-p", prefix, "-o"])
+            .arg(out)
             .arg("-c")
-            .arg(&early)
-            .args(GRUB_MODULES),
-        "grub-mkimage",
+            .arg(&early_file)
+            .args(modules),
+        &format!("grub-mkimage -O {platform}"),
     )?;
+    Ok(())
+}
+
+/// GRUB for a BIOS: its modules in `grub_dir/i386-pc` (on the filesystem
+/// that `early` finds, at `prefix`), a core image with `modules` built
+/// in, written by grub-bios-setup into the BIOS boot partition of `disk`
+/// with the boot sector that loads it.
+fn install_grub_bios(
+    disk: &Path,
+    grub_dir: &Path,
+    prefix: &str,
+    early: &str,
+    modules: &[&str],
+    work: &Path,
+) -> Result<()> {
+    let src = Path::new(GRUB_BIOS_DIR);
+    if !src.join("boot.img").is_file() {
+        return Err(Error::Local(format!(
+            "GRUB's BIOS files are missing ({GRUB_BIOS_DIR}): install grub-pc-bin and grub-pc"
+        )));
+    }
+    let dst = grub_dir.join("i386-pc");
+    copy_grub_modules(src, &dst)?;
+    grub_mkimage("i386-pc", prefix, early, modules, &dst.join("core.img"), work)?;
     let map = work.join("device.map");
     write_file(&map, format!("(hd0) {}\n", disk.display()).as_bytes(), 0o644)?;
     // grub-pc-bin ships it here; grub-pc (which also takes over the
@@ -510,19 +669,9 @@ fn install_grub(disk: &Path, boot: &Path, work: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copy a staged ESP tree onto the FAT filesystem on `dev` with mtools
-/// (no vfat mount needed on the installing machine).
-fn fill_esp(dev: &Path, staged: &Path) -> Result<()> {
-    let boot_efi = Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi");
-    if !boot_efi.is_file() {
-        return Err(Error::Local(format!(
-            "systemd-boot is missing ({}): install systemd-boot-efi",
-            boot_efi.display()
-        )));
-    }
-    let data = std::fs::read(boot_efi).map_err(|e| Error::Local(format!("cannot read {}: {e}", boot_efi.display())))?;
-    write_file(&staged.join("EFI/BOOT/BOOTX64.EFI"), &data, 0o644)?;
-    write_file(&staged.join("EFI/systemd/systemd-bootx64.efi"), &data, 0o644)?;
+/// Copy a staged tree onto the FAT filesystem on `dev` with mtools (no
+/// vfat mount needed on the installing machine).
+fn mcopy_tree(dev: &Path, staged: &Path) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(staged)
         .map_err(|e| Error::Local(format!("cannot read {}: {e}", staged.display())))?
         .flatten()
@@ -543,27 +692,27 @@ fn fill_esp(dev: &Path, staged: &Path) -> Result<()> {
     Ok(())
 }
 
+/// systemd-boot as the ESP's default bootloader, with the staged tree
+/// (the agent's entries and the slots' kernels) copied beside it.
+fn fill_esp(dev: &Path, staged: &Path) -> Result<()> {
+    let boot_efi = Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi");
+    if !boot_efi.is_file() {
+        return Err(Error::Local(format!(
+            "systemd-boot is missing ({}): install systemd-boot-efi",
+            boot_efi.display()
+        )));
+    }
+    let data = std::fs::read(boot_efi).map_err(|e| Error::Local(format!("cannot read {}: {e}", boot_efi.display())))?;
+    write_file(&staged.join("EFI/BOOT/BOOTX64.EFI"), &data, 0o644)?;
+    write_file(&staged.join("EFI/systemd/systemd-bootx64.efi"), &data, 0o644)?;
+    mcopy_tree(dev, staged)
+}
+
 /// Install: partition, format, write slot A, install the bootloader.
 pub fn install(o: &InstallOptions<'_>, progress: &dyn slate_repo::progress::Progress) -> Result<InstallReport> {
-    if !o.disk.exists() {
-        match o.create_size {
-            Some(n) => {
-                let f = std::fs::File::create(&o.disk)
-                    .map_err(|e| Error::Local(format!("cannot create {}: {e}", o.disk.display())))?;
-                f.set_len(n)
-                    .map_err(|e| Error::Local(format!("cannot size {}: {e}", o.disk.display())))?;
-            }
-            None => {
-                return Err(Error::Local(format!(
-                    "{} does not exist (give --size to create a disk image)",
-                    o.disk.display()
-                )))
-            }
-        }
-    }
-    check_not_in_use(&o.disk)?;
-    let size = disk_size(&o.disk)?;
+    let size = planned_disk_size(&o.disk, o.create_size)?;
     let parts = layout(size, o.firmware, o.slot_size)?;
+    create_image(&o.disk, size)?;
     // Read the template's secrets before anything is destroyed.
     let token = o.template.token()?;
     let read_all = |paths: &[PathBuf]| -> Result<Vec<(String, Vec<u8>)>> {
@@ -585,20 +734,7 @@ pub fn install(o: &InstallOptions<'_>, progress: &dyn slate_repo::progress::Prog
     o.template.trusted_keys()?;
     o.template.fleet_keys()?;
 
-    // The partition table.
-    let mut sg = Command::new("sgdisk");
-    sg.arg("--zap-all").arg(&o.disk);
-    run(&mut sg, "sgdisk --zap-all")?;
-    let mut sg = Command::new("sgdisk");
-    sg.arg("--clear");
-    for (i, p) in parts.iter().enumerate() {
-        let n = i + 1;
-        sg.arg(format!("--new={n}:{}:{}", p.start, p.start + p.sectors - 1))
-            .arg(format!("--typecode={n}:{}", p.code))
-            .arg(format!("--change-name={n}:{}", p.name));
-    }
-    sg.arg(&o.disk);
-    run(&mut sg, "sgdisk")?;
+    write_gpt(&o.disk, &parts)?;
 
     let part = |name: &str| parts.iter().find(|p| p.name == name).expect("in the layout");
     let slot_a = Loop::new(&o.disk, part("slate-a"))?;
@@ -611,24 +747,11 @@ pub fn install(o: &InstallOptions<'_>, progress: &dyn slate_repo::progress::Prog
             Firmware::Uefi => "slate-esp",
         }),
     )?;
-    let mkfs_ext4 = |dev: &Path, label: &str| {
-        run(
-            Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-L", label, "-E", "lazy_itable_init=1,lazy_journal_init=1"])
-                .arg(dev),
-            &format!("mkfs.ext4 {label}"),
-        )
-    };
-    mkfs_ext4(&state_loop.dev, "slate-state")?;
+    mkfs_ext4(&state_loop.dev, "slate-state", None)?;
     match o.firmware {
-        Firmware::Bios => mkfs_ext4(&boot_loop.dev, "slate-boot")?,
-        Firmware::Uefi => run(
-            Command::new("mkfs.fat")
-                .args(["-F", "32", "-n", "SLATE-ESP"])
-                .arg(&boot_loop.dev),
-            "mkfs.fat",
-        )?,
-    };
+        Firmware::Bios => mkfs_ext4(&boot_loop.dev, "slate-boot", None)?,
+        Firmware::Uefi => mkfs_esp(&boot_loop.dev)?,
+    }
 
     std::fs::create_dir_all(&o.work_dir)
         .map_err(|e| Error::Local(format!("cannot create {}: {e}", o.work_dir.display())))?;
@@ -706,15 +829,23 @@ pub fn install(o: &InstallOptions<'_>, progress: &dyn slate_repo::progress::Prog
     let _ = std::fs::remove_dir_all(agent_dir.join("mnt"));
 
     match o.firmware {
-        Firmware::Bios => install_grub(&o.disk, &boot_dir, &o.work_dir)?,
+        Firmware::Bios => {
+            write_file(&boot_dir.join("grub/grub.cfg"), GRUB_CFG.as_bytes(), 0o644)?;
+            install_grub_bios(
+                &o.disk,
+                &boot_dir.join("grub"),
+                "/grub",
+                GRUB_EARLY_CFG,
+                GRUB_MODULES,
+                &o.work_dir,
+            )?
+        }
         Firmware::Uefi => fill_esp(&boot_loop.dev, &boot_dir)?,
     }
     drop(boot_mnt);
     drop(state_mnt);
     drop((slot_a, slot_b, state_loop, boot_loop));
-    let f = std::fs::File::open(&o.disk).map_err(|e| Error::Local(format!("{}: {e}", o.disk.display())))?;
-    f.sync_all()
-        .map_err(|e| Error::Local(format!("cannot sync {}: {e}", o.disk.display())))?;
+    sync_disk(&o.disk)?;
     Ok(InstallReport {
         disk: o.disk.clone(),
         firmware: o.firmware,
@@ -736,13 +867,26 @@ mod tests {
             assert_eq!(w[0].start + w[0].sectors, w[1].start, "contiguous");
         }
         assert_eq!(p[0].start, MIB);
-        assert_eq!(p[2].bytes(), 3 << 30);
+        assert_eq!(p[2].bytes, 3 << 30);
         let last = p.last().unwrap();
         assert!(last.start + last.sectors <= (8u64 << 30) / SECTOR - 33);
         let u = layout(8 << 30, Firmware::Uefi, 3 << 30).unwrap();
         assert_eq!(u[0].name, "slate-esp");
         let e = layout(4 << 30, Firmware::Bios, 2 << 30).unwrap_err().to_string();
         assert!(e.contains("needs at least") && e.contains("--slot-size"), "{e}");
+    }
+
+    #[test]
+    fn partitions_belong_to_their_disk_only() {
+        assert!(is_part_of("/dev/sda", "/dev/sda"));
+        assert!(is_part_of("/dev/sda2", "/dev/sda"));
+        assert!(is_part_of("/dev/loop1p2", "/dev/loop1"));
+        assert!(is_part_of("/dev/nvme0n1p1", "/dev/nvme0n1"));
+        assert!(!is_part_of("/dev/loop10", "/dev/loop1"));
+        assert!(!is_part_of("/dev/sdab", "/dev/sda"));
+        assert!(!is_part_of("/dev/nvme0n10", "/dev/nvme0n1"));
+        assert!(!is_part_of("/dev/sdap1", "/dev/sda"));
+        assert!(!is_part_of("tmpfs", "/dev/sda"));
     }
 
     #[test]

@@ -463,12 +463,7 @@ fn add_persistence(iso: &Path, bytes: u64) -> Result<u64> {
             .arg(iso),
         "sgdisk (persistence partition)",
     )?;
-    let part = crate::install::Part {
-        name: PERSIST_LABEL,
-        code: "8300",
-        start: first,
-        sectors: last - first + 1,
-    };
+    let part = crate::install::Part::new(PERSIST_LABEL, "8300", first, last - first + 1);
     let dev = Loop::new(iso, &part)?;
     run(
         Command::new("mkfs.ext4")
@@ -1123,12 +1118,7 @@ pub fn import_image(
             .files
             .get(&format!("/{MEDIUM_DIR}/{ROOT_IMAGE}"))
             .ok_or_else(|| refuse("it holds no root image".into()))?;
-        let part = crate::install::Part {
-            name: "root",
-            code: "",
-            start: root_at / 512,
-            sectors: rec.data_bytes / 512,
-        };
+        let part = crate::install::Part::new("root", "", root_at / 512, rec.data_bytes / 512);
         let root_loop = Loop::new(image, &part)?;
         let root = Mount::read_only(&root_loop.dev, "squashfs", work.join("root"))
             .map_err(|e| refuse(format!("its root image does not mount ({e})")))?;

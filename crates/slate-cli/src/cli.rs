@@ -337,20 +337,26 @@ pub enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
-    /// Lay out a new machine's disk (boot, slot A, slot B, state) and write its assigned snapshot into slot A.
+    /// Lay out a new machine's disk (boot, slot A, slot B, state) and write its assigned snapshot into slot A;
+    /// or, with --mode cached, the cache disk of a machine that boots from the network (docs/boot.md).
     Install {
+        /// What the disk is for: `ab`, a machine that boots its own slots; `cached`, a network-booted
+        /// machine's cache, which boots offline once it holds a complete snapshot.
+        #[arg(long, value_enum, default_value = "ab")]
+        mode: InstallModeArg,
         /// Block device or raw disk image file (destroyed).
         #[arg(long, value_name = "DEV|IMAGE")]
         disk: PathBuf,
-        /// AGENT.toml to start from: server, trusted keys, token, machine id, labels, kernel command line.
+        /// AGENT.toml to start from: server, trusted keys, token, machine id, labels, kernel command line
+        /// (required for `ab`; for `cached`, copied with its keys and token to the cache partition's config/).
         #[arg(long, value_name = "AGENT.toml")]
-        config: PathBuf,
-        /// How the machine starts: GRUB from a BIOS, or systemd-boot from UEFI.
+        config: Option<PathBuf>,
+        /// How the machine starts: from a BIOS (GRUB) or from UEFI (systemd-boot, or GRUB for `cached`).
         #[arg(long, value_enum, default_value = "bios")]
         firmware: FirmwareArg,
-        /// Size of each slot (K, M, G suffixes).
-        #[arg(long, value_name = "SIZE", default_value = "8G")]
-        slot_size: String,
+        /// Size of each slot (K, M, G suffixes; `ab` only, default 8G).
+        #[arg(long, value_name = "SIZE")]
+        slot_size: Option<String>,
         /// Create IMAGE with this size when it does not exist.
         #[arg(long, value_name = "SIZE")]
         size: Option<String>,
@@ -728,12 +734,21 @@ pub enum FleetCommand {
     },
 }
 
+/// What `slate install` lays a disk out for.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallModeArg {
+    /// Boot, slots A and B, state: a machine that boots its own snapshot.
+    Ab,
+    /// GRUB and a cache partition: a machine that boots from the network.
+    Cached,
+}
+
 /// Firmware of a machine `slate install` prepares.
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
 pub enum FirmwareArg {
     /// Legacy BIOS (GRUB).
     Bios,
-    /// UEFI (systemd-boot).
+    /// UEFI (systemd-boot; GRUB for a cache disk).
     Uefi,
 }
 

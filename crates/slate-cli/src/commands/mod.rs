@@ -29,7 +29,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use slate_repo::Repo;
 
-use crate::cli::{Cli, Command, FleetCommand, NetbootCommand, PolicyCommand, StateCommand, TrustCommand};
+use crate::cli::{
+    Cli, Command, FleetCommand, InstallModeArg, NetbootCommand, PolicyCommand, StateCommand, TrustCommand,
+};
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -197,6 +199,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::BootOk { config } => agent::boot_ok(&config),
         Command::Rollback { config } => agent::rollback(&config),
         Command::Install {
+            mode,
             disk,
             config,
             firmware,
@@ -204,15 +207,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             size,
             from_live,
             out,
-        } => machine::install(
-            &disk,
-            &config,
-            firmware,
-            &slot_size,
-            size.as_deref(),
-            from_live.as_deref(),
-            out.json,
-        ),
+        } => match mode {
+            InstallModeArg::Ab => machine::install(
+                &disk,
+                config.as_deref(),
+                firmware,
+                slot_size.as_deref(),
+                size.as_deref(),
+                from_live.as_deref(),
+                out.json,
+            ),
+            InstallModeArg::Cached => {
+                if slot_size.is_some() || from_live.is_some() {
+                    anyhow::bail!("--slot-size and --from-live are for --mode ab: a cache disk has no slots");
+                }
+                machine::install_cached(&disk, config.as_deref(), firmware, size.as_deref(), out.json)
+            }
+        },
         Command::Image { command } => image::run(command),
         Command::Mount {
             source,

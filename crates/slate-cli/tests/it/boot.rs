@@ -90,7 +90,7 @@ const MARKER_UNIT: &str = "[Unit]\nDescription=slate boot test marker\nAfter=sla
 /// The test's addition to the default policy: a directory kept on the server.
 const SERVER_POLICY: &str = "\n[[path]]\npath = \"/etc/slate-test\"\nstate = \"server\"\n";
 
-fn have(cmd: &str) -> bool {
+pub(crate) fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .stdout(Stdio::null())
@@ -482,38 +482,46 @@ impl Vm {
     }
 }
 
+/// First and last sector of the GPT partition named `name` on `disk`.
+pub(crate) fn partition_sectors(disk: &Path, name: &str) -> Option<(u64, u64)> {
+    (1..=8).find_map(|n: u32| {
+        let out = Command::new("sgdisk")
+            .arg("-i")
+            .arg(n.to_string())
+            .arg(disk)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !text.contains(&format!("'{name}'")) {
+            return None;
+        }
+        let sector = |key: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        Some((sector("First sector: ")?, sector("Last sector: ")?))
+    })
+}
+
 /// The state partition of a disk image, mounted on the host for the life
 /// of the guard (the guest is off): what the machine keeps between boots.
-struct StatePartition {
+/// Any other partition with a filesystem too ([`StatePartition::named`]).
+pub(crate) struct StatePartition {
     dir: tempfile::TempDir,
 }
 
 impl StatePartition {
     fn mount(disk: &Path) -> StatePartition {
-        // The partition named slate-state, by its sectors in the GPT.
-        let (first, last) = (1..=8)
-            .find_map(|n: u32| {
-                let out = Command::new("sgdisk")
-                    .arg("-i")
-                    .arg(n.to_string())
-                    .arg(disk)
-                    .output()
-                    .ok()?;
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                if !text.contains("'slate-state'") {
-                    return None;
-                }
-                let sector = |key: &str| -> Option<u64> {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix(key))?
-                        .split_whitespace()
-                        .next()?
-                        .parse()
-                        .ok()
-                };
-                Some((sector("First sector: ")?, sector("Last sector: ")?))
-            })
-            .expect("the disk has a slate-state partition");
+        Self::named(disk, "slate-state")
+    }
+
+    /// Mount the partition named `name` by its sectors in the GPT.
+    pub(crate) fn named(disk: &Path, name: &str) -> StatePartition {
+        let (first, last) = partition_sectors(disk, name).unwrap_or_else(|| panic!("the disk has a {name} partition"));
         let dir = scratch();
         let st = Command::new("mount")
             .arg("-o")
@@ -526,8 +534,13 @@ impl StatePartition {
             .arg(dir.path())
             .status()
             .unwrap();
-        assert!(st.success(), "mount the state partition of {}", disk.display());
+        assert!(st.success(), "mount the {name} partition of {}", disk.display());
         StatePartition { dir }
+    }
+
+    /// Where it is mounted.
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
     }
 
     /// A file the agent keeps (`/var/lib/slate/...` on the machine).

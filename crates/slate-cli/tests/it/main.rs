@@ -8,6 +8,7 @@ mod diskless;
 mod enroll;
 mod fidelity;
 mod home;
+mod install_cached;
 mod live;
 mod mount;
 mod nasty;

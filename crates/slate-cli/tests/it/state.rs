@@ -626,7 +626,12 @@ fn install_refuses_a_disk_too_small_before_touching_it() {
     ]);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("needs at least") && err.contains("--slot-size"), "{err}");
-    // Created sparse and left untouched: no partition table was written.
+    // Refused before the image was created.
+    assert!(!img.exists(), "a refused install created the image");
+    // An image that exists is left untouched: no partition table was written.
+    std::fs::File::create(&img).unwrap().set_len(2 << 30).unwrap();
+    let err = slate_err(&["install", "--disk", s(&img), "--slot-size", "1G", "--config", s(&cfg)]);
+    assert!(err.contains("needs at least"), "{err}");
     let mut head = vec![0u8; 1 << 20];
     use std::io::Read;
     std::fs::File::open(&img).unwrap().read_exact(&mut head).unwrap();
