@@ -484,6 +484,17 @@ fn run_ab(cfg: &Config, dry_run: bool, wait_lock: bool, progress: &dyn Progress)
 /// report. It writes no slot and no boot entry: the result is `up-to-date`
 /// when the machine runs the assigned snapshot, else `next-boot`.
 fn run_netboot(cfg: &Config, dry_run: bool, wait_lock: bool) -> Result<Outcome> {
+    if cfg.token_file.is_none() {
+        // A machine with no disk holds no secret: the fleet API is closed
+        // to it, and there is nothing to write anyway (docs/diskless.md).
+        return Ok(Outcome {
+            result: "no-token".into(),
+            message: "this network-booted machine has no token (a `slate-cache` partition holds one): it \
+                      cannot ask the fleet or report; its next network boot runs what the fleet assigns"
+                .into(),
+            ..Default::default()
+        });
+    }
     let _lock = lock_or_wait(&cfg.state_dir, wait_lock)?;
     let mut state = State::load(&cfg.state_dir)?;
     let mut trusted = crate::trust::load(cfg)?;
@@ -1481,7 +1492,8 @@ fn boot_ok_netboot(cfg: &Config) -> Result<String> {
         }
     };
     state.save(&cfg.state_dir)?;
-    if let Ok(http) = cfg.http_with_timeout(cfg.timeout_secs.min(5)) {
+    // Without a token (a machine with no disk) there is no report to make.
+    if let (Some(_), Ok(http)) = (&cfg.token_file, cfg.http_with_timeout(cfg.timeout_secs.min(5))) {
         report(
             cfg,
             &http,
@@ -1581,7 +1593,8 @@ fn boot_ok_ab(cfg: &Config, slots: &crate::config::Slots) -> Result<String> {
         state.known_good.push(booted.clone());
     }
     state.save(&cfg.state_dir)?;
-    if let Ok(http) = cfg.http_with_timeout(cfg.timeout_secs.min(5)) {
+    // Without a token (a machine with no disk) there is no report to make.
+    if let (Some(_), Ok(http)) = (&cfg.token_file, cfg.http_with_timeout(cfg.timeout_secs.min(5))) {
         report(
             cfg,
             &http,

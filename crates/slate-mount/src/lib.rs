@@ -303,7 +303,11 @@ pub fn open(opts: &Options) -> Result<Opened> {
             let online = if opts.offline {
                 None
             } else {
-                match resolve_remote(&http, &opts.spec, &keys.fleet) {
+                // A snapshot id resolves without a server: the record's
+                // fetch is then the first request that can find none.
+                let asked = resolve_remote(&http, &opts.spec, &keys.fleet)
+                    .and_then(|(id, channel)| Ok((id, channel, fetch_record(&http, &id)?)));
+                match asked {
                     Ok(r) => Some(r),
                     Err(Error::Offline(why)) => {
                         tracing::warn!("no server answered ({why}); mounting from the cache");
@@ -313,8 +317,7 @@ pub fn open(opts: &Options) -> Result<Opened> {
                 }
             };
             match online {
-                Some((id, channel)) => {
-                    let (record, sigs) = fetch_record(&http, &id)?;
+                Some((id, channel, (record, sigs))) => {
                     let idx_dir = cache.root().join("mount/remote");
                     let remote = RemoteRepo::open(http, &idx_dir)?;
                     (id, channel, record, sigs, Origin::Remote(remote), false)

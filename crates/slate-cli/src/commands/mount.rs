@@ -175,10 +175,7 @@ fn background(a: &MountArgs) -> Result<ExitCode> {
         .stderr(Stdio::from(log_file))
         .spawn()
         .context("cannot start the mount daemon")?;
-    let mut line = String::new();
-    let out = child.stdout.take().expect("piped");
-    BufReader::new(out).read_line(&mut line).ok();
-    if line.trim() == "ready" {
+    if mounted(&mut child) {
         println!("{}", child.id());
         eprintln!(
             "slate: mounted at {} by daemon {} (log: {})",
@@ -196,6 +193,16 @@ fn background(a: &MountArgs) -> Result<ExitCode> {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("(no message)");
     bail!("the mount daemon did not mount: {last} (log: {})", log.display())
+}
+
+/// Wait for a daemon started with [`NOTIFY_ENV`] to say it mounted (its
+/// first line on stdout); false when it ended without saying so.
+pub(crate) fn mounted(child: &mut std::process::Child) -> bool {
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        BufReader::new(out).read_line(&mut line).ok();
+    }
+    line.trim() == "ready"
 }
 
 /// `slate cache ...`.

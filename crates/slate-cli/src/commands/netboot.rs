@@ -4,7 +4,6 @@
 //! it mounts the cache, starts the mount daemon and writes what the booted
 //! system reads.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -154,10 +153,7 @@ fn start_daemon(
         .process_group(0)
         .spawn()
         .context("cannot start the mount daemon")?;
-    let mut line = String::new();
-    let out = child.stdout.take().expect("piped");
-    BufReader::new(out).read_line(&mut line).ok();
-    if line.trim() == "ready" {
+    if super::mount::mounted(&mut child) {
         return Ok(child.id());
     }
     let status = child.wait()?;

@@ -305,6 +305,9 @@ pub(crate) struct Vm {
     pub(crate) net_boot: bool,
     /// A monitor socket, for `set_link` while the machine runs.
     pub(crate) monitor: Option<PathBuf>,
+    /// Power the machine off this long after its marker says `SLATE-DONE`
+    /// if it has not powered off by itself (see docs/diskless.md, Limits).
+    pub(crate) done_grace: Option<Duration>,
 }
 
 /// What one boot printed: the console (firmware, kernel, initramfs,
@@ -368,6 +371,7 @@ impl Vm {
             netdev: None,
             net_boot: false,
             monitor: None,
+            done_grace: None,
         }
     }
 
@@ -449,13 +453,26 @@ impl Vm {
                 .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
         }
         let started = Instant::now();
+        let mut done_at: Option<Instant> = None;
         let mut child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run qemu");
         loop {
             if child.try_wait().unwrap().is_some() {
                 break;
             }
             if let Ok(text) = std::fs::read(&markers) {
-                watch(&String::from_utf8_lossy(&text));
+                let text = String::from_utf8_lossy(&text);
+                watch(&text);
+                if let Some(grace) = self.done_grace {
+                    if text.lines().any(|l| l.trim_end() == "SLATE-DONE") {
+                        let done = *done_at.get_or_insert_with(Instant::now);
+                        if done.elapsed() > grace {
+                            eprintln!("{}: no power-off {grace:?} after SLATE-DONE; stopping qemu", base.display());
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            break;
+                        }
+                    }
+                }
             }
             if started.elapsed() > self.timeout {
                 let _ = child.kill();
