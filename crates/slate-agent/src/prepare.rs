@@ -31,11 +31,6 @@ const FILES: &[(&str, &str, u32)] = &[
         0o644,
     ),
     (
-        "etc/systemd/system/slate-netboot-shutdown.service",
-        include_str!("../../../dist/systemd/slate-netboot-shutdown.service"),
-        0o644,
-    ),
-    (
         "etc/systemd/system/slate-boot-ok.service",
         include_str!("../../../dist/systemd/slate-boot-ok.service"),
         0o644,
@@ -69,7 +64,6 @@ const FILES: &[(&str, &str, u32)] = &[
 /// image maker's choice (docs/agent.md, "Told at once").
 const ENABLED: &[(&str, &str)] = &[
     ("multi-user.target.wants", "slate-boot-ok.service"),
-    ("sysinit.target.wants", "slate-netboot-shutdown.service"),
     ("timers.target.wants", "slate-update.timer"),
     ("timers.target.wants", "slate-state-upload.timer"),
 ];

@@ -466,7 +466,10 @@ impl Vm {
                     if text.lines().any(|l| l.trim_end() == "SLATE-DONE") {
                         let done = *done_at.get_or_insert_with(Instant::now);
                         if done.elapsed() > grace {
-                            eprintln!("{}: no power-off {grace:?} after SLATE-DONE; stopping qemu", base.display());
+                            eprintln!(
+                                "{}: no power-off {grace:?} after SLATE-DONE; stopping qemu",
+                                base.display()
+                            );
                             let _ = child.kill();
                             let _ = child.wait();
                             break;

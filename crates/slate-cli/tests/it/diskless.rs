@@ -126,7 +126,16 @@ fn monitor(sock: &Path, cmd: &str) {
 fn big_unread_file(tree: &Path) -> PathBuf {
     let out = std::process::Command::new("find")
         .arg(tree.join("usr/lib/modules"))
-        .args(["-path", "*/drivers/gpu/*", "-type", "f", "-size", "+4M", "-printf", "%s %P\n"])
+        .args([
+            "-path",
+            "*/drivers/gpu/*",
+            "-type",
+            "f",
+            "-size",
+            "+4M",
+            "-printf",
+            "%s %P\n",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
