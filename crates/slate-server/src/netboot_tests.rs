@@ -186,7 +186,8 @@ fn fixture() -> Fixture {
 async fn without_a_query_the_script_chains_to_itself() {
     let f = Fixture::new(&[("lab", Tree::Plain)]);
     let app = f.app("");
-    let a = get(&app, "/v1/boot/ipxe", &[]).await;
+    let host = [("host", "boot.example:8470")];
+    let a = get(&app, "/v1/boot/ipxe", &host).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.header(header::CONTENT_TYPE), "text/plain; charset=utf-8");
     assert_eq!(a.header(header::CACHE_CONTROL), "no-store");
@@ -194,10 +195,13 @@ async fn without_a_query_the_script_chains_to_itself() {
         a.text(),
         "#!ipxe\n\
          # slate: ask again with this machine's identity (docs/format/http.md)\n\
-         chain /v1/boot/ipxe?mac=${net0/mac}&uuid=${uuid}&hostname=${hostname:uristring}\n"
+         chain http://boot.example:8470/v1/boot/ipxe?mac=${net0/mac}&uuid=${uuid}&hostname=${hostname:uristring}\n"
     );
     // An empty query is no query.
-    assert_eq!(get(&app, "/v1/boot/ipxe?", &[]).await.text(), a.text());
+    assert_eq!(get(&app, "/v1/boot/ipxe?", &host).await.text(), a.text());
+    // The URL is absolute (qemu's and many firmware's iPXE resolve no
+    // relative ones), so it needs to know how the machine reached it.
+    assert_eq!(get(&app, "/v1/boot/ipxe", &[]).await.status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
@@ -213,9 +217,9 @@ async fn the_machine_script_names_its_rule_snapshot_and_servers() {
         format!(
             "#!ipxe\n\
              # slate: machine mac:52:54:00:12:34:56, rule netboot machines, snapshot {id}\n\
-             kernel /v1/boot/{id}/kernel initrd=initrd boot=slate-net slate.mode=diskless slate.snapshot={id} \
-             slate.server=http://boot.example:8470 ip=dhcp console=ttyS0 quiet\n\
-             initrd --name initrd /v1/boot/{id}/initrd\n\
+             kernel http://boot.example:8470/v1/boot/{id}/kernel initrd=initrd boot=slate-net slate.mode=diskless \
+             slate.snapshot={id} slate.server=http://boot.example:8470 ip=dhcp console=ttyS0 quiet\n\
+             initrd --name initrd http://boot.example:8470/v1/boot/{id}/initrd\n\
              boot\n"
         )
     );
@@ -233,7 +237,7 @@ async fn the_machine_script_names_its_rule_snapshot_and_servers() {
         lines[1],
         format!("# slate: machine dmi:4c4c4544-0042-3510-8052-b7c04f4e3132, rule default, snapshot {lab}")
     );
-    assert!(lines[2].starts_with(&format!("kernel /v1/boot/{lab}/kernel initrd=initrd ")));
+    assert!(lines[2].starts_with(&format!("kernel http://boot.example:8470/v1/boot/{lab}/kernel initrd=initrd ")));
 
     // The servers of [netboot], and the default command line.
     let app = f.app(&format!(

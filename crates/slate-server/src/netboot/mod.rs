@@ -65,7 +65,13 @@ pub async fn ipxe(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> A
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()));
-    let base = script::request_base(host).map_err(ApiError::BadRequest)?;
+    let fleet = st.fleet();
+    // Where iPXE fetches from: how the machine reached this server, else
+    // the first server FLEET.toml names.
+    let base = match script::request_base(host) {
+        Ok(b) => b,
+        Err(why) => fleet.netboot.servers.first().cloned().ok_or(ApiError::BadRequest(why))?,
+    };
     let Some(query) = uri.query().filter(|q| !q.is_empty()) else {
         return Ok(script_response(script::chain_script(&base)));
     };
@@ -79,7 +85,6 @@ pub async fn ipxe(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> A
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?
         .0;
     let machine = script::machine_from_query(&pairs).map_err(ApiError::BadRequest)?;
-    let fleet = st.fleet();
     let servers = script::server_urls(&fleet.netboot, host).map_err(ApiError::BadRequest)?;
     let (repo, f, m) = (st.repo.clone(), fleet.clone(), machine.clone());
     // Channel files are read from disk.
