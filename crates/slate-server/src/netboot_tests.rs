@@ -237,7 +237,9 @@ async fn the_machine_script_names_its_rule_snapshot_and_servers() {
         lines[1],
         format!("# slate: machine dmi:4c4c4544-0042-3510-8052-b7c04f4e3132, rule default, snapshot {lab}")
     );
-    assert!(lines[2].starts_with(&format!("kernel http://boot.example:8470/v1/boot/{lab}/kernel initrd=initrd ")));
+    assert!(lines[2].starts_with(&format!(
+        "kernel http://boot.example:8470/v1/boot/{lab}/kernel initrd=initrd "
+    )));
 
     // The servers of [netboot], and the default command line.
     let app = f.app(&format!(

@@ -70,7 +70,12 @@ pub async fn ipxe(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> A
     // the first server FLEET.toml names.
     let base = match script::request_base(host) {
         Ok(b) => b,
-        Err(why) => fleet.netboot.servers.first().cloned().ok_or(ApiError::BadRequest(why))?,
+        Err(why) => fleet
+            .netboot
+            .servers
+            .first()
+            .cloned()
+            .ok_or(ApiError::BadRequest(why))?,
     };
     let Some(query) = uri.query().filter(|q| !q.is_empty()) else {
         return Ok(script_response(script::chain_script(&base)));
