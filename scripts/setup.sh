@@ -5,7 +5,7 @@ set -euo pipefail
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS=(build-essential pkg-config ca-certificates python3 debootstrap attr acl zstd rsync e2fsprogs util-linux time grub-common
       gdisk dosfstools mtools grub-pc-bin systemd-boot-efi ovmf restic git
-      squashfs-tools xorriso grub-efi-amd64-bin cryptsetup-bin fuse3)
+      squashfs-tools xorriso grub-efi-amd64-bin cryptsetup-bin fuse3 netcat-openbsd)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
