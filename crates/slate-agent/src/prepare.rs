@@ -120,7 +120,37 @@ const DRACUT: &[(&str, &str, u32)] = &[
         include_str!("../../../dist/dracut/90slate/slate-state.sh"),
         0o755,
     ),
+    (
+        "usr/lib/dracut/modules.d/90slate-net/module-setup.sh",
+        include_str!("../../../dist/dracut/90slate-net/module-setup.sh"),
+        0o755,
+    ),
+    (
+        "usr/lib/dracut/modules.d/90slate-net/parse-slate-net.sh",
+        include_str!("../../../dist/dracut/90slate-net/parse-slate-net.sh"),
+        0o755,
+    ),
+    (
+        "usr/lib/dracut/modules.d/90slate-net/slateroot.sh",
+        include_str!("../../../dist/dracut/90slate-net/slateroot.sh"),
+        0o755,
+    ),
 ];
+
+/// The lean network-boot initramfs of kernel `k` on a dracut tree: only
+/// the modules a network boot runs (dracut's shell init, its legacy
+/// network with DHCP, slate's two modules), without systemd in the
+/// initramfs, so that nothing stops the root daemon at switch_root (the
+/// same init as initramfs-tools'). dracut's network module brings every
+/// wired network driver.
+fn netboot_dracut_script(k: &str) -> String {
+    format!(
+        "chroot \"$T\" sh -ec 'dracut --force --no-hostonly --no-hostonly-cmdline \
+         -m \"base slate-net network-legacy\" --omit \"systemd systemd-initrd dracut-systemd plymouth\" \
+         /boot/slate-netboot.img-{k}.new {k}; chmod 644 /boot/slate-netboot.img-{k}.new; \
+         mv /boot/slate-netboot.img-{k}.new /boot/slate-netboot.img-{k}' >/dev/null"
+    )
+}
 
 const DEFAULT_POLICY: &str = include_str!("../../../dist/state/default.toml");
 
@@ -212,6 +242,12 @@ fn in_chroot(tree: &Path, script: &str, what: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The size of kernel `k`'s lean network-boot initramfs.
+fn netboot_image_size(tree: &Path, k: &str) -> u64 {
+    let img = tree.join("boot").join(format!("slate-netboot.img-{k}"));
+    std::fs::metadata(&img).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Put the network-boot keys into the tree (replacing those of an
@@ -329,9 +365,7 @@ pub fn prepare_with(tree: &Path, binary: &Path, netboot: &NetbootKeys) -> Result
                         &netboot_initramfs_script(k),
                         &format!("the network-boot initramfs for {k}"),
                     )?;
-                    let img = tree.join("boot").join(format!("slate-netboot.img-{k}"));
-                    let size = std::fs::metadata(&img).map(|m| m.len()).unwrap_or(0);
-                    netboot_initramfs.push((k.clone(), size));
+                    netboot_initramfs.push((k.clone(), netboot_image_size(tree, k)));
                 }
             }
         }
@@ -345,6 +379,14 @@ pub fn prepare_with(tree: &Path, binary: &Path, netboot: &NetbootKeys) -> Result
                     &format!("chroot \"$T\" dracut --force --no-hostonly --kver {k} >/dev/null"),
                     &format!("dracut for {k}"),
                 )?;
+                if netboot_keys > 0 {
+                    in_chroot(
+                        tree,
+                        &netboot_dracut_script(k),
+                        &format!("the network-boot initramfs for {k} (dracut-network installed?)"),
+                    )?;
+                    netboot_initramfs.push((k.clone(), netboot_image_size(tree, k)));
+                }
             }
         }
         Initramfs::None => {}

@@ -7,10 +7,19 @@
 type getarg >/dev/null 2>&1 || . /lib/dracut-lib.sh
 
 getargbool 0 slate.nostate && return 0
-[ -f "$NEWROOT/etc/slate/state.toml" ] || return 0
+[ -f "$NEWROOT/etc/slate/state.toml" ] || [ -f /run/slate/netboot/state-policy.toml ] || return 0
 STATE_DEV=$(getarg slate.state=)
 [ -n "$STATE_DEV" ] || STATE_DEV=/dev/disk/by-partlabel/slate-state
 SLOT=$(getarg slate.slot=)
+# A network boot (90slate-net mounted the root): the state store is the
+# cache partition's store/, or RAM; the fleet's signed policy, if it sent
+# one, wins over the tree's.
+NETBOOT=""
+if [ -f /run/slate/netboot/info.json ]; then
+    NETBOOT=1
+    STATE_DEV=ram
+    [ -f /run/slate/netboot/state-dev ] && read -r STATE_DEV < /run/slate/netboot/state-dev
+fi
 
 # Warnings go to the console and to /run/slate/warnings (kept across
 # switch_root): `slate boot-ok` reports them to the fleet.
@@ -25,7 +34,14 @@ STATE_ARGS=""
 CONFIG=""
 POLICY_FILE="$NEWROOT/etc/slate/state.toml"
 KEPT=""
-if [ "$STATE_DEV" != none ]; then
+if [ "$STATE_DEV" = ram ]; then
+    # A diskless machine: its local and backup paths are kept in RAM,
+    # like everything else.
+    mkdir -p /run/slate-state
+    mount -t tmpfs -o mode=0755 slate-state /run/slate-state
+    STATE_ARGS="--state-dir /run/slate-state/store"
+    KEPT=/run/slate-state/store/local
+elif [ "$STATE_DEV" != none ]; then
     mkdir -p /run/slate-state
     if mount -t ext4 "$STATE_DEV" /run/slate-state; then
         STATE_ARGS="--state-dir /run/slate-state/store"
@@ -37,6 +53,15 @@ if [ "$STATE_DEV" != none ]; then
         [ -f "$KEPT/var/lib/slate/state-policy.toml" ] && POLICY_FILE="$KEPT/var/lib/slate/state-policy.toml"
     else
         slate_warn "cannot mount the state partition $STATE_DEV; local state is not available this boot"
+    fi
+fi
+if [ -n "$NETBOOT" ]; then
+    CONFIG="--config /run/slate/netboot/agent.toml"
+    [ -f /run/slate/netboot/state-policy.toml ] && POLICY_FILE=/run/slate/netboot/state-policy.toml
+    # The booted system's /etc/slate/agent.toml (slate's own `local`
+    # state) is the one this boot wrote.
+    if [ -n "$KEPT" ] && mkdir -p "$KEPT/etc/slate"; then
+        cat /run/slate/netboot/agent.toml > "$KEPT/etc/slate/agent.toml"
     fi
 fi
 if [ -z "$CONFIG" ] && [ -f "$NEWROOT/etc/slate/agent.toml" ]; then
@@ -92,6 +117,9 @@ else
         n=$((n + 1))
         if mkdir -p "${FAILS%/*}" && echo "$n" > "$FAILS"; then sync; else n=99; fi
     fi
+    # A network boot has no other slot to fall back to: restarting would
+    # only repeat the failure.
+    [ -n "$NETBOOT" ] && n=99
     if [ "$n" -le "$TRIES" ]; then
         slate_fail "the declared state could not be set up (failure $n of $TRIES on slot ${SLOT:-?}; boot with slate.nostate to skip)"
     fi

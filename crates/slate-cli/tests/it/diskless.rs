@@ -397,3 +397,64 @@ fn machines_boot_from_the_network_diskless_then_cached_then_offline() {
         &v1[..12]
     );
 }
+
+/// A tree whose initramfs dracut makes (the corpus's v3-dracut: v3 with
+/// dracut, its network modules and dbus instead of initramfs-tools) boots
+/// diskless too: `slate prepare` builds its lean network-boot image with
+/// slate's dracut modules, dracut's network brings the interface up, and
+/// the root is `slate mount`'s, read-only, with the policy's state.
+#[test]
+fn a_dracut_tree_boots_diskless() {
+    let Some(v3) = ready("bios") else { return };
+    if !std::path::Path::new("/usr/bin/nc").exists() {
+        eprintln!("skipped: nc is not installed (netcat-openbsd; scripts/setup.sh installs it)");
+        return;
+    }
+    let tree = v3.with_file_name("v3-dracut");
+    assert!(
+        tree.join("usr/bin/dracut").exists(),
+        "{} is missing: `make corpus` (scripts/corpus.sh) builds it",
+        tree.display()
+    );
+    let lab = Lab::netboot(&tree);
+    assert!(
+        !lab.tree.join("usr/sbin/update-initramfs").exists(),
+        "the tree's initramfs is dracut's"
+    );
+    let image = std::fs::read_dir(lab.tree.join("boot"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("slate-netboot.img-"))
+        .expect("slate prepare built a network-boot image");
+    eprintln!(
+        "dracut's network-boot initramfs: {:.1} MB",
+        image.metadata().unwrap().len() as f64 / 1e6
+    );
+    write_mode(&lab.tree.join("usr/local/sbin/slate-test-marker"), NET_MARKER, 0o755);
+    std::fs::write(
+        lab.dir.join("FLEET.toml"),
+        "[default]\nchannel = \"lab\"\n[netboot]\nkernel_cmdline = \"console=ttyS0,115200 panic=10 no_timer_check\"\n",
+    )
+    .unwrap();
+    lab.commit("dracut-1");
+    std::thread::sleep(Duration::from_secs(3));
+    let vdir = lab.dir.join("vm");
+    std::fs::create_dir_all(&vdir).unwrap();
+    let mut vm = Vm::new(&vdir, "bios");
+    vm.netdev = Some(restricted_netdev(lab.port));
+    vm.net_boot = true;
+    vm.done_grace = Some(Duration::from_secs(60));
+    let b = vm.boot();
+    assert_net_boot(&b, "diskless", "dracut-1");
+    assert!(
+        b.text.contains("dracut"),
+        "the console shows dracut's initramfs at work: {}",
+        b.tail()
+    );
+    eprintln!(
+        "dracut tree, diskless: {:.0} s to power-off; {} bytes in {} requests to the marker",
+        b.seconds,
+        b.field("SLATE-MEM", "fetched").unwrap_or_default(),
+        b.field("SLATE-MEM", "requests").unwrap_or_default(),
+    );
+}
