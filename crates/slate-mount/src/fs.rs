@@ -24,9 +24,13 @@ use crate::record::Recorder;
 use crate::source::Chunks;
 use crate::tree::{Layout, Tree};
 
-/// How long the kernel may keep entries and attributes: the tree is
-/// immutable for the life of the mount.
-const TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long the kernel may keep entries, attributes and the absence of a
+/// name: the tree is immutable for the life of the mount, so as long as
+/// the kernel can count (it caps the time at years). Under a root that is
+/// this filesystem, systemd's last steps before power-off look up paths
+/// while the daemon is stopped with every other process; what the kernel
+/// holds is all they can get then.
+const TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// The largest read the kernel is asked to send (and readahead window).
 const MAX_READ: u32 = 1 << 20;
@@ -143,7 +147,14 @@ impl fuser::Filesystem for SnapshotFs {
         }
         match self.tree.lookup(dir, name.as_bytes()) {
             Some(i) => reply.entry(&TTL, &self.tree.attr(i), Generation(0)),
-            None => reply.error(Errno::ENOENT),
+            // Node 0 with a lifetime: the kernel keeps the name's absence
+            // (a negative entry) instead of asking again for every probe
+            // of a path that does not exist.
+            None => {
+                let mut absent = self.tree.attr(dir);
+                absent.ino = INodeNo(0);
+                reply.entry(&TTL, &absent, Generation(0))
+            }
         }
     }
 

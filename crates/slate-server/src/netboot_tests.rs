@@ -218,7 +218,7 @@ async fn the_machine_script_names_its_rule_snapshot_and_servers() {
             "#!ipxe\n\
              # slate: machine mac:52:54:00:12:34:56, rule netboot machines, snapshot {id}\n\
              kernel http://boot.example:8470/v1/boot/{id}/kernel initrd=initrd boot=slate-net slate.mode=diskless \
-             slate.snapshot={id} slate.server=http://boot.example:8470 ip=dhcp console=ttyS0 quiet\n\
+             slate.snapshot={id} slate.server=http://boot.example:8470 ip=dhcp SYSTEMD_IN_INITRD=0 console=ttyS0 quiet\n\
              initrd --name initrd http://boot.example:8470/v1/boot/{id}/initrd\n\
              boot\n"
         )
@@ -249,7 +249,7 @@ async fn the_machine_script_names_its_rule_snapshot_and_servers() {
     let a = get(&app, "/v1/boot/ipxe?mac=52:54:00:12:34:56", &[]).await;
     assert!(
         a.text().contains(&format!(
-            "slate.snapshot={id} slate.server=https://a.example,http://10.0.0.2:8470 ip=dhcp \
+            "slate.snapshot={id} slate.server=https://a.example,http://10.0.0.2:8470 ip=dhcp SYSTEMD_IN_INITRD=0 \
              console=tty0 console=ttyS0,115200\n"
         )),
         "{}",

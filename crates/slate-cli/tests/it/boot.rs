@@ -306,7 +306,7 @@ pub(crate) struct Vm {
     /// A monitor socket, for `set_link` while the machine runs.
     pub(crate) monitor: Option<PathBuf>,
     /// Power the machine off this long after its marker says `SLATE-DONE`
-    /// if it has not powered off by itself (see docs/diskless.md, Limits).
+    /// if it has not powered off by itself (`BootLog::exited` tells).
     pub(crate) done_grace: Option<Duration>,
 }
 
@@ -316,6 +316,9 @@ pub(crate) struct BootLog {
     pub(crate) text: String,
     pub(crate) markers: String,
     pub(crate) seconds: f64,
+    /// qemu ended by itself (the guest powered off or restarted), rather
+    /// than being stopped by the test.
+    pub(crate) exited: bool,
 }
 
 impl BootLog {
@@ -454,9 +457,11 @@ impl Vm {
         }
         let started = Instant::now();
         let mut done_at: Option<Instant> = None;
+        let mut exited = false;
         let mut child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run qemu");
         loop {
             if child.try_wait().unwrap().is_some() {
+                exited = true;
                 break;
             }
             if let Ok(text) = std::fs::read(&markers) {
@@ -489,6 +494,7 @@ impl Vm {
             text: read(&log),
             markers: read(&markers),
             seconds: started.elapsed().as_secs_f64(),
+            exited,
         };
         eprintln!(
             "boot {} of {}: {:.1} s, marker {:?}, work {:?}",

@@ -183,17 +183,24 @@ pub fn echo_safe(s: &str) -> String {
 /// ```text
 /// #!ipxe
 /// # slate: machine ID, rule RULE, snapshot SNAPSHOT
-/// kernel BASE/v1/boot/SNAPSHOT/kernel initrd=initrd boot=slate-net slate.mode=diskless slate.snapshot=SNAPSHOT slate.server=URL[,URL] ip=dhcp CMDLINE
+/// kernel BASE/v1/boot/SNAPSHOT/kernel initrd=initrd boot=slate-net slate.mode=diskless slate.snapshot=SNAPSHOT slate.server=URL[,URL] ip=dhcp SYSTEMD_IN_INITRD=0 CMDLINE
 /// initrd --name initrd BASE/v1/boot/SNAPSHOT/initrd
 /// boot
 /// ```
 ///
 /// The snapshot is 64 hex digits and the URLs and `CMDLINE` were checked
 /// when FLEET.toml was read, so only the comment needs escaping.
+///
+/// `SYSTEMD_IN_INITRD=0` reaches the booted system's systemd as its
+/// environment (the kernel hands `KEY=value` words to init; both
+/// initramfs generators pass them on). Without it, systemd's last step
+/// before power-off asks whether it runs in an initrd (a lookup and a
+/// statfs on the root) while every process, the root's FUSE daemon too,
+/// is stopped, and waits for that daemon forever.
 pub fn boot_script(a: &Assignment, base: &str, servers: &[String], kernel_cmdline: &str) -> String {
     let id = &a.snapshot;
     let mut cmdline = format!(
-        "initrd=initrd boot=slate-net slate.mode=diskless slate.snapshot={id} slate.server={} ip=dhcp",
+        "initrd=initrd boot=slate-net slate.mode=diskless slate.snapshot={id} slate.server={} ip=dhcp SYSTEMD_IN_INITRD=0",
         servers.join(",")
     );
     if !kernel_cmdline.is_empty() {
