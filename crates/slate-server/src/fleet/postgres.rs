@@ -504,6 +504,16 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_directory_is_a_host() {
+        // The form docs/scale.md gives for peer authentication.
+        let c = Config::from_str("postgres://slate@%2Fvar%2Frun%2Fpostgresql/slate").unwrap();
+        assert_eq!(
+            c.get_hosts(),
+            [::postgres::config::Host::Unix("/var/run/postgresql".into())]
+        );
+    }
+
+    #[test]
     fn tls_is_refused_not_pretended() {
         let e = PostgresStore::open("postgres://slate@127.0.0.1:1/fleet?sslmode=require", 1)
             .err()

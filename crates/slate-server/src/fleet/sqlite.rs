@@ -24,7 +24,7 @@
 //! `PRAGMA user_version`; [`MIGRATIONS`] brings an older database up to
 //! date, one version per step, each step in one transaction.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -168,12 +168,6 @@ impl SqliteStore {
         // (SQLite rolls back the statement), so ignore the poison.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// Open the store at `path`, or `REPO/fleet.db` when `path` is `None`.
-pub fn open_default(repo_root: &Path, path: Option<&Path>) -> Result<SqliteStore, StoreError> {
-    let p: PathBuf = path.map_or_else(|| repo_root.join("fleet.db"), Path::to_path_buf);
-    SqliteStore::open(&p)
 }
 
 fn err<'a, E: std::error::Error + Send + Sync + 'static>(
