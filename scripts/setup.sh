@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Install everything slate's build, demo, tests and benchmarks need on a
 # Debian 12 machine. Idempotent; run as root (or with sudo available).
+# postgresql: the fleet store's tests start throwaway servers of their own
+# (as the postgres user, on 127.0.0.1); the package's own cluster is not used.
 set -euo pipefail
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS=(build-essential pkg-config ca-certificates python3 debootstrap attr acl zstd rsync e2fsprogs util-linux time grub-common
       gdisk dosfstools mtools grub-pc-bin systemd-boot-efi ovmf restic git
-      squashfs-tools xorriso grub-efi-amd64-bin cryptsetup-bin fuse3 netcat-openbsd)
+      squashfs-tools xorriso grub-efi-amd64-bin cryptsetup-bin fuse3 netcat-openbsd
+      postgresql)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -26,8 +26,8 @@ pub struct DbArg {
     /// Repository directory (its fleet database is REPO/fleet.db).
     #[arg(long, env = "SLATE_REPO", value_name = "DIR")]
     pub repo: Option<PathBuf>,
-    /// SQLite database, when slate serve runs with --db.
-    #[arg(long, value_name = "FILE")]
+    /// The database slate serve runs with (its --db): an SQLite file or a postgres:// URL.
+    #[arg(long, env = "SLATE_DB", value_name = "FILE|URL")]
     pub db: Option<PathBuf>,
 }
 
@@ -204,9 +204,12 @@ pub enum Command {
         /// Fleet file: which machine runs which channel (see docs/fleet.md).
         #[arg(long, value_name = "FLEET.toml")]
         fleet: Option<PathBuf>,
-        /// SQLite database for machine reports and tokens (default: REPO/fleet.db).
-        #[arg(long, value_name = "FILE")]
+        /// Database of machine reports and tokens: an SQLite file (default: REPO/fleet.db) or postgres://USER@HOST/DB.
+        #[arg(long, env = "SLATE_DB", value_name = "FILE|URL")]
         db: Option<PathBuf>,
+        /// Most connections to a PostgreSQL --db (SQLite always uses one).
+        #[arg(long, value_name = "N", default_value_t = slate_server::fleet::postgres::DEFAULT_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        db_connections: u32,
         /// Directory of per-machine state blobs (default: REPO/state).
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,

@@ -22,6 +22,8 @@ pub mod objects;
 pub mod private;
 pub mod range;
 pub mod server;
+#[cfg(any(test, feature = "test-postgres"))]
+pub mod testpg;
 pub mod upload;
 
 use std::sync::Arc;
@@ -40,7 +42,7 @@ use tracing::Level;
 
 pub use blobs::PrivateStorage;
 pub use error::{ApiError, ApiResult};
-pub use fleet::{FleetConfig, FleetStore, SqliteStore, TokenStore};
+pub use fleet::{FleetConfig, FleetDb, FleetStore, PostgresStore, SqliteStore, TokenStore};
 
 /// Largest request body accepted (fleet requests are a few hundred bytes);
 /// state and home uploads have limits of their own.

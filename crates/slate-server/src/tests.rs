@@ -13,7 +13,8 @@ use slate_repo::progress::NoProgress;
 use slate_repo::{Config, Repo};
 use tower::ServiceExt;
 
-use crate::fleet::{FleetConfig, SqliteStore};
+use crate::fleet::testdb::{on_both_stores_async, TestDb};
+use crate::fleet::{FleetConfig, FleetDb, SqliteStore, TokenStore};
 use crate::{app, AppState};
 
 const LAB: &str = "debian/bookworm/lab";
@@ -52,11 +53,22 @@ struct Fixture {
     dir: tempfile::TempDir,
     lab: String,
     other: String,
+    /// Where its servers keep machines and tokens (all of them the same
+    /// database); `None`: each server its own SQLite database in memory.
+    db: Option<TestDb>,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         Self::with_channels(&[LAB, OTHER])
+    }
+
+    /// [`Fixture::new`] whose servers keep machines and tokens in `db`.
+    fn on(db: TestDb) -> Fixture {
+        Fixture {
+            db: Some(db),
+            ..Self::new()
+        }
     }
 
     fn with_channels(channels: &[&str]) -> Fixture {
@@ -87,6 +99,7 @@ impl Fixture {
             lab: ids[0].clone(),
             other,
             dir,
+            db: None,
         }
     }
 
@@ -108,11 +121,19 @@ impl Fixture {
         let repo = Repo::open(&self.root()).unwrap();
         let admin = self.dir.path().join("admin.token");
         std::fs::write(&admin, format!("# the fleet's administrators\n{ADMIN_TOKEN}\n")).unwrap();
-        let st = AppState::new(repo, fleet, SqliteStore::in_memory().unwrap()).with_admin_tokens(&admin);
-        for m in TEST_MACHINES {
-            st.tokens.enroll(m, &crate::auth::hash(&token_of(m)), 1, false).unwrap();
-        }
-        st
+        // Off the test's runtime: the PostgreSQL client blocks on one of
+        // its own, as it does on the server's blocking threads.
+        let store = crate::testpg::off_runtime(|| {
+            let store = match &self.db {
+                Some(db) => db.open(),
+                None => FleetDb::from(SqliteStore::in_memory().unwrap()),
+            };
+            for m in TEST_MACHINES {
+                store.enroll(m, &crate::auth::hash(&token_of(m)), 1, false).unwrap();
+            }
+            store
+        });
+        AppState::new(repo, fleet, store).with_admin_tokens(&admin)
     }
 
     /// The storage key and bytes of the repository's files below `dir`
@@ -500,9 +521,8 @@ async fn channels_are_served_uncached() {
     assert_eq!(a.error(), "internal server error");
 }
 
-#[tokio::test]
-async fn assignment_by_each_matcher_pin_and_default() {
-    let f = Fixture::new();
+async fn assignment_by_each_matcher_pin_and_default(db: TestDb) {
+    let f = Fixture::on(db);
     let fleet = format!(
         r#"
 [default]
@@ -605,6 +625,14 @@ snapshot = "{missing}"
     );
 }
 
+// The fleet tests that go through the store run on each backend.
+on_both_stores_async!(
+    assignment_by_each_matcher_pin_and_default,
+    report_then_machines_round_trip,
+    reports_carry_the_mode_and_a_network_booted_machines_cache,
+    fleet_requests_need_the_machines_own_token,
+);
+
 #[tokio::test]
 async fn assignment_follows_the_channel_head() {
     let f = Fixture::new();
@@ -656,9 +684,8 @@ fn report_body(f: &Fixture) -> Value {
     })
 }
 
-#[tokio::test]
-async fn report_then_machines_round_trip() {
-    let f = Fixture::new();
+async fn report_then_machines_round_trip(db: TestDb) {
+    let f = Fixture::on(db);
     let app = f.app(DEFAULT_LAB);
     let empty = get(&app, "/v1/fleet/machines").await;
     assert_eq!(empty.status, StatusCode::OK);
@@ -725,9 +752,8 @@ async fn report_then_machines_round_trip() {
     assert_eq!(machines[1]["boot"], Value::Null);
 }
 
-#[tokio::test]
-async fn reports_carry_the_mode_and_a_network_booted_machines_cache() {
-    let f = Fixture::new();
+async fn reports_carry_the_mode_and_a_network_booted_machines_cache(db: TestDb) {
+    let f = Fixture::on(db);
     let app = f.app(DEFAULT_LAB);
     let machine = |id: &str| json!({"id": id});
     // An A/B machine, a cached machine filling its cache, a diskless one,
@@ -927,9 +953,8 @@ async fn bad_requests_get_one_clear_error() {
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
-#[tokio::test]
-async fn fleet_requests_need_the_machines_own_token() {
-    let f = Fixture::new();
+async fn fleet_requests_need_the_machines_own_token(db: TestDb) {
+    let f = Fixture::on(db);
     let app = f.app(DEFAULT_LAB);
     let report = json!({"machine": {"id": "lone"}, "last_update": {"result": "ok"}}).to_string();
     let ask = json!({"machine": {"id": "lone"}}).to_string();

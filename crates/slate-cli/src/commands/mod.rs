@@ -95,6 +95,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             fleet,
             db,
+            db_connections,
             state_dir,
             home_dir,
             state_limit,
@@ -116,7 +117,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             &repo.repo,
             &listen,
             fleet.as_deref(),
-            db.as_deref(),
+            &serve::Store { db, db_connections },
             &serve::Private {
                 state_dir,
                 home_dir,

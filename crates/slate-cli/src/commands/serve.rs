@@ -11,8 +11,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use slate_server::fleet::sqlite;
+use slate_server::fleet::Database;
 use slate_server::{AppState, FleetConfig, PrivateStorage};
+
+/// Where the fleet store is.
+pub struct Store {
+    /// `--db`: an SQLite file or a PostgreSQL URL; `None`: REPO/fleet.db.
+    pub db: Option<PathBuf>,
+    /// `--db-connections`: the PostgreSQL pool's size.
+    pub db_connections: u32,
+}
 
 /// Where and how much private data the server keeps.
 pub struct Private {
@@ -48,7 +56,7 @@ pub fn run(
     repo_path: &Path,
     listen: &str,
     fleet: Option<&Path>,
-    db: Option<&Path>,
+    db: &Store,
     private: &Private,
     access: &Access,
     tls: Option<(PathBuf, PathBuf)>,
@@ -62,7 +70,7 @@ pub fn run(
     for w in fleet.warnings(&repo) {
         eprintln!("slate: warning: {w}");
     }
-    let store = sqlite::open_default(repo_path, db)?;
+    let store = Database::from_arg(repo_path, db.db.as_deref()).open(db.db_connections)?;
     // Next to the default database, REPO/fleet.db.
     let state_dir = private.state_dir.clone().unwrap_or_else(|| repo_path.join("state"));
     let home_dir = private.home_dir.clone().unwrap_or_else(|| repo_path.join("home"));

@@ -1,32 +1,35 @@
 //! `slate fleet enroll / revoke / tokens`: machine tokens in the fleet
-//! database that `slate serve` uses (`REPO/fleet.db`, or `--db`). The
+//! database that `slate serve` uses (`REPO/fleet.db`, or `--db`: a file or
+//! a PostgreSQL URL). The
 //! server reads the database on every request, so what these commands do
 //! takes effect at once, while it runs. Only a token's hash is stored: the
 //! token itself is printed once, by `enroll`, and never again.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 use serde_json::json;
-use slate_server::fleet::{sqlite, Enrollment, SqliteStore, TokenStore};
+use slate_server::fleet::{Database, Enrollment, FleetDb, TokenStore};
 
 use crate::cli::DbArg;
 use crate::output;
 
 /// Open the fleet database named by `--repo`/`--db`.
-fn open(db: &DbArg) -> Result<SqliteStore> {
+fn open(db: &DbArg) -> Result<FleetDb> {
+    // One command, one connection.
     let store = match (&db.repo, &db.db) {
-        (_, Some(file)) => SqliteStore::open(file)?,
+        (_, Some(file)) => Database::from_arg(Path::new(""), Some(file)).open(1)?,
         (Some(repo), None) => {
             // A typo in --repo must not create a fleet database somewhere
             // that slate serve never reads.
             super::open(repo)?;
-            sqlite::open_default(repo, None)?
+            Database::from_arg(repo, None).open(1)?
         }
         (None, None) => bail!(
             "no fleet database named: pass --repo REPO (the repository slate serve serves; \
-             or set SLATE_REPO) or --db FILE (its --db)"
+             or set SLATE_REPO) or --db FILE|URL (its --db)"
         ),
     };
     Ok(store)

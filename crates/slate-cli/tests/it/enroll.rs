@@ -12,7 +12,7 @@ use slate_agent::config::Config;
 use slate_agent::http::Http;
 use slate_agent::serverstate::{PutOutcome, StateClient};
 
-use crate::support::{is_root, s, scratch, slate, slate_err, slate_ok, Server, Tmpfs};
+use crate::support::{is_root, on_both_stores, s, scratch, slate, slate_err, slate_ok, FleetDb, Server, Tmpfs};
 
 fn init_repo(dir: &Path) -> PathBuf {
     let repo = dir.join("repo");
@@ -20,7 +20,7 @@ fn init_repo(dir: &Path) -> PathBuf {
     repo
 }
 
-/// `slate fleet enroll MACHINE ARGS`: the token printed on stdout.
+/// `slate fleet enroll MACHINE --repo REPO ARGS`: the token printed on stdout.
 fn enroll(repo: &Path, machine: &str, extra: &[&str]) -> String {
     let mut args = vec!["fleet", "enroll", machine, "--repo", s(repo)];
     args.extend_from_slice(extra);
@@ -61,15 +61,20 @@ fn status_of(req: reqwest::blocking::RequestBuilder) -> u16 {
     req.send().unwrap().status().as_u16()
 }
 
-#[test]
-fn enrolled_machines_keep_private_state() {
+// Tokens in REPO/fleet.db (no --db) and in PostgreSQL (--db postgres://...
+// for the server and for the token commands).
+on_both_stores!(enrolled_machines_keep_private_state);
+
+fn enrolled_machines_keep_private_state(db: FleetDb) {
     let dir = scratch();
     let repo = init_repo(dir.path());
-    let server = Server::start(&["--repo", s(&repo)]);
+    let mut serve = vec!["--repo", s(&repo)];
+    serve.extend(db.args());
+    let server = Server::start(&serve);
     let (a, b) = ("lab-07", "mac:aa:bb:cc:dd:ee:ff");
     // Enrolled while the server runs: it reads the database per request.
-    let token_a = enroll(&repo, a, &[]);
-    let token_b = enroll(&repo, b, &[]);
+    let token_a = enroll(&repo, a, &db.args());
+    let token_b = enroll(&repo, b, &db.args());
     assert_ne!(token_a, token_b);
 
     let config_a = agent_config(dir.path(), &server.url, a, &token_a);
@@ -121,14 +126,21 @@ fn enrolled_machines_keep_private_state() {
     assert!(e.contains("slate fleet enroll") && e.contains("token_file"), "{e}");
 
     // Enrolling again needs --force; the replaced token stops at once.
-    let err = slate_err(&["fleet", "enroll", a, "--repo", s(&repo)]);
+    let cmd = |verb: &'static str, machine: &'static str| {
+        let mut args = vec!["fleet", verb, machine, "--repo", s(&repo)];
+        args.extend(db.args());
+        args
+    };
+    let err = slate_err(&cmd("enroll", a));
     assert!(err.contains("already enrolled") && err.contains("--force"), "{err}");
     assert_eq!(
         state_a.get("machine-id").unwrap().unwrap(),
         b"5678\n",
         "old token still valid"
     );
-    let new_a = enroll(&repo, a, &["--force"]);
+    let mut force = vec!["--force"];
+    force.extend(db.args());
+    let new_a = enroll(&repo, a, &force);
     assert_eq!(
         status_of(c.get(format!("{}/v1/state/{a}/", server.url)).bearer_auth(&token_a)),
         401
@@ -144,25 +156,27 @@ fn enrolled_machines_keep_private_state() {
     );
 
     // Revoked: 401.
-    slate_ok(&["fleet", "revoke", b, "--repo", s(&repo)]);
+    slate_ok(&cmd("revoke", b));
     assert_eq!(status_of(c.get(&b_url).bearer_auth(&token_b)), 401);
-    let err = slate_err(&["fleet", "revoke", b, "--repo", s(&repo)]);
+    let err = slate_err(&cmd("revoke", b));
     assert!(err.contains("no token"), "{err}");
 
     // The token list has machines and times, never tokens.
-    let listed = slate_ok(&["fleet", "tokens", "--repo", s(&repo), "--json"]);
+    let mut tokens = vec!["fleet", "tokens", "--repo", s(&repo)];
+    tokens.extend(db.args());
+    let listed = slate_ok(&[tokens.as_slice(), &["--json"]].concat());
     let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(v["machines"].as_array().unwrap().len(), 1);
     assert_eq!(v["machines"][0]["machine"], a);
     assert!(v["machines"][0]["enrolled"].as_u64().unwrap() > 1_600_000_000);
-    let table = slate_ok(&["fleet", "tokens", "--repo", s(&repo)]);
+    let table = slate_ok(&tokens);
     for text in [&listed, &table] {
         assert!(!text.contains("slate1-"), "{text}");
     }
     assert!(table.contains(a), "{table}");
-    // The database holds no token either.
-    let db = std::fs::read(repo.join("fleet.db")).unwrap();
-    assert!(!db.windows(new_a.len()).any(|w| w == new_a.as_bytes()));
+    // The database holds no token either, only its hash.
+    assert!(db.holds(&repo, &slate_server::auth::hash(&new_a)));
+    assert!(!db.holds(&repo, &new_a));
 
     // Home objects: any enrolled machine, list empty at first.
     let home = format!("{}/v1/home/{}/data/", server.url, "ab".repeat(32));

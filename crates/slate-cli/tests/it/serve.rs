@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::{s, scratch, slate, slate_bin, slate_ok, wait_timeout, Server};
+use crate::support::{on_both_stores, s, scratch, slate, slate_bin, slate_ok, wait_timeout, FleetDb, Server};
 
 /// Run `slate serve ARGS`, which must fail by itself (not serve); returns
 /// its output.
@@ -18,6 +18,7 @@ fn serve_fails(args: &[&str]) -> Output {
         .arg("serve")
         .args(args)
         .env_remove("SLATE_REPO")
+        .env_remove("SLATE_DB")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -74,8 +75,11 @@ fn raw_status(url: &str, path: &str) -> String {
     answer.lines().next().unwrap_or_default().to_string()
 }
 
-#[test]
-fn serve_objects_assignments_and_fleet_status() {
+// With its machines in an SQLite file (--db FILE) and in PostgreSQL
+// (--db postgres://...).
+on_both_stores!(serve_objects_assignments_and_fleet_status);
+
+fn serve_objects_assignments_and_fleet_status(db: FleetDb) {
     let dir = scratch();
     let id = repo_with_commit(dir.path(), "lab/one");
     let repo = dir.path().join("repo");
@@ -85,22 +89,22 @@ fn serve_objects_assignments_and_fleet_status() {
         format!("[default]\nchannel = \"lab/one\"\n\n[[machine]]\nhostname = \"kiosk-*\"\nchannel = \"lab/one\"\nsnapshot = \"{id}\"\n"),
     )
     .unwrap();
-    let db = dir.path().join("machines.db");
+    let db = db.or_file(dir.path().join("machines.db"));
     let admin = crate::support::admin_token(dir.path());
-    let mut server = Server::start(&[
+    let mut args = vec![
         "--repo",
         s(&repo),
         "--fleet",
         s(&fleet),
-        "--db",
-        s(&db),
         "--admin-token-file",
         s(&admin),
-    ]);
+    ];
+    args.extend(db.args());
+    let mut server = Server::start(&args);
     let url = server.url.clone();
-    let token = slate_ok(&["fleet", "enroll", "dmi:test-1", "--db", s(&db)])
-        .trim()
-        .to_string();
+    let mut enroll = vec!["fleet", "enroll", "dmi:test-1"];
+    enroll.extend(db.args());
+    let token = slate_ok(&enroll).trim().to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let c = client();
 
@@ -249,7 +253,8 @@ fn serve_objects_assignments_and_fleet_status() {
         (&m["mode"], &m["cache"]),
         (&serde_json::json!("ab"), &serde_json::Value::Null)
     );
-    assert!(db.exists(), "the --db file is used");
+    assert!(db.holds(&repo, "kiosk-1"), "the --db database is used");
+    assert!(!repo.join("fleet.db").exists(), "and no other");
 
     // SIGTERM: a clean exit, and the request log went to stderr.
     let st = server.terminate();
@@ -377,6 +382,41 @@ fn serve_fails_clearly_on_a_busy_address_or_a_non_repository() {
     let not_repo = dir.path().join("tree");
     let err = one_line(&serve_fails(&["--repo", s(&not_repo), "--listen", "127.0.0.1:0"]));
     assert!(err.contains("is not a slate repository"), "{err}");
+}
+
+#[test]
+fn serve_fails_clearly_on_an_unreachable_postgresql_without_showing_its_password() {
+    let dir = scratch();
+    let repo = dir.path().join("repo");
+    slate_ok(&["init", "--repo", s(&repo)]);
+    // Port 1 on 127.0.0.1: nothing listens, the connection is refused.
+    let out = serve_fails(&[
+        "--repo",
+        s(&repo),
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        "postgres://slate:hunter2@127.0.0.1:1/fleet",
+    ]);
+    // (After the warning that the empty repository has no channel.)
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.matches("slate: error:").count(), 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("slate: error: fleet database postgres://slate:***@127.0.0.1:1/fleet: connecting: "),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    let out = serve_fails(&[
+        "--repo",
+        s(&repo),
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        "postgres://slate@127.0.0.1:1/fleet?sslmode=require",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("slate: error:") && err.contains("without TLS"), "{err}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Shared helpers: run the `slate` binary, make scratch directories on a
-//! filesystem with xattr support, find the Debian corpus.
+//! filesystem with xattr support, find the Debian corpus, give a test
+//! server an SQLite or a PostgreSQL fleet database.
 
 #![allow(dead_code)]
 
@@ -28,6 +29,7 @@ pub fn slate(args: &[&str]) -> Output {
     Command::new(slate_bin())
         .args(args)
         .env_remove("SLATE_REPO")
+        .env_remove("SLATE_DB")
         .output()
         .expect("run slate")
 }
@@ -100,6 +102,7 @@ impl Server {
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .env_remove("SLATE_REPO")
+            .env_remove("SLATE_DB")
             // Request logs: which objects were served, and that logging works.
             .env("SLATE_LOG", "info")
             .stdin(Stdio::null())
@@ -285,3 +288,76 @@ pub fn fleet_status(url: &str, admin: &Path) -> String {
 pub fn token_server(url: &str) -> String {
     format!("{{ url = {url:?}, token = true, token_over_http = true }}")
 }
+
+/// The fleet database a test's `slate serve` and `slate fleet enroll` use;
+/// [`on_both_stores`] runs a test once with each.
+pub enum FleetDb {
+    /// SQLite: `REPO/fleet.db` (no `--db`), or the file given.
+    Sqlite(Option<PathBuf>),
+    /// A database of its own in a throwaway PostgreSQL server.
+    Postgres(slate_server::testpg::PgDatabase),
+}
+
+impl FleetDb {
+    /// SQLite in `file` rather than the default `REPO/fleet.db`.
+    pub fn or_file(self, file: PathBuf) -> FleetDb {
+        match self {
+            FleetDb::Sqlite(None) => FleetDb::Sqlite(Some(file)),
+            other => other,
+        }
+    }
+
+    /// The `--db` arguments of `slate serve` and `slate fleet ...`.
+    pub fn args(&self) -> Vec<&str> {
+        match self {
+            FleetDb::Sqlite(None) => vec![],
+            FleetDb::Sqlite(Some(f)) => vec!["--db", s(f)],
+            FleetDb::Postgres(pg) => vec!["--db", &pg.url],
+        }
+    }
+
+    /// Whether the database, as stored, holds `needle` anywhere (the
+    /// SQLite file's bytes; PostgreSQL's `pg_dump`).
+    pub fn holds(&self, repo: &Path, needle: &str) -> bool {
+        match self {
+            FleetDb::Sqlite(file) => {
+                let file = file.clone().unwrap_or_else(|| repo.join("fleet.db"));
+                let mut bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                // While the server runs, the latest writes are in the log.
+                let mut wal = file.into_os_string();
+                wal.push("-wal");
+                bytes.extend(std::fs::read(wal).unwrap_or_default());
+                bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            }
+            FleetDb::Postgres(pg) => pg.dump().contains(needle),
+        }
+    }
+}
+
+/// `on_both_stores!(a, b)`: tests `sqlite::a`, `postgres::a`, ... that run
+/// `a(FleetDb)`, ... of the calling module with each fleet database. The
+/// PostgreSQL ones pass, saying `skipped:`, without PostgreSQL
+/// (scripts/setup.sh installs it).
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::support::FleetDb::Sqlite(None));
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(db) = slate_server::testpg::PgDatabase::new() {
+                        super::$name($crate::support::FleetDb::Postgres(db));
+                    }
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_stores;

@@ -1,15 +1,25 @@
 //! The fleet: which machine runs which channel ([`config`], FLEET.toml),
 //! what machines report ([`store`], with [`sqlite`] as the default
-//! backend), and the HTTP endpoints over both ([`api`]).
+//! backend and [`postgres`] for large fleets, chosen by [`db`]), and the
+//! HTTP endpoints over both ([`api`]).
 
 pub mod api;
 pub mod config;
+pub mod db;
 pub mod machine;
+pub mod postgres;
 pub mod sign;
 pub mod sqlite;
 pub mod store;
 
+#[cfg(test)]
+mod store_tests;
+#[cfg(test)]
+pub(crate) mod testdb;
+
 pub use config::{FleetConfig, FleetFileError};
+pub use db::{Database, FleetDb};
 pub use machine::Machine;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use store::{Enrollment, FleetStore, MachineRow, ReportRecord, StoreError, TokenRow, TokenStore};

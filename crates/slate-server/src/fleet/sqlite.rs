@@ -24,7 +24,7 @@
 //! `PRAGMA user_version`; [`MIGRATIONS`] brings an older database up to
 //! date, one version per step, each step in one transaction.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// `MIGRATIONS[v]` turns a database of schema version `v` into one of
 /// version `v + 1` (version 0 is an empty file). Steps are only ever
 /// appended: a released step never changes.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// Version 1: the machines table.
 const SCHEMA_V1: &str = "
@@ -113,24 +113,40 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err(&name, "setting synchronous"))?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(err(&name, "reading the schema version"))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError {
-                database: name,
-                what: "checking the schema version",
-                source: format!(
-                    "schema version {version} is newer than this slate understands ({SCHEMA_VERSION}); \
-                     run a newer slate serve or use another --db"
-                )
-                .into(),
-            });
-        }
-        for (from, step) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        loop {
+            // The version is read under the write lock: two processes
+            // opening a new database at once (servers of a pool, a server
+            // and `slate fleet enroll`) must not both apply a step.
+            conn.execute_batch("BEGIN IMMEDIATE;")
+                .map_err(err(&name, "reading the schema version"))?;
+            let version: i64 = match conn.pragma_query_value(None, "user_version", |r| r.get(0)) {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK;");
+                    return Err(err(&name, "reading the schema version")(e));
+                }
+            };
+            if version > SCHEMA_VERSION {
+                let _ = conn.execute_batch("ROLLBACK;");
+                return Err(StoreError {
+                    database: name,
+                    what: "checking the schema version",
+                    source: format!(
+                        "schema version {version} is newer than this slate understands ({SCHEMA_VERSION}); \
+                         run a newer slate serve or use another --db"
+                    )
+                    .into(),
+                });
+            }
+            let Some(step) = MIGRATIONS.get(version.max(0) as usize) else {
+                conn.execute_batch("COMMIT;")
+                    .map_err(err(&name, "reading the schema version"))?;
+                break;
+            };
             // The step and the new version number commit together: a crash
-            // leaves the database at `from` or at `from + 1`, never between.
-            let batch = format!("BEGIN IMMEDIATE; {step} PRAGMA user_version = {}; COMMIT;", from + 1);
+            // leaves the database at `version` or at `version + 1`, never
+            // between.
+            let batch = format!("{step} PRAGMA user_version = {}; COMMIT;", version + 1);
             if let Err(e) = conn.execute_batch(&batch) {
                 let _ = conn.execute_batch("ROLLBACK;");
                 return Err(err(&name, "upgrading the schema")(e));
@@ -152,12 +168,6 @@ impl SqliteStore {
         // (SQLite rolls back the statement), so ignore the poison.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// Open the store at `path`, or `REPO/fleet.db` when `path` is `None`.
-pub fn open_default(repo_root: &Path, path: Option<&Path>) -> Result<SqliteStore, StoreError> {
-    let p: PathBuf = path.map_or_else(|| repo_root.join("fleet.db"), Path::to_path_buf);
-    SqliteStore::open(&p)
 }
 
 fn err<'a, E: std::error::Error + Send + Sync + 'static>(
@@ -389,10 +399,12 @@ impl SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    //! What only SQLite does; the behaviour both stores share is tested on
+    //! both in `super::super::store_tests`.
     use super::*;
 
     #[test]
-    fn assignment_then_report_then_list() {
+    fn the_file_stays_in_wal_mode() {
         let dir = tempfile::Builder::new()
             .prefix("slate-fleetdb-")
             .tempdir_in("/var/tmp")
@@ -400,202 +412,10 @@ mod tests {
         let path = dir.path().join("fleet.db");
         let s = SqliteStore::open(&path).unwrap();
         s.record_assignment("m1", Some("lab-1"), Some("lab"), 100).unwrap();
-        s.record_assignment("m0", None, None, 101).unwrap();
-        let r = ReportRecord {
-            machine: "m1".into(),
-            hostname: None,
-            current: Some("aa".into()),
-            slots: serde_json::json!({"a": "aa", "b": null}),
-            last_update: serde_json::json!({"result": "ok"}),
-            raw: "{}".into(),
-            ..Default::default()
-        };
-        s.record_report(&r, 150).unwrap();
         drop(s);
-
-        // Reopen: the data and the WAL mode persist.
         let s = SqliteStore::open(&path).unwrap();
         let mode: String = s.conn().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
-        let rows = s.machines().unwrap();
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].machine, "m0");
-        assert_eq!(rows[0].channel, None);
-        let m1 = &rows[1];
-        assert_eq!(m1.hostname.as_deref(), Some("lab-1"), "kept from the assignment");
-        assert_eq!(m1.channel.as_deref(), Some("lab"));
-        assert_eq!(m1.current.as_deref(), Some("aa"));
-        assert_eq!(m1.slots["a"], "aa");
-        assert_eq!(m1.boot, serde_json::Value::Null);
-        assert_eq!((m1.first_seen, m1.last_seen), (100, 150));
-        assert_eq!(s.last_report("m1").unwrap().as_deref(), Some("{}"));
-        assert_eq!(s.last_report("nobody").unwrap(), None);
-    }
-
-    fn scratch_db() -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::Builder::new()
-            .prefix("slate-fleetdb-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let path = dir.path().join("fleet.db");
-        (dir, path)
-    }
-
-    #[test]
-    fn tokens_enroll_replace_revoke() {
-        let (_dir, path) = scratch_db();
-        let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.machine_for("h1").unwrap(), None);
-        assert_eq!(s.enroll("lab-07", "h1", 100, false).unwrap(), Enrollment::Enrolled);
-        assert_eq!(s.enroll("dmi:42", "h2", 101, false).unwrap(), Enrollment::Enrolled);
-        assert_eq!(s.machine_for("h1").unwrap().as_deref(), Some("lab-07"));
-        // Without replace, an enrolled machine keeps its token.
-        assert_eq!(
-            s.enroll("lab-07", "h3", 102, false).unwrap(),
-            Enrollment::AlreadyEnrolled
-        );
-        assert_eq!(s.machine_for("h1").unwrap().as_deref(), Some("lab-07"));
-        assert_eq!(s.machine_for("h3").unwrap(), None);
-        // A token hash belongs to one machine only.
-        assert!(s.enroll("other", "h2", 103, false).is_err());
-        drop(s);
-
-        // Another connection (the CLI) replaces the token; the first (the
-        // server's) sees it on its next query.
-        let server = SqliteStore::open(&path).unwrap();
-        let cli = SqliteStore::open(&path).unwrap();
-        assert_eq!(cli.enroll("lab-07", "h3", 104, true).unwrap(), Enrollment::Replaced);
-        assert_eq!(server.machine_for("h1").unwrap(), None);
-        assert_eq!(server.machine_for("h3").unwrap().as_deref(), Some("lab-07"));
-        assert_eq!(
-            server.tokens().unwrap(),
-            [
-                TokenRow {
-                    machine: "dmi:42".into(),
-                    enrolled: 101
-                },
-                TokenRow {
-                    machine: "lab-07".into(),
-                    enrolled: 104
-                },
-            ]
-        );
-        assert!(cli.revoke("dmi:42").unwrap());
-        assert!(!cli.revoke("dmi:42").unwrap());
-        assert_eq!(server.machine_for("h2").unwrap(), None);
-        assert_eq!(server.tokens().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn upgrades_a_version_1_database() {
-        let (_dir, path) = scratch_db();
-        {
-            // A database as the first release wrote it, with one machine.
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(SCHEMA_V1).unwrap();
-            c.pragma_update(None, "user_version", 1).unwrap();
-            c.execute(
-                "INSERT INTO machines (id, first_seen, last_seen, hostname) VALUES ('m1', 5, 6, 'old')",
-                [],
-            )
-            .unwrap();
-        }
-        let s = SqliteStore::open(&path).unwrap();
-        let v: i64 = s.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-        assert_eq!(v, SCHEMA_VERSION);
-        let rows = s.machines().unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].hostname.as_deref(), Some("old"));
-        assert_eq!((rows[0].first_seen, rows[0].last_seen), (5, 6));
-        assert_eq!(s.enroll("m1", "h", 7, false).unwrap(), Enrollment::Enrolled);
-        assert_eq!(s.machine_for("h").unwrap().as_deref(), Some("m1"));
-        drop(s);
-        // Opening again changes nothing.
-        let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.tokens().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn upgrades_a_version_2_database_with_mode_and_cache() {
-        let (_dir, path) = scratch_db();
-        {
-            // A database as version 2 wrote it: a machine with a report
-            // (no mode then) and a token.
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(SCHEMA_V1).unwrap();
-            c.execute_batch(SCHEMA_V2).unwrap();
-            c.pragma_update(None, "user_version", 2).unwrap();
-            c.execute(
-                "INSERT INTO machines (id, first_seen, last_seen, hostname, current, last_update, report)
-                 VALUES ('m1', 5, 6, 'old', 'aa', '{\"result\":\"ok\"}', '{}')",
-                [],
-            )
-            .unwrap();
-            c.execute(
-                "INSERT INTO machine_tokens (machine, token_hash, enrolled) VALUES ('m1', 'h', 7)",
-                [],
-            )
-            .unwrap();
-        }
-        let s = SqliteStore::open(&path).unwrap();
-        let v: i64 = s.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-        assert_eq!(v, 3);
-        let rows = s.machines().unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(
-            (rows[0].hostname.as_deref(), rows[0].current.as_deref()),
-            (Some("old"), Some("aa"))
-        );
-        assert_eq!(rows[0].last_update["result"], "ok");
-        assert_eq!(
-            (rows[0].mode.as_deref(), &rows[0].cache),
-            (None, &serde_json::Value::Null)
-        );
-        assert_eq!(s.machine_for("h").unwrap().as_deref(), Some("m1"));
-
-        // New reports carry them; a later report without them clears them
-        // (the latest report is the machine as it is now).
-        let cached = ReportRecord {
-            machine: "m1".into(),
-            mode: Some("cached".into()),
-            cache: serde_json::json!({"cached_bytes": 42, "total_bytes": 100, "complete": false}),
-            raw: "{}".into(),
-            ..Default::default()
-        };
-        s.record_report(&cached, 8).unwrap();
-        drop(s);
-        let s = SqliteStore::open(&path).unwrap();
-        let rows = s.machines().unwrap();
-        assert_eq!(rows[0].mode.as_deref(), Some("cached"));
-        assert_eq!(rows[0].cache["cached_bytes"], 42);
-        s.record_report(
-            &ReportRecord {
-                machine: "m1".into(),
-                raw: "{}".into(),
-                ..Default::default()
-            },
-            9,
-        )
-        .unwrap();
-        let rows = s.machines().unwrap();
-        assert_eq!(
-            (rows[0].mode.as_deref(), &rows[0].cache),
-            (None, &serde_json::Value::Null)
-        );
-    }
-
-    #[test]
-    fn refuses_a_newer_schema() {
-        let dir = tempfile::Builder::new()
-            .prefix("slate-fleetdb-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let path = dir.path().join("fleet.db");
-        Connection::open(&path)
-            .unwrap()
-            .pragma_update(None, "user_version", 99)
-            .unwrap();
-        let e = SqliteStore::open(&path).err().unwrap().to_string();
-        assert!(e.contains("newer"), "{e}");
+        assert_eq!(s.machines().unwrap().len(), 1);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A small synchronous trait, like the repository's `Storage`: SQLite
 //! ([`super::sqlite::SqliteStore`]) is the default, embedded in the server;
-//! a PostgreSQL store for a server pool implements the same three calls.
+//! PostgreSQL ([`super::postgres::PostgresStore`]), for large fleets and
+//! server pools, implements the same calls.
 //! The values crossing the trait are plain strings, integers and JSON
 //! documents, which map onto TEXT/JSONB columns of either database. Callers
 //! on the async runtime go through `spawn_blocking`.
