@@ -195,6 +195,14 @@ pub fn write_offline_boot(
     cmdline: &str,
 ) -> Result<PathBuf> {
     let entries = find(tree).ok_or_else(|| Error::Local(format!("snapshot {id} has no kernel in /boot")))?;
+    // The cache's packs are renamed into place without a sync each (the
+    // fill would crawl): the whole filesystem, which holds the cache and
+    // this area, is synced before a menu says the cache is complete, or a
+    // power cut could leave a menu that boots a cache missing a pack.
+    std::fs::create_dir_all(area).map_err(|e| Error::Local(format!("cannot create {}: {e}", area.display())))?;
+    let area_dir =
+        std::fs::File::open(area).map_err(|e| Error::Local(format!("cannot open {}: {e}", area.display())))?;
+    rustix::fs::syncfs(&area_dir).map_err(|e| Error::Local(format!("cannot sync {}: {e}", area.display())))?;
     let hex = id.to_hex();
     let dir = area.join(&hex);
     std::fs::create_dir_all(&dir).map_err(|e| Error::Local(format!("cannot create {}: {e}", dir.display())))?;
