@@ -11,6 +11,8 @@
 #                             (the initramfs brings the network up)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 SLATE=${SLATE:-$PWD/target/release/slate}
 CORPUS=${SLATE_CORPUS:-/var/tmp/stateless-bench/corpus}
 REPS=${REPS:-2}
@@ -34,17 +36,7 @@ echo "SLATE-MARKER uptime=$up slot=$(sed -n 's/.*slate\.slot=\([ab]\).*/\1/p' /p
 systemctl poweroff
 MARK
 chmod 755 "$W/tree/usr/local/sbin/slate-bench-marker"
-cat > "$W/tree/etc/systemd/system/slate-bench-marker.service" <<'UNIT'
-[Unit]
-Description=slate boot benchmark marker
-After=multi-user.target
-[Service]
-Type=oneshot
-ExecStart=/usr/local/sbin/slate-bench-marker
-[Install]
-WantedBy=multi-user.target
-UNIT
-ln -sf /etc/systemd/system/slate-bench-marker.service "$W/tree/etc/systemd/system/multi-user.target.wants/"
+bench_marker_unit "$W/tree" "slate boot benchmark marker"
 t=$(date +%s.%N); "$SLATE" prepare "$W/tree" 2>/dev/null; prep=$(awk -v t="$t" -v n="$(date +%s.%N)" 'BEGIN{printf "%.1f", n-t}')
 
 "$SLATE" init --repo "$W/repo" >/dev/null 2>&1

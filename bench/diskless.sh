@@ -87,6 +87,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 SLATE=${SLATE:-$ROOT/target/release/slate}
 CORPUS=${SLATE_CORPUS:-/var/tmp/stateless-bench/corpus}
 REPS=${REPS:-2}
@@ -233,30 +235,9 @@ say "SLATE-DONE"
 systemctl poweroff
 MARK
     chmod 755 "$1/usr/local/sbin/slate-bench-marker"
-    cat > "$1/etc/systemd/system/slate-bench-marker.service" <<'UNIT'
-[Unit]
-Description=slate diskless benchmark marker
-After=multi-user.target
-[Service]
-Type=oneshot
-ExecStart=/usr/local/sbin/slate-bench-marker
-[Install]
-WantedBy=multi-user.target
-UNIT
-    ln -sf /etc/systemd/system/slate-bench-marker.service "$1/etc/systemd/system/multi-user.target.wants/"
+    bench_marker_unit "$1" "slate diskless benchmark marker"
 }
 
-# in_chroot TREE COMMAND: as bench/live.sh (private mount namespace).
-in_chroot() {
-    "${NICE[@]}" unshare -m --propagation private sh -ec '
-      t=$1
-      mount -t proc proc "$t/proc"
-      mount --rbind /sys "$t/sys"; mount --make-rslave "$t/sys"
-      mount --rbind /dev "$t/dev"; mount --make-rslave "$t/dev"
-      rc=0; chroot "$t" sh -ec "$2" || rc=$?
-      umount -R "$t/dev"; umount -R "$t/sys"; umount "$t/proc"
-      exit $rc' in_chroot "$@"
-}
 
 # ---- slate: prepare, repository, fleet --------------------------------------------------
 log "slate: keys, prepare, init, commit"

@@ -36,6 +36,8 @@
 #   KEEP=1           keep the two tree copies (removed once the ISOs are built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 SLATE=${SLATE:-$PWD/target/release/slate}
 CORPUS=${SLATE_CORPUS:-/var/tmp/stateless-bench/corpus}
 REPS=${REPS:-2}
@@ -83,32 +85,9 @@ echo "SLATE-MARKER uptime=$up" > /dev/ttyS1
 systemctl poweroff
 MARK
   chmod 755 "$1/usr/local/sbin/slate-bench-marker"
-  cat > "$1/etc/systemd/system/slate-bench-marker.service" <<'UNIT'
-[Unit]
-Description=slate live benchmark marker
-After=multi-user.target
-[Service]
-Type=oneshot
-ExecStart=/usr/local/sbin/slate-bench-marker
-[Install]
-WantedBy=multi-user.target
-UNIT
-  ln -sf /etc/systemd/system/slate-bench-marker.service "$1/etc/systemd/system/multi-user.target.wants/"
+  bench_marker_unit "$1" "slate live benchmark marker"
 }
 
-# in_chroot TREE COMMAND: run COMMAND (sh -ec) in TREE with /proc, /sys and
-# /dev mounted, in a private mount namespace (the mounts go with it; they
-# are also unmounted explicitly).
-in_chroot() {
-  "${NICE[@]}" unshare -m --propagation private sh -ec '
-    t=$1
-    mount -t proc proc "$t/proc"
-    mount --rbind /sys "$t/sys"; mount --make-rslave "$t/sys"
-    mount --rbind /dev "$t/dev"; mount --make-rslave "$t/dev"
-    rc=0; chroot "$t" sh -ec "$2" || rc=$?
-    umount -R "$t/dev"; umount -R "$t/sys"; umount "$t/proc"
-    exit $rc' in_chroot "$@"
-}
 
 # timed OUT COMMAND...: runs COMMAND niced under /usr/bin/time; OUT gets
 # "wall-seconds peak-KiB". The command's own output is the caller's.
