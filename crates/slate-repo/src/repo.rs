@@ -142,6 +142,36 @@ impl Repo {
         })
     }
 
+    /// Create a repository in `storage`, which must hold no objects (an
+    /// object store: nothing to lock, no directories; `name` is how
+    /// messages call it).
+    pub fn init_storage(storage: Box<dyn Storage>, name: &str, config: Config) -> Result<Repo> {
+        if !storage.list("")?.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{name} is not empty; choose a new prefix for the repository"
+            )));
+        }
+        storage.write("config", config.encode().as_bytes())?;
+        storage.sync()?;
+        Self::open_storage(storage, name)
+    }
+
+    /// Open the repository in `storage` (`name` is how messages call it).
+    /// It has no writer lock: see docs/scale.md, "Object storage".
+    pub fn open_storage(storage: Box<dyn Storage>, name: &str) -> Result<Repo> {
+        let text = match storage.read("config") {
+            Ok(b) => String::from_utf8(b).map_err(|_| Error::NotARepository(name.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotARepository(name.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        let config = Config::decode(&text, &format!("{name}/config"))?;
+        Ok(Repo {
+            storage,
+            root: None,
+            config,
+        })
+    }
+
     /// A repository in memory, for tests.
     pub fn in_memory(config: Config) -> Repo {
         Repo {
