@@ -18,6 +18,7 @@
 //! and [`Storage::sync`] has nothing to do; the commit's order (objects
 //! first, channel last) is the crash-safety argument, unchanged.
 
+pub mod requests;
 mod writer;
 
 #[cfg(feature = "test-server")]
@@ -32,6 +33,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, PutPayload};
 use slate_repo::storage::{ObjectWriter, Storage};
+
+use crate::requests::{Op, Requests};
 
 /// Where a repository lives in an object store: bucket and key prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +87,8 @@ pub struct S3Storage {
     /// `Option` only so that `Drop` can shut it down without waiting: a
     /// runtime dropped normally from async code panics.
     rt: Option<tokio::runtime::Runtime>,
+    /// Requests sent, by kind (logged when the storage is dropped).
+    requests: Arc<Requests>,
 }
 
 impl S3Storage {
@@ -125,7 +130,13 @@ impl S3Storage {
             store,
             location,
             rt: Some(rt),
+            requests: Arc::default(),
         })
+    }
+
+    /// The requests sent so far, by kind.
+    pub fn requests(&self) -> &Requests {
+        &self.requests
     }
 
     /// Where this storage is.
@@ -187,12 +198,16 @@ impl Drop for S3Storage {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
+        // What a run cost in requests, for benchmarks and bills:
+        // `SLATE_LOG=slate_s3=info slate commit ...`.
+        tracing::info!("{}: {}", self.location, self.requests);
     }
 }
 
 impl Storage for S3Storage {
     fn read(&self, key: &str) -> io::Result<Vec<u8>> {
         let (store, path) = (self.store.clone(), self.path(key));
+        self.requests.count(Op::Get);
         self.run(async move { store.get(&path).await?.bytes().await })
             .map(|b| b.to_vec())
             .map_err(|e| self.err(key, e))
@@ -201,6 +216,7 @@ impl Storage for S3Storage {
     fn read_at(&self, key: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let (store, path) = (self.store.clone(), self.path(key));
         let range = offset..offset + buf.len() as u64;
+        self.requests.count(Op::RangeGet);
         let got = self
             .run(async move { store.get_range(&path, range).await })
             .map_err(|e| self.err(key, e))?;
@@ -222,6 +238,7 @@ impl Storage for S3Storage {
 
     fn len(&self, key: &str) -> io::Result<u64> {
         let (store, path) = (self.store.clone(), self.path(key));
+        self.requests.count(Op::Head);
         self.run(async move { store.head(&path).await })
             .map(|m| m.size)
             .map_err(|e| self.err(key, e))
@@ -230,6 +247,7 @@ impl Storage for S3Storage {
     fn write(&self, key: &str, data: &[u8]) -> io::Result<()> {
         let (store, path) = (self.store.clone(), self.path(key));
         let payload = PutPayload::from(data.to_vec());
+        self.requests.count(Op::Put);
         self.run(async move { store.put(&path, payload).await })
             .map(drop)
             .map_err(|e| self.err(key, e))
@@ -242,6 +260,8 @@ impl Storage for S3Storage {
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
         let (store, path) = (self.store.clone(), self.path(prefix));
         let root = self.path("");
+        // One request per page of 1000 keys; counted as one listing.
+        self.requests.count(Op::List);
         let all = self
             .run(async move { store.list(Some(&path)).try_collect::<Vec<_>>().await })
             .map_err(|e| self.err(prefix, e))?;
@@ -262,6 +282,7 @@ impl Storage for S3Storage {
 
     fn delete(&self, key: &str) -> io::Result<()> {
         let (store, path) = (self.store.clone(), self.path(key));
+        self.requests.count(Op::Delete);
         match self.run(async move { store.delete(&path).await }) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err(key, e)),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use object_store::{ObjectStore, PutPayload, WriteMultipart};
 use slate_repo::storage::ObjectWriter;
 
+use crate::requests::Op;
 use crate::{run_on, S3Storage};
 
 /// Objects up to this size go up in one PUT; S3 allows 5 GiB, but a
@@ -28,6 +29,7 @@ pub(crate) struct SpoolWriter {
     /// Maps a key to its object name and errors to messages.
     names: Namer,
     file: BufWriter<File>,
+    requests: Arc<crate::requests::Requests>,
 }
 
 /// What a writer needs of its storage after the storage may be gone.
@@ -57,6 +59,7 @@ impl SpoolWriter {
                 location: s.location.clone(),
             },
             file: BufWriter::with_capacity(1 << 20, file),
+            requests: s.requests.clone(),
         })
     }
 }
@@ -77,6 +80,7 @@ impl ObjectWriter for SpoolWriter {
             handle,
             names,
             file,
+            requests,
         } = *self;
         let mut file = file.into_inner().map_err(|e| e.into_error())?;
         let len = file.seek(SeekFrom::End(0))?;
@@ -84,11 +88,17 @@ impl ObjectWriter for SpoolWriter {
         let path = names.path(key);
         let named = |e: object_store::Error| io::Error::other(format!("{}/{key}: {e}", names.location));
         if len <= SINGLE_PUT_MAX {
+            requests.count(Op::Put);
             let mut data = Vec::with_capacity(len as usize);
             file.read_to_end(&mut data)?;
             return run_on(&handle, async move { store.put(&path, PutPayload::from(data)).await })?
                 .map(drop)
                 .map_err(named);
+        }
+        // Create, the parts, complete.
+        requests.count(Op::MultipartUpload);
+        for _ in 0..len.div_ceil(PART_SIZE as u64) {
+            requests.count(Op::Part);
         }
         // Parts are read from the file on the runtime's blocking pool, while
         // up to PARTS_IN_FLIGHT of them upload.
@@ -126,9 +136,17 @@ impl ObjectWriter for SpoolWriter {
                     break;
                 }
                 if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                    // The parts already uploaded cost storage until aborted.
+                    let _ = w.abort().await;
                     return Err(io::Error::other(e));
                 }
                 w.write(&buf[..n]);
+            }
+            // Every part first, so a failed one still aborts the upload
+            // (finish aborts only when the completion itself fails).
+            if let Err(e) = w.wait_for_capacity(0).await {
+                let _ = w.abort().await;
+                return Err(io::Error::other(e));
             }
             w.finish().await.map(drop).map_err(io::Error::other)
         })?;

@@ -9,6 +9,7 @@ use slate_repo::commit::{commit, CommitOptions};
 use slate_repo::progress::NoProgress;
 use slate_repo::storage::Storage;
 use slate_repo::{Config, Repo};
+use slate_s3::requests::Op;
 use slate_s3::test_server::TestS3;
 
 /// Bytes that do not compress (xorshift), so a pack gets as large as its input.
@@ -63,6 +64,10 @@ fn storage_round_trips_on_s3() {
     w.write_all(&data).unwrap();
     w.finish("packs/ab/big.pack").unwrap();
     assert_eq!(s.len("packs/ab/big.pack").unwrap(), data.len() as u64);
+    // 21 MiB in 8 MiB parts: one upload of three parts.
+    assert_eq!(s.requests().get(Op::MultipartUpload), 1);
+    assert_eq!(s.requests().get(Op::Part), 3);
+    assert_eq!(s.requests().get(Op::Put), 1);
     let mut buf = vec![0u8; 1000];
     s.read_at("packs/ab/big.pack", 20 << 20, &mut buf).unwrap();
     assert_eq!(buf, data[20 << 20..(20 << 20) + 1000]);
