@@ -31,8 +31,8 @@ use std::sync::Arc;
 use futures_util::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, PutPayload};
-use slate_repo::storage::{ObjectWriter, Storage};
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
+use slate_repo::storage::{Conflict, Expected, ObjectWriter, Storage};
 
 use crate::requests::{Op, Requests};
 
@@ -104,7 +104,11 @@ impl S3Storage {
                 format!("{url}: not an object-store repository; write s3://BUCKET/PREFIX"),
             )
         })?;
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(&location.bucket);
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&location.bucket)
+            // Channels are replaced with `If-Match` on the ETag read (AWS,
+            // MinIO, Ceph and moto support it): the writers' only guard.
+            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
         // A store at an explicit endpoint (not AWS) is almost always
         // addressed by path (`ENDPOINT/BUCKET/KEY`), which object_store
         // does by default; AWS itself takes the same requests.
@@ -251,6 +255,50 @@ impl Storage for S3Storage {
         self.run(async move { store.put(&path, payload).await })
             .map(drop)
             .map_err(|e| self.err(key, e))
+    }
+
+    fn read_expecting(&self, key: &str) -> io::Result<(Option<Vec<u8>>, Expected)> {
+        let (store, path) = (self.store.clone(), self.path(key));
+        self.requests.count(Op::Get);
+        let got = self.run(async move {
+            let r = store.get(&path).await?;
+            let tag = r.meta.e_tag.clone();
+            Ok::<_, object_store::Error>((r.bytes().await?, tag))
+        });
+        match got {
+            Ok((b, Some(tag))) => Ok((Some(b.to_vec()), Expected::Tag(tag))),
+            Ok((_, None)) => Err(io::Error::other(format!(
+                "{}/{key}: the object store gave no ETag, which replacing it safely needs",
+                self.location
+            ))),
+            Err(object_store::Error::NotFound { .. }) => Ok((None, Expected::Absent)),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
+    fn write_expecting(&self, key: &str, data: &[u8], expected: &Expected) -> io::Result<()> {
+        let mode = match expected {
+            Expected::Absent => PutMode::Create,
+            Expected::Tag(t) => PutMode::Update(UpdateVersion {
+                e_tag: Some(t.clone()),
+                version: None,
+            }),
+            Expected::Unchecked => PutMode::Overwrite,
+        };
+        let (store, path) = (self.store.clone(), self.path(key));
+        let payload = PutPayload::from(data.to_vec());
+        self.requests.count(Op::Put);
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match self.run(async move { store.put_opts(&path, payload, opts).await }) {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Err(io::Error::other(Conflict { key: key.to_string() }))
+            }
+            Err(e) => Err(self.err(key, e)),
+        }
     }
 
     fn create(&self) -> io::Result<Box<dyn ObjectWriter>> {

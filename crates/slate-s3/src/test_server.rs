@@ -121,6 +121,7 @@ impl TestS3 {
             .with_access_key_id(ACCESS_KEY)
             .with_secret_access_key(SECRET_KEY)
             .with_region("us-east-1")
+            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
             .build()
             .expect("an S3 client for the test server");
         S3Storage::new(Arc::new(store), location).expect("a runtime")

@@ -150,3 +150,32 @@ fn commit_checkout_gc_on_s3_match_a_local_repository() {
         .resolve(&on_s3.snapshot)
         .is_ok_and(|id| repo.read_snapshot(&id).is_err()));
 }
+
+#[test]
+fn a_commit_fails_when_another_moved_its_channel_meanwhile() {
+    let Some(s3) = TestS3::start() else { return };
+    s3.create_bucket("race");
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree, 1 << 20);
+    let url = "s3://race/repo";
+    let repo = Repo::init_storage(Box::new(s3.storage(url)), url, Config::default()).unwrap();
+    // A writer reads the channel (absent), another creates it, and the
+    // first one's update is refused rather than overwriting it.
+    let (h, absent) = repo.channel_history_expecting("lab").unwrap();
+    assert!(h.is_empty());
+    let first = commit(&repo, &tree, &opts("lab"), &NoProgress).unwrap();
+    let err = repo.set_channel_history_if("lab", &[], &absent).unwrap_err();
+    assert!(
+        matches!(&err, slate_repo::Error::ChannelMoved(c) if c == "lab"),
+        "{err}"
+    );
+    // Likewise for a channel read before the second commit moved it.
+    let (h, tag) = repo.channel_history_expecting("lab").unwrap();
+    assert_eq!(h.len(), 1);
+    let second = commit(&repo, &tree, &opts("lab"), &NoProgress).unwrap();
+    assert_eq!(second.parent.as_deref(), Some(first.snapshot.as_str()));
+    let err = repo.set_channel_history_if("lab", &h, &tag).unwrap_err();
+    assert!(matches!(err, slate_repo::Error::ChannelMoved(_)), "{err}");
+    assert_eq!(repo.channel_history("lab").unwrap().len(), 2, "nothing was changed");
+}
