@@ -8,7 +8,7 @@ SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS=(build-essential pkg-config ca-certificates python3 debootstrap attr acl zstd rsync e2fsprogs util-linux time grub-common
       gdisk dosfstools mtools grub-pc-bin systemd-boot-efi ovmf restic git
       squashfs-tools xorriso grub-efi-amd64-bin cryptsetup-bin fuse3 netcat-openbsd
-      postgresql)
+      postgresql python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -30,6 +30,16 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
     [ ${#missing[@]} -gt 0 ] || $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
         qemu-system-x86 qemu-utils/bookworm >/dev/null
+fi
+# The object-storage tests (crates/slate-s3) start moto's S3 server on
+# 127.0.0.1: a pinned moto from PyPI in a venv of its own, outside the
+# system Python. SLATE_MOTO_SERVER may name another moto_server.
+MOTO_VERSION=5.2.6
+MOTO_VENV=/var/tmp/slate-moto
+if ! "$MOTO_VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+    echo "setup: installing moto[server] $MOTO_VERSION into $MOTO_VENV" >&2
+    python3 -m venv "$MOTO_VENV"
+    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 # Fuzzing (scripts/fuzz.sh): cargo-afl at a pinned version. Installing it
 # builds the AFL++ it ships (afl-fuzz and the runtime the targets link)

@@ -15,8 +15,9 @@ pub struct Cli {
 /// The repository a command works on.
 #[derive(Args, Debug, Clone)]
 pub struct RepoArg {
-    /// Repository directory.
-    #[arg(long, env = "SLATE_REPO", value_name = "DIR")]
+    /// Repository: a directory, or s3://BUCKET/PREFIX on an S3-compatible
+    /// object store (credentials and endpoint from AWS_* variables).
+    #[arg(long, env = "SLATE_REPO", value_name = "DIR|URL")]
     pub repo: PathBuf,
 }
 

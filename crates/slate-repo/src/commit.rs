@@ -22,7 +22,7 @@ use crate::index::{index_key, pack_key, ChunkIndex};
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::scan::{scan, FileJob};
-use crate::storage::{ObjectWriter, Storage};
+use crate::storage::{Expected, ObjectWriter, Storage};
 
 /// A frame is closed once it holds this many raw bytes.
 const FRAME_TARGET: usize = 1 << 20;
@@ -327,7 +327,9 @@ pub fn commit(repo: &Repo, tree: &Path, opts: &CommitOptions<'_>, progress: &dyn
     crate::channel::check_name(opts.channel)?;
     let _lock = repo.lock()?;
     let index = repo.load_index()?;
-    let history = repo.channel_history(opts.channel)?;
+    // The channel as read now decides the parent; on an object store the
+    // final update succeeds only if no other writer moved it meanwhile.
+    let (history, expected) = repo.channel_history_expecting(opts.channel)?;
     let parent = history.last().copied();
 
     let scanned = scan(tree)?;
@@ -409,7 +411,16 @@ pub fn commit(repo: &Repo, tree: &Path, opts: &CommitOptions<'_>, progress: &dyn
     progress.finish();
 
     let metadata = os_release(tree);
-    finish_commit(repo, &mut asm, &m, parent, history, opts, metadata, files.len() as u64)
+    finish_commit(
+        repo,
+        &mut asm,
+        &m,
+        parent,
+        (history, expected),
+        opts,
+        metadata,
+        files.len() as u64,
+    )
 }
 
 /// Commit a manifest whose file chunks the repository already holds (or
@@ -421,7 +432,7 @@ fn finish_commit(
     asm: &mut Assembler<'_>,
     m: &manifest::Manifest,
     parent: Option<SnapshotId>,
-    mut history: Vec<SnapshotId>,
+    (mut history, expected): (Vec<SnapshotId>, Expected),
     opts: &CommitOptions<'_>,
     os_metadata: Vec<(String, String)>,
     files: u64,
@@ -470,7 +481,7 @@ fn finish_commit(
     // names it.
     repo.storage.sync()?;
     history.push(id);
-    repo.set_channel_history(opts.channel, &history)?;
+    repo.set_channel_history_if(opts.channel, &history, &expected)?;
 
     Ok(CommitStats {
         snapshot: id.to_hex(),
@@ -499,7 +510,7 @@ pub fn commit_manifest(
     crate::channel::check_name(opts.channel)?;
     let _lock = repo.lock()?;
     let index = repo.load_index()?;
-    let history = repo.channel_history(opts.channel)?;
+    let (history, expected) = repo.channel_history_expecting(opts.channel)?;
     let parent = history.last().copied();
     let mut asm = Assembler::new(repo.storage.as_ref(), &index, repo.config.compression_level);
     for (id, data) in content {
@@ -511,7 +522,7 @@ pub fn commit_manifest(
         asm.push(*id, data)?;
     }
     let files = m.entries.iter().filter(|e| matches!(e.kind, Kind::File(_))).count() as u64;
-    finish_commit(repo, &mut asm, m, parent, history, opts, Vec::new(), files)
+    finish_commit(repo, &mut asm, m, parent, (history, expected), opts, Vec::new(), files)
 }
 
 fn set_chunks(m: &mut manifest::Manifest, job: &FileJob, chunks: Vec<ChunkRef>) -> Result<()> {

@@ -29,6 +29,10 @@ pub enum Error {
     /// Bad user input (a channel name, a destination, a path).
     #[error("{0}")]
     Invalid(String),
+    /// Another writer moved the channel while this one worked (an object
+    /// store, where writers take no lock); nothing was changed.
+    #[error("channel {0} moved on while this ran (another writer updated it); nothing was changed, run it again")]
+    ChannelMoved(String),
     /// A signature check failed.
     #[error("{0}")]
     Untrusted(String),

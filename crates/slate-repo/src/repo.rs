@@ -13,7 +13,7 @@ use crate::channel;
 use crate::error::{Error, Result};
 use crate::index::ChunkIndex;
 use crate::reader::ChunkReader;
-use crate::storage::{LocalStorage, MemStorage, Storage};
+use crate::storage::{Expected, LocalStorage, MemStorage, Storage};
 
 const CONFIG_HEADER: &str = "slate-repo-v1";
 
@@ -138,6 +138,36 @@ impl Repo {
         Ok(Repo {
             storage: Box::new(LocalStorage::new(path)),
             root: Some(path.to_path_buf()),
+            config,
+        })
+    }
+
+    /// Create a repository in `storage`, which must hold no objects (an
+    /// object store: nothing to lock, no directories; `name` is how
+    /// messages call it).
+    pub fn init_storage(storage: Box<dyn Storage>, name: &str, config: Config) -> Result<Repo> {
+        if !storage.list("")?.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{name} is not empty; choose a new prefix for the repository"
+            )));
+        }
+        storage.write("config", config.encode().as_bytes())?;
+        storage.sync()?;
+        Self::open_storage(storage, name)
+    }
+
+    /// Open the repository in `storage` (`name` is how messages call it).
+    /// It has no writer lock: see docs/scale.md, "Object storage".
+    pub fn open_storage(storage: Box<dyn Storage>, name: &str) -> Result<Repo> {
+        let text = match storage.read("config") {
+            Ok(b) => String::from_utf8(b).map_err(|_| Error::NotARepository(name.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotARepository(name.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        let config = Config::decode(&text, &format!("{name}/config"))?;
+        Ok(Repo {
+            storage,
+            root: None,
             config,
         })
     }
@@ -274,6 +304,35 @@ impl Repo {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A channel's history, and what [`Repo::set_channel_history_if`] must
+    /// find to replace it: on an object store, the only guard against a
+    /// concurrent writer (there is no lock).
+    pub fn channel_history_expecting(&self, name: &str) -> Result<(Vec<SnapshotId>, Expected)> {
+        channel::check_name(name)?;
+        let (bytes, expected) = self.storage.read_expecting(&channel_key(name))?;
+        let history = match bytes {
+            Some(b) => channel::decode(name, &b)?,
+            None => Vec::new(),
+        };
+        Ok((history, expected))
+    }
+
+    /// Replace a channel's history durably if no other writer replaced it
+    /// since it was read with [`Repo::channel_history_expecting`]; else
+    /// [`Error::ChannelMoved`], and nothing is changed.
+    pub fn set_channel_history_if(&self, name: &str, history: &[SnapshotId], expected: &Expected) -> Result<()> {
+        channel::check_name(name)?;
+        let key = channel_key(name);
+        self.storage
+            .write_expecting(&key, channel::encode(history).as_bytes(), expected)
+            .map_err(|e| match crate::storage::is_conflict(&e) {
+                true => Error::ChannelMoved(name.to_string()),
+                false => e.into(),
+            })?;
+        self.storage.sync_key(&key)?;
+        Ok(())
     }
 
     /// Replace a channel's history durably (call with the lock held).

@@ -13,6 +13,39 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// What a conditional replacement expects to find under its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// No object.
+    Absent,
+    /// The object with this version tag (an object store's ETag).
+    Tag(String),
+    /// Anything: the storage's writers exclude each other another way (a
+    /// directory's `flock`), so the replacement needs no check.
+    Unchecked,
+}
+
+/// The error a conditional replacement fails with when the object is no
+/// longer as expected (another writer replaced it meanwhile).
+#[derive(Debug)]
+pub struct Conflict {
+    /// The key.
+    pub key: String,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} was replaced by another writer meanwhile", self.key)
+    }
+}
+
+impl std::error::Error for Conflict {}
+
+/// Whether `e` is a [`Conflict`].
+pub fn is_conflict(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Conflict>())
+}
+
 /// A writer for one new object; nothing is visible until [`ObjectWriter::finish`].
 pub trait ObjectWriter: Write + Send {
     /// Publish the bytes written under `key`.
@@ -41,6 +74,23 @@ pub trait Storage: Send + Sync {
     fn delete(&self, key: &str) -> io::Result<()>;
     /// Make every write so far durable.
     fn sync(&self) -> io::Result<()>;
+    /// A mutable object (a channel) and what a later [`Storage::write_expecting`]
+    /// must find to replace it; `None` when absent. The default, for
+    /// storages whose writers hold a lock, expects nothing.
+    fn read_expecting(&self, key: &str) -> io::Result<(Option<Vec<u8>>, Expected)> {
+        match self.read(key) {
+            Ok(b) => Ok((Some(b), Expected::Unchecked)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((None, Expected::Unchecked)),
+            Err(e) => Err(e),
+        }
+    }
+    /// Atomically replace `key` if it is still as `expected`, else fail
+    /// with a [`Conflict`] (see [`is_conflict`]). The default writes
+    /// unconditionally, which is right only under a writer lock.
+    fn write_expecting(&self, key: &str, data: &[u8], expected: &Expected) -> io::Result<()> {
+        let _ = expected;
+        self.write(key, data)
+    }
     /// Make a replaced mutable object (a channel) durable now.
     fn sync_key(&self, key: &str) -> io::Result<()>;
     /// A local filesystem path for `key`, when the storage has one.

@@ -394,12 +394,22 @@ pub fn pull(
         release: &release,
         fleet: &fleet,
     };
-    let repo = if repo_path.join("config").exists() {
-        super::open(repo_path)?
-    } else {
-        slate_repo::Repo::init(repo_path, slate_repo::Config::default())?
+    let repo = super::open_or_init(repo_path)?;
+    // An object store has no local tmp/: the scratch files (ranges fetched
+    // for manifests) go to a local temporary directory instead.
+    let scratch = match super::object_url(repo_path) {
+        Some(_) => Some(
+            tempfile::Builder::new()
+                .prefix("slate-pull-")
+                .tempdir()
+                .context("cannot create a scratch directory")?,
+        ),
+        None => None,
     };
-    let work = slate_agent::pull::work_dir(repo_path);
+    let work = match &scratch {
+        Some(d) => d.path().to_path_buf(),
+        None => slate_agent::pull::work_dir(repo_path),
+    };
     let stats = slate_agent::pull::pull(from, channel, &repo, &keys, &work)
         .with_context(|| format!("cannot pull {channel} from {from}"))?;
     eprintln!(
@@ -422,11 +432,7 @@ pub fn pull_image(image: &Path, channel: Option<&str>, repo_path: &Path, trust: 
         .iter()
         .map(|p| super::read_public_key(p))
         .collect::<Result<Vec<_>>>()?;
-    let repo = if repo_path.join("config").exists() {
-        super::open(repo_path)?
-    } else {
-        slate_repo::Repo::init(repo_path, slate_repo::Config::default())?
-    };
+    let repo = super::open_or_init(repo_path)?;
     let work = tempfile::Builder::new()
         .prefix("slate-pull-image-")
         .tempdir()

@@ -14,7 +14,14 @@ pub fn run(path: &Path, compression_level: i32) -> Result<ExitCode> {
         compression_level,
         ..Config::default()
     };
-    Repo::init(path, config)?;
+    match super::object_url(path) {
+        Some(url) => {
+            Repo::init_storage(Box::new(slate_s3::S3Storage::from_env(url)?), url, config)?;
+        }
+        None => {
+            Repo::init(path, config)?;
+        }
+    }
     eprintln!("initialised an empty slate repository in {}", path.display());
     Ok(ExitCode::SUCCESS)
 }

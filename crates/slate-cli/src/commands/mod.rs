@@ -361,9 +361,40 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Open the repository at `path`.
+/// Open the repository at `path`: a directory, or `s3://BUCKET/PREFIX`
+/// (an object store, configured by the `AWS_*` environment variables).
 pub fn open(path: &Path) -> Result<Repo> {
+    if let Some(url) = object_url(path) {
+        let storage = slate_s3::S3Storage::from_env(url)?;
+        return Ok(Repo::open_storage(Box::new(storage), url)?);
+    }
     Ok(Repo::open(path)?)
+}
+
+/// `path` as an object-store URL, when it is one rather than a directory.
+pub fn object_url(path: &Path) -> Option<&str> {
+    path.to_str().filter(|s| slate_s3::S3Location::is_url(s))
+}
+
+/// Open the repository at `path`, creating an empty one there first when
+/// it holds none (what `slate pull` does for a new mirror).
+pub fn open_or_init(path: &Path) -> Result<Repo> {
+    if let Some(url) = object_url(path) {
+        let storage = slate_s3::S3Storage::from_env(url)?;
+        return match Repo::open_storage(Box::new(storage), url) {
+            Err(slate_repo::Error::NotARepository(_)) => Ok(Repo::init_storage(
+                Box::new(slate_s3::S3Storage::from_env(url)?),
+                url,
+                slate_repo::Config::default(),
+            )?),
+            r => Ok(r?),
+        };
+    }
+    if path.join("config").exists() {
+        open(path)
+    } else {
+        Ok(Repo::init(path, slate_repo::Config::default())?)
+    }
 }
 
 /// Read a secret key file.

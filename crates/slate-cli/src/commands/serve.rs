@@ -62,6 +62,16 @@ pub fn run(
     tls: Option<(PathBuf, PathBuf)>,
 ) -> Result<ExitCode> {
     let repo = super::open(repo_path)?;
+    if let Some(url) = super::object_url(repo_path) {
+        // The fleet's database and machines' private data are mutable and
+        // private: they stay on this server, never beside the objects.
+        if db.db.is_none() || private.state_dir.is_none() || private.home_dir.is_none() {
+            anyhow::bail!(
+                "{url} is an object store: name where the fleet database and private data live on this \
+                 server with --db, --state-dir and --home-dir"
+            );
+        }
+    }
     let fleet = match fleet {
         Some(p) => FleetConfig::load(p)?,
         None => FleetConfig::only_channel(),

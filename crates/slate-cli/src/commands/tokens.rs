@@ -25,6 +25,12 @@ fn open(db: &DbArg) -> Result<FleetDb> {
             // A typo in --repo must not create a fleet database somewhere
             // that slate serve never reads.
             super::open(repo)?;
+            if super::object_url(repo).is_some() {
+                bail!(
+                    "{} is an object store: name slate serve's database with --db",
+                    repo.display()
+                );
+            }
             Database::from_arg(repo, None).open(1)?
         }
         (None, None) => bail!(

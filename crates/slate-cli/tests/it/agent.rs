@@ -39,7 +39,7 @@ use serde_json::Value;
 use slate_agent::boot::{read_grubenv, simulate_boot};
 use slate_agent::config::Bootloader;
 
-use crate::support::{corpus, is_root, s, scratch, slate, slate_bin, slate_ok, FleetKey, Server};
+use crate::support::{corpus, is_root, s, scratch, slate, slate_bin, slate_ok, slate_ok_env, FleetKey, Server};
 use crate::treedigest::{assert_same_tree, digest};
 
 #[path = "agent_hostile.rs"]
@@ -66,6 +66,13 @@ struct Lab {
     server: Option<Server>,
     /// Rules put before the generated ones in FLEET.toml.
     extra_fleet: String,
+    /// For a repository on an object store: the `AWS_*` variables every
+    /// `slate` process gets, and the server's local database and private
+    /// directories (an object-store repository has no directory for them).
+    env: Vec<(&'static str, String)>,
+    local: Option<PathBuf>,
+    /// The S3 server, stopped after everything above.
+    s3: Option<slate_s3::test_server::TestS3>,
 }
 
 impl Lab {
@@ -82,7 +89,43 @@ impl Lab {
             ids: Vec::new(),
             server: None,
             extra_fleet: String::new(),
+            env: Vec::new(),
+            local: None,
+            s3: None,
         }
+    }
+
+    /// A lab whose repository is `s3://lab/repo` on `s3`, a test server.
+    fn on_s3(s3: slate_s3::test_server::TestS3) -> Lab {
+        s3.create_bucket("lab");
+        let dir = scratch();
+        let repo = PathBuf::from("s3://lab/repo");
+        let env = s3.env();
+        slate_ok_env(&["init", "--repo", s(&repo)], &env);
+        let key = dir.path().join("key");
+        slate_ok(&["keygen", "--out", s(&key)]);
+        let local = dir.path().join("server");
+        std::fs::create_dir_all(&local).unwrap();
+        Lab {
+            dir,
+            repo,
+            key,
+            ids: Vec::new(),
+            server: None,
+            extra_fleet: String::new(),
+            env,
+            local: Some(local),
+            s3: Some(s3),
+        }
+    }
+
+    /// `--db`, `--state-dir` and `--home-dir` of a lab on an object store.
+    fn local_args(&self) -> Vec<String> {
+        let Some(l) = &self.local else { return Vec::new() };
+        ["--db", "fleet.db", "--state-dir", "state", "--home-dir", "home"]
+            .chunks(2)
+            .flat_map(|kv| [kv[0].to_string(), s(&l.join(kv[1])).to_string()])
+            .collect()
     }
 
     fn path(&self) -> &Path {
@@ -103,7 +146,7 @@ impl Lab {
             args.extend(["--sign", s(k)]);
         }
         args.push(s(tree));
-        let out = slate_ok(&args);
+        let out = slate_ok_env(&args, &self.env);
         let id = out.lines().next().unwrap_or_default().trim().to_string();
         assert_eq!(id.len(), 64, "commit prints the snapshot id: {out}");
         self.ids.push((name.to_string(), id.clone()));
@@ -133,17 +176,17 @@ impl Lab {
         let path = self.path().join("FLEET.toml");
         std::fs::write(&path, fleet).unwrap();
         let admin = crate::support::admin_token(self.path());
-        let server = Server::start_signed(
-            self.path(),
-            &[
-                "--repo",
-                s(&self.repo),
-                "--fleet",
-                s(&path),
-                "--admin-token-file",
-                s(&admin),
-            ],
-        );
+        let local = self.local_args();
+        let mut args = vec![
+            "--repo",
+            s(&self.repo),
+            "--fleet",
+            s(&path),
+            "--admin-token-file",
+            s(&admin),
+        ];
+        args.extend(local.iter().map(String::as_str));
+        let server = Server::start_signed_env(self.path(), &args, &self.env);
         let url = server.url.clone();
         self.server = Some(server);
         url
@@ -173,7 +216,16 @@ impl Lab {
     fn agent(&self, name: &str, slots: Slots) -> Agent {
         let dir = self.path().join("machines").join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let token_file = crate::support::enroll(&self.repo, name, &dir);
+        let token_file = match &self.local {
+            None => crate::support::enroll(&self.repo, name, &dir),
+            Some(l) => {
+                let db = l.join("fleet.db");
+                let token = slate_ok(&["fleet", "enroll", "--force", "--db", s(&db), name]);
+                let file = dir.join(format!("{name}.token"));
+                std::fs::write(&file, token).unwrap();
+                file
+            }
+        };
         let agent = Agent {
             token_file,
             name: name.to_string(),
@@ -1720,6 +1772,134 @@ fn pull_mirrors_a_channel_verified_and_incrementally() {
     assert!(!out.status.success(), "a pull with the wrong key succeeded");
     let err = one_error_line(&out);
     assert!(err.contains("untrusted"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// 8: the repository on an S3-compatible object store (issue 14).
+
+/// The keys under the lab's repository prefix in its bucket.
+fn s3_keys(lab: &Lab) -> Vec<String> {
+    use slate_repo::storage::Storage;
+    let s3 = lab.s3.as_ref().expect("a lab on S3");
+    s3.storage(s(&lab.repo)).list("").unwrap()
+}
+
+#[test]
+fn an_agent_updates_bit_for_bit_from_a_repository_on_s3() {
+    let Some(s3) = slate_s3::test_server::TestS3::start() else {
+        return;
+    };
+    let mut lab = Lab::on_s3(s3);
+    let ta = small_tree(&lab.path().join("tree-a"), 1, 256 << 10);
+    // Large enough for a pack uploaded in parts.
+    let tb = small_tree(&lab.path().join("tree-b"), 2, 24 << 20);
+    lab.commit("a", &ta);
+    lab.commit("b", &tb);
+    lab.serve();
+    let mut m = lab.agent("m", Slots::Dirs);
+    m.target("a");
+    assert_eq!(m.update()["result"], "ok");
+    m.target("b");
+    let r = m.update();
+    assert_eq!(r["result"], "ok", "{r}");
+    Reference::of(&ta).check(&m.slot_path("a"));
+    Reference::of(&tb).check(&m.slot_path("b"));
+    // The machine's assignment and reports stayed on the server: the
+    // bucket holds the repository and nothing else.
+    let keys = s3_keys(&lab);
+    assert!(keys.iter().any(|k| k.starts_with("packs/")), "{keys:?}");
+    for k in &keys {
+        assert!(
+            k == "config" || ["packs/", "snapshots/", "channels/"].iter().any(|p| k.starts_with(p)),
+            "{k} in the bucket"
+        );
+    }
+    assert!(std::fs::metadata(lab.local.as_ref().unwrap().join("fleet.db")).is_ok());
+}
+
+#[test]
+fn commit_pull_and_gc_on_s3() {
+    let Some(s3) = slate_s3::test_server::TestS3::start() else {
+        return;
+    };
+    let mut lab = Lab::on_s3(s3);
+    let env = lab.env.clone();
+    let ta = small_tree(&lab.path().join("tree-a"), 1, 1 << 20);
+    let tb = small_tree(&lab.path().join("tree-b"), 2, 1 << 20);
+    let repo_path = lab.repo.clone();
+    let repo = s(&repo_path);
+    for t in [&ta, &tb] {
+        slate_ok_env(
+            &[
+                "commit",
+                "--repo",
+                repo,
+                "--channel",
+                "site/lab",
+                "--sign",
+                s(&lab.key),
+                s(t),
+            ],
+            &env,
+        );
+    }
+    // A server for the repository on S3 needs local places for the fleet
+    // database and private data: one clear line when they are missing.
+    let out = crate::support::slate_env(&["serve", "--repo", repo, "--listen", "127.0.0.1:0"], &env);
+    assert!(!out.status.success());
+    let err = one_error_line(&out);
+    assert!(err.contains("--db") && err.contains("object store"), "{err}");
+
+    let url = lab.serve();
+    let trust = lab.trust();
+    // A mirror in another prefix of the bucket, and one on disk.
+    let mirror_s3 = "s3://lab/mirror";
+    let mirror_dir = lab.path().join("mirror");
+    for mirror in [mirror_s3, s(&mirror_dir)] {
+        let out = crate::support::slate_env(
+            &[
+                "pull",
+                "--from",
+                &url,
+                "site/lab",
+                "--repo",
+                mirror,
+                "--trust",
+                s(&trust),
+            ],
+            &env,
+        );
+        let msg = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{msg}");
+        assert!(msg.contains("2 snapshots"), "{msg}");
+        slate_ok_env(&["verify", "--repo", mirror, "--trust", s(&trust)], &env);
+        for (spec, tree) in [("site/lab", &tb), ("site/lab~1", &ta)] {
+            let dst = lab
+                .path()
+                .join(format!("co-{}-{}", mirror.len(), spec.replace(['/', '~'], "-")));
+            slate_ok_env(&["checkout", "--repo", mirror, spec, s(&dst)], &env);
+            assert_same_tree(tree, &dst);
+        }
+    }
+    // The same packs, byte for byte, in the bucket and on disk.
+    {
+        use slate_repo::storage::Storage;
+        let s3 = lab.s3.as_ref().unwrap().storage(mirror_s3);
+        let packs = s3.list("packs").unwrap();
+        assert!(!packs.is_empty());
+        for k in &packs {
+            assert_eq!(s3.read(k).unwrap(), std::fs::read(mirror_dir.join(k)).unwrap(), "{k}");
+        }
+    }
+
+    // gc on S3 drops the older snapshot; the newer one still checks out.
+    let before = s3_keys(&lab).len();
+    slate_ok_env(&["gc", "--repo", repo, "--keep-last", "1"], &env);
+    assert!(s3_keys(&lab).len() < before);
+    slate_ok_env(&["verify", "--repo", repo, "--trust", s(&trust)], &env);
+    let dst = lab.path().join("after-gc");
+    slate_ok_env(&["checkout", "--repo", repo, "site/lab", s(&dst)], &env);
+    assert_same_tree(&tb, &dst);
 }
 
 #[test]

@@ -26,12 +26,31 @@ pub fn scratch() -> tempfile::TempDir {
 
 /// Run `slate ARGS...`; returns the output whatever the exit status.
 pub fn slate(args: &[&str]) -> Output {
+    slate_env(args, &[])
+}
+
+/// Run `slate ARGS...` with more environment variables (an object store's
+/// `AWS_*`); returns the output whatever the exit status.
+pub fn slate_env(args: &[&str], env: &[(&str, String)]) -> Output {
     Command::new(slate_bin())
         .args(args)
         .env_remove("SLATE_REPO")
         .env_remove("SLATE_DB")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run slate")
+}
+
+/// [`slate_ok`] with more environment variables.
+pub fn slate_ok_env(args: &[&str], env: &[(&str, String)]) -> String {
+    let out = slate_env(args, env);
+    assert!(
+        out.status.success(),
+        "slate {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
 /// Run `slate ARGS...` and require success; returns stdout.
@@ -97,12 +116,18 @@ impl Drop for Server {
 impl Server {
     /// Start `slate serve ARGS --listen 127.0.0.1:0` and wait for its URL.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_env(args, &[])
+    }
+
+    /// [`Server::start`] with more environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, String)]) -> Server {
         let child = Command::new(slate_bin())
             .arg("serve")
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .env_remove("SLATE_REPO")
             .env_remove("SLATE_DB")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             // Request logs: which objects were served, and that logging works.
             .env("SLATE_LOG", "info")
             .stdin(Stdio::null())
@@ -253,10 +278,15 @@ impl Server {
     /// Start `slate serve ARGS --fleet-key KEY`: assignments signed with the
     /// fleet key in `dir` (made on first use), as machines require.
     pub fn start_signed(dir: &Path, args: &[&str]) -> Server {
+        Server::start_signed_env(dir, args, &[])
+    }
+
+    /// [`Server::start_signed`] with more environment variables.
+    pub fn start_signed_env(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Server {
         let key = FleetKey::in_dir(dir);
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--fleet-key", s(&key.secret)]);
-        Server::start(&all)
+        Server::start_env(&all, env)
     }
 }
 
