@@ -975,8 +975,8 @@ impl Drop for Running {
 #[test]
 fn corpus_updates_through_directory_slots_with_and_without_deltas() {
     let Some(corpus) = corpus() else {
-        eprintln!(
-            "SKIP corpus_updates_through_directory_slots_with_and_without_deltas: corpus not built (run `make corpus`)"
+        crate::support::skip(
+            "corpus_updates_through_directory_slots_with_and_without_deltas: corpus not built (run `make corpus`)",
         );
         return;
     };
@@ -1039,11 +1039,11 @@ fn corpus_updates_through_directory_slots_with_and_without_deltas() {
 #[test]
 fn corpus_updates_through_loop_image_slots() {
     let Some(corpus) = corpus() else {
-        eprintln!("SKIP corpus_updates_through_loop_image_slots: corpus not built (run `make corpus`)");
+        crate::support::skip("corpus_updates_through_loop_image_slots: corpus not built (run `make corpus`)");
         return;
     };
     if !is_root() {
-        eprintln!("SKIP corpus_updates_through_loop_image_slots: loop mounts need root");
+        crate::support::skip("corpus_updates_through_loop_image_slots: loop mounts need root");
         return;
     }
     let mut lab = Lab::new();
@@ -1553,7 +1553,9 @@ fn boot_counting_falls_back(kind: Bootloader, name: &'static str) {
                         assert!(list.lines().any(|x| x == l), "grub-editenv list:\n{list}");
                     }
                 }
-                Err(_) => eprintln!("grub-editenv not installed (apt package grub-common): not cross-checked"),
+                Err(_) => {
+                    crate::support::skip("grub-editenv not installed (apt package grub-common): not cross-checked")
+                }
             }
         }
         Bootloader::Bls => {
@@ -2010,7 +2012,7 @@ fn a_state_policy_that_does_not_fit_the_tree_is_refused_and_reported() {
 #[test]
 fn an_update_refuses_a_boot_partition_without_room_and_keeps_the_good_entry() {
     if !crate::support::is_root() {
-        eprintln!("skipped: needs root (a small tmpfs as the boot partition)");
+        crate::support::skip("needs root (a small tmpfs as the boot partition)");
         return;
     }
     let mut lab = Lab::new();

@@ -101,11 +101,11 @@ pub(crate) fn have(cmd: &str) -> bool {
 /// Everything a boot test needs, or why it is skipped.
 pub(crate) fn ready(firmware: &str) -> Option<PathBuf> {
     if !is_root() {
-        eprintln!("skipped: needs root (loop devices, mounts, chroot)");
+        crate::support::skip("needs root (loop devices, mounts, chroot)");
         return None;
     }
     let Some(corpus) = corpus() else {
-        eprintln!("skipped: no Debian corpus (make corpus)");
+        crate::support::skip("no Debian corpus (make corpus)");
         return None;
     };
     let mut need = vec!["qemu-system-x86_64", "sgdisk", "losetup", "unshare"];
@@ -115,16 +115,16 @@ pub(crate) fn ready(firmware: &str) -> Option<PathBuf> {
     });
     for c in need {
         if !have(c) {
-            eprintln!("skipped: {c} is not installed (scripts/setup.sh installs it)");
+            crate::support::skip(&format!("{c} is not installed (scripts/setup.sh installs it)"));
             return None;
         }
     }
     if firmware == "bios" && !Path::new("/usr/lib/grub/i386-pc/grub-bios-setup").exists() && !have("grub-bios-setup") {
-        eprintln!("skipped: grub-bios-setup is not installed (grub-pc-bin)");
+        crate::support::skip("grub-bios-setup is not installed (grub-pc-bin)");
         return None;
     }
     if firmware == "uefi" && !Path::new("/usr/share/OVMF/OVMF_CODE.fd").exists() {
-        eprintln!("skipped: OVMF is not installed");
+        crate::support::skip("OVMF is not installed");
         return None;
     }
     Some(corpus.join("v3"))

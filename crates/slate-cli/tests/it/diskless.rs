@@ -193,7 +193,7 @@ fn num(b: &BootLog, tag: &str, key: &str) -> f64 {
 fn machines_boot_from_the_network_diskless_then_cached_then_offline() {
     let Some(v3) = ready("bios") else { return };
     if !std::path::Path::new("/usr/bin/nc").exists() {
-        eprintln!("skipped: nc is not installed (netcat-openbsd; scripts/setup.sh installs it)");
+        crate::support::skip("nc is not installed (netcat-openbsd; scripts/setup.sh installs it)");
         return;
     }
     let lab = Lab::netboot(&v3);
@@ -426,7 +426,7 @@ fn machines_boot_from_the_network_diskless_then_cached_then_offline() {
 fn a_dracut_tree_boots_diskless() {
     let Some(v3) = ready("bios") else { return };
     if !std::path::Path::new("/usr/bin/nc").exists() {
-        eprintln!("skipped: nc is not installed (netcat-openbsd; scripts/setup.sh installs it)");
+        crate::support::skip("nc is not installed (netcat-openbsd; scripts/setup.sh installs it)");
         return;
     }
     let tree = v3.with_file_name("v3-dracut");

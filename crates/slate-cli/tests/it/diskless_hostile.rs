@@ -104,7 +104,7 @@ fn keys_dir(dir: &Path, name: &str, release: &Path, fleet: &Path) -> std::path::
 #[test]
 fn forged_swapped_and_stripped_boot_assignments_are_refused() {
     if !is_root() {
-        eprintln!("skipped: needs root (the network boot step mounts its cache)");
+        crate::support::skip("needs root (the network boot step mounts its cache)");
         return;
     }
     let t = scratch();

@@ -208,7 +208,7 @@ fn enrolled_machines_keep_private_state(db: FleetDb) {
 #[test]
 fn a_full_disk_answers_507_and_keeps_the_previous_blob() {
     if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+        crate::support::skip("mounting a tmpfs needs root");
         return;
     }
     let dir = scratch();

@@ -79,7 +79,7 @@ fn cat_returns_exact_content_including_holes() {
 #[test]
 fn debian_corpus_round_trips_bit_for_bit() {
     let Some(corpus) = corpus() else {
-        eprintln!("SKIP debian_corpus_round_trips_bit_for_bit: corpus not built (run `make corpus`)");
+        crate::support::skip("debian_corpus_round_trips_bit_for_bit: corpus not built (run `make corpus`)");
         return;
     };
     let t = scratch();

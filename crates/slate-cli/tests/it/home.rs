@@ -576,7 +576,7 @@ fn home_server_vanishing_mid_backup_loses_nothing() {
 #[test]
 fn home_full_server_disk_gives_one_clear_error_and_loses_nothing() {
     if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+        crate::support::skip("mounting a tmpfs needs root");
         return;
     }
     let d = scratch();

@@ -60,7 +60,7 @@ fn hostile_home(root: &Path) {
 #[test]
 fn a_restore_leaves_out_setuid_capabilities_and_devices_unless_asked() {
     if !is_root() {
-        eprintln!("skipped: setuid-root files, capabilities and device nodes need root");
+        crate::support::skip("setuid-root files, capabilities and device nodes need root");
         return;
     }
     let m = Setup::new();

@@ -22,7 +22,7 @@ const BOOT_MOUNT: &str = "/run/slate/netboot/disk";
 /// Everything the install needs on this machine, or why the test is skipped.
 fn ready(firmware: &str) -> bool {
     if !is_root() {
-        eprintln!("skipped: needs root (loop devices, mounts)");
+        crate::support::skip("needs root (loop devices, mounts)");
         return false;
     }
     let mut need = vec!["sgdisk", "losetup", "mkfs.ext4", "grub-mkimage", "blkid"];
@@ -35,16 +35,16 @@ fn ready(firmware: &str) -> bool {
     };
     for c in need {
         if !have(c) {
-            eprintln!("skipped: {c} is not installed (scripts/setup.sh installs it)");
+            crate::support::skip(&format!("{c} is not installed (scripts/setup.sh installs it)"));
             return false;
         }
     }
     if !Path::new(grub).exists() {
-        eprintln!("skipped: {grub} is missing (grub-pc-bin, grub-efi-amd64-bin)");
+        crate::support::skip(&format!("{grub} is missing (grub-pc-bin, grub-efi-amd64-bin)"));
         return false;
     }
     if firmware == "bios" && !Path::new("/usr/lib/grub/i386-pc/grub-bios-setup").exists() && !have("grub-bios-setup") {
-        eprintln!("skipped: grub-bios-setup is not installed (grub-pc-bin)");
+        crate::support::skip("grub-bios-setup is not installed (grub-pc-bin)");
         return false;
     }
     true
@@ -322,7 +322,7 @@ const NO_SNAPSHOT: &str = "the machine must boot from the network first";
 /// without qemu (or OVMF). The qemu process is killed in any case.
 fn boot_until(dir: &Path, disk: &Path, firmware: &str, done: impl Fn(&str, &str) -> bool) -> Option<(bool, String)> {
     if !have("qemu-system-x86_64") || (firmware == "uefi" && !Path::new("/usr/share/OVMF/OVMF_CODE.fd").exists()) {
-        eprintln!("not started: qemu or OVMF is not installed");
+        crate::support::skip("qemu or OVMF is not installed");
         return None;
     }
     let log = dir.join(format!("console-{firmware}.log"));

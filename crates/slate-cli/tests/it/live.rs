@@ -22,12 +22,12 @@ fn have(cmd: &str) -> bool {
 /// What making an image needs on the host, or why the test is skipped.
 fn can_make_images() -> bool {
     if !is_root() {
-        eprintln!("skipped: needs root (loop devices, dm-verity, mounts)");
+        crate::support::skip("needs root (loop devices, dm-verity, mounts)");
         return false;
     }
     for c in ["mksquashfs", "grub-mkrescue", "xorriso", "sgdisk", "losetup"] {
         if !have(c) {
-            eprintln!("skipped: {c} is not installed (scripts/setup.sh installs it)");
+            crate::support::skip(&format!("{c} is not installed (scripts/setup.sh installs it)"));
             return false;
         }
     }

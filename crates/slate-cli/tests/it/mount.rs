@@ -206,7 +206,7 @@ fn walk_size(dir: &Path, suffix: &str) -> u64 {
 
 fn skip(what: &str) -> bool {
     if !is_root() || !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIP {what}: needs root and /dev/fuse");
+        crate::support::skip(&format!("{what}: needs root and /dev/fuse"));
         return true;
     }
     false
@@ -283,7 +283,7 @@ fn debian_tree_on_demand_cache_fill_offline_failures_profiles_and_updates() {
         return;
     }
     let Some(corpus) = corpus() else {
-        eprintln!("SKIP debian_tree_on_demand...: corpus not built (run `make corpus`)");
+        crate::support::skip("debian_tree_on_demand...: corpus not built (run `make corpus`)");
         return;
     };
     let r = Repo::new();

@@ -1368,7 +1368,7 @@ impl SmallFs {
             .arg(&img)
             .output();
         if !mkfs.as_ref().is_ok_and(|o| o.status.success()) {
-            eprintln!("SKIPPED full-disk test: mkfs.ext4 failed: {mkfs:?}");
+            crate::support::skip(&format!("full-disk test: mkfs.ext4 failed: {mkfs:?}"));
             return None;
         }
         let out = Command::new("mount")
@@ -1378,10 +1378,10 @@ impl SmallFs {
             .output()
             .unwrap();
         if !out.status.success() {
-            eprintln!(
-                "SKIPPED full-disk test: cannot loop-mount an image here: {}",
+            crate::support::skip(&format!(
+                "full-disk test: cannot loop-mount an image here: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
-            );
+            ));
             return None;
         }
         Some(SmallFs { dir: dir.to_path_buf() })
@@ -1443,7 +1443,9 @@ fn full_disk_commit(small: &SmallFs, filler: &Path, keep: u64, repo: &Path, src:
 #[test]
 fn a_full_file_system_fails_commits_and_checkouts_cleanly() {
     if !is_root() {
-        eprintln!("SKIPPED a_full_file_system_fails_commits_and_checkouts_cleanly: needs root to loop-mount a small file system");
+        crate::support::skip(
+            "a_full_file_system_fails_commits_and_checkouts_cleanly: needs root to loop-mount a small file system",
+        );
         return;
     }
     let t = scratch();

@@ -164,11 +164,11 @@ impl Machine {
 
 fn debian_machine() -> Option<Machine> {
     if !is_root() {
-        eprintln!("skipped: needs root (mounts)");
+        crate::support::skip("needs root (mounts)");
         return None;
     }
     let Some(corpus) = corpus() else {
-        eprintln!("skipped: no Debian corpus (make corpus)");
+        crate::support::skip("no Debian corpus (make corpus)");
         return None;
     };
     let t = scratch();
@@ -334,7 +334,7 @@ fn apply_makes_a_debian_root_read_only_with_its_declared_state() {
 #[test]
 fn apply_refuses_symlink_escapes_and_missing_stores() {
     if !is_root() {
-        eprintln!("skipped: needs root (mounts)");
+        crate::support::skip("needs root (mounts)");
         return;
     }
     let t = scratch();
@@ -393,7 +393,7 @@ fn apply_refuses_symlink_escapes_and_missing_stores() {
 #[test]
 fn server_state_is_uploaded_once_and_comes_back_on_the_next_boot() {
     if !is_root() {
-        eprintln!("skipped: needs root (mounts)");
+        crate::support::skip("needs root (mounts)");
         return;
     }
     let t = scratch();
@@ -515,7 +515,7 @@ fn server_state_is_uploaded_once_and_comes_back_on_the_next_boot() {
 #[test]
 fn a_server_bundle_with_files_outside_include_is_refused() {
     if !is_root() {
-        eprintln!("skipped: needs root (mounts)");
+        crate::support::skip("needs root (mounts)");
         return;
     }
     let t = scratch();
