@@ -36,6 +36,8 @@ BURST=${BURST:-60s}
 FETCH=${FETCH:-0}
 DBS=${DBS:-postgres sqlite}
 DB_CONNECTIONS=${DB_CONNECTIONS:-16}
+MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-64}   # passes in flight (the server's --max-connections-per-client default)
+read -r -a SERVE_ARGS <<< "${SERVE_ARGS:-}"   # more options for slate serve
 RES=${1:-$ROOT/target/bench-fleet}
 PORT=${PORT:-18470}
 PG_PORT=${PG_PORT:-18471}
@@ -99,7 +101,7 @@ start_postgres() {
 
 start_serve() {  # DB NAME
     SLATE_LOG=warn "$SLATE" serve --repo "$WORK/repo" --listen "127.0.0.1:$PORT" --fleet "$WORK/fleet.toml" \
-        --fleet-key "$WORK/fleet.key" --db "$1" --db-connections "$DB_CONNECTIONS" \
+        --fleet-key "$WORK/fleet.key" --db "$1" --db-connections "$DB_CONNECTIONS" "${SERVE_ARGS[@]}" \
         > "$RES/logs/serve-$2.out" 2> "$RES/logs/serve-$2.log" &
     SERVE_PID=$!
     for _ in $(seq 300); do
@@ -127,7 +129,7 @@ for db in $DBS; do
     enroll_s=$(printf "%.1f" "$(echo "$t1 - $t0" | bc)")
     log "$db: enrolled in ${enroll_s}s; steady $STEADY at $MACHINES per $POLL, then burst within $BURST"
     args=(run --server "http://127.0.0.1:$PORT" --tokens "$WORK/tokens-$db" --poll-interval "$POLL"
-          --duration "$STEADY" --burst "$BURST" --server-pid "$SERVE_PID" --json "$RES/$db.raw.json")
+          --duration "$STEADY" --burst "$BURST" --max-in-flight "$MAX_IN_FLIGHT" --server-pid "$SERVE_PID" --json "$RES/$db.raw.json")
     [ -n "$PG_PID" ] && args+=(--db-pid "$PG_PID")
     [ "$FETCH" = 1 ] && args+=(--fetch)
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)   # other work on the machine skews figures
