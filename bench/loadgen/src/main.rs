@@ -591,4 +591,42 @@ mod tests {
         assert!(parse_duration("1d").is_err());
         assert!(parse_duration("x").is_err());
     }
+
+    /// `enroll` writes one line per machine, and each token is the one the
+    /// fleet store now knows for that machine (an SQLite store in a
+    /// scratch directory; the PostgreSQL path runs in bench/fleet.sh).
+    #[test]
+    fn enroll_writes_tokens_the_store_knows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("fleet.db");
+        let out = dir.path().join("tokens");
+        enroll(&db, 25, "t-", &out, 4).unwrap();
+        let machines = read_tokens(&out, None).unwrap();
+        assert_eq!(machines.len(), 25);
+        assert_eq!(machines[0].id, "t-00000");
+        assert_eq!(machines[24].id, "t-00024");
+        let store = Database::Sqlite(db.clone()).open(1).unwrap();
+        for m in &machines {
+            assert!(slate_server::auth::is_token(&m.token), "{}", m.token);
+            let hash = slate_server::auth::hash(&m.token);
+            assert_eq!(store.machine_for(&hash).unwrap().as_deref(), Some(m.id.as_str()));
+        }
+        // Again: every machine gets a new token and the old ones stop working.
+        enroll(&db, 25, "t-", &out, 4).unwrap();
+        let again = read_tokens(&out, None).unwrap();
+        assert_ne!(again[3].token, machines[3].token);
+        assert_eq!(
+            store
+                .machine_for(&slate_server::auth::hash(&machines[3].token))
+                .unwrap(),
+            None
+        );
+        assert_eq!(store.tokens().unwrap().len(), 25);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+        // The first N lines only, on request; an empty file is refused.
+        assert_eq!(read_tokens(&out, Some(3)).unwrap().len(), 3);
+        std::fs::write(&out, "").unwrap();
+        assert!(read_tokens(&out, None).is_err());
+    }
 }
