@@ -78,6 +78,7 @@ printf 'n\tmachine\tbytes_fetched\twall_s\n' > "$OUT/runs.tsv"
 R=$WORK/repo
 "$SLATE" init --repo "$R" >/dev/null
 "$SLATE" keygen --out "$WORK/key" >/dev/null 2>&1
+"$SLATE" keygen --out "$WORK/fleet.key" >/dev/null 2>&1
 declare -A SID
 for v in v2 v3; do
     log "commit $v"
@@ -86,15 +87,18 @@ done
 printf '[default]\nchannel = "lab"\n\n[[machine]]\nlabels = { pin = "v2" }\nchannel = "lab"\nsnapshot = "%s"\n' \
     "${SID[v2]}" > "$WORK/fleet.toml"
 SLATE_LOG=info "$SLATE" serve --repo "$R" --listen "127.0.0.1:$ORIGIN_PORT" --fleet "$WORK/fleet.toml" \
-    --db "$WORK/fleet.db" > "$WORK/serve.out" 2> "$WORK/serve.log" &
+    --db "$WORK/fleet.db" --fleet-key "$WORK/fleet.key" > "$WORK/serve.out" 2> "$WORK/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 100); do grep -q '^serving ' "$WORK/serve.log" 2>/dev/null && break; sleep 0.1; done
 grep -q '^serving ' "$WORK/serve.log" || die "slate serve did not start: $(tail -n 3 "$WORK/serve.log")"
 
-agent_toml() {  # DIR SERVER_PORT MACHINE [PIN]
+agent_toml() {  # DIR SERVER_PORT MACHINE [PIN]: enrolls MACHINE, writes DIR/agent.toml
+    "$SLATE" fleet enroll --force --db "$WORK/fleet.db" "$3" > "$1/token" 2>/dev/null
     cat > "$1/agent.toml" <<TOML
-server = "http://127.0.0.1:$2"
+server = [{ url = "http://127.0.0.1:$2", token = true, token_over_http = true }]
+token_file = "$1/token"
 trust = ["$WORK/key.pub"]
+fleet_trust = ["$WORK/fleet.key.pub"]
 state_dir = "$1/state"
 machine_id = "$3"
 labels = { pin = "${4:-none}" }
@@ -201,5 +205,5 @@ for n in $NS; do
     rmtree "$WORK/nginx-$n"
 done
 echo >> "$REPORT"
-echo "One machine: bytes_fetched of the first machine of the first N. Origin bytes: Content-Length of every answer slate serve logged while the machines ran (assignments and reports included)." >> "$REPORT"
+echo "One machine: bytes_fetched of the first machine of the first N. Origin bytes: the Content-Length of every answer slate serve logged while the machines ran (answers without one, such as assignments, count 0: a few hundred bytes each). Wall: the whole N, including treedigest of the first machine's slot." >> "$REPORT"
 cat "$REPORT"
