@@ -3,18 +3,25 @@
 # Debian 12 machine. Idempotent; run as root (or with sudo available).
 # postgresql: the fleet store's tests start throwaway servers of their own
 # (as the postgres user, on 127.0.0.1); the package's own cluster is not used.
+# nginx: the site-cache test and benchmark (dist/nginx/slate-site-cache.conf)
+# run their own nginx from a temporary prefix; Debian's nginx has the slice
+# module built in. The package's own service is not used (it is stopped and
+# disabled if installing it started it).
 set -euo pipefail
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS=(build-essential pkg-config ca-certificates python3 debootstrap attr acl zstd rsync e2fsprogs util-linux time grub-common
       gdisk dosfstools mtools grub-pc-bin systemd-boot-efi ovmf restic git
       squashfs-tools xorriso grub-efi-amd64-bin cryptsetup-bin fuse3 netcat-openbsd
-      postgresql python3-venv)
+      postgresql python3-venv nginx)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}" >&2
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [[ " ${missing[*]} " == *" nginx "* ]] && command -v systemctl >/dev/null 2>&1; then
+        $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+    fi
 fi
 if ! command -v cargo >/dev/null 2>&1; then
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"

@@ -37,8 +37,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use slate_repo::Repo;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 pub use blobs::PrivateStorage;
 pub use error::{ApiError, ApiResult};
@@ -166,10 +165,38 @@ pub fn app(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(panicked))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .make_span_with(request_span)
+                .on_response(log_response),
         )
         .with_state(state)
+}
+
+/// The span of one request: method, URI and the `Range` asked for, so the
+/// log at `info` is an access log (a site cache in front is checked by
+/// which ranges reached the origin: docs/scale.md, "Site caches").
+fn request_span(req: &Request) -> tracing::Span {
+    let range = req
+        .headers()
+        .get(axum::http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", method = %req.method(), uri = %req.uri(), range = %range)
+}
+
+/// One line per answer: status, body length (`Content-Length`; `-` for a
+/// streamed body without one) and the time to the response head.
+fn log_response(res: &Response, latency: Duration, _span: &tracing::Span) {
+    let bytes = res
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info!(
+        status = res.status().as_u16(),
+        bytes = %bytes,
+        latency_ms = latency.as_millis() as u64,
+        "finished processing request"
+    );
 }
 
 async fn not_found() -> ApiError {
