@@ -110,7 +110,13 @@ pub fn pull(server: &str, channel: &str, repo: &Repo, keys: &PullTrust, work: &P
         history.truncate(at + 1);
     }
     let _lock = repo.lock()?;
-    let held = repo.channel_history(channel)?;
+    // Read with what a conditional replacement must find: on an object
+    // store (no lock) a writer that moves the channel or its head meanwhile
+    // makes this pull fail rather than be overwritten.
+    let guard = slate_repo::pending::WriteGuard::start(repo)?;
+    let (held, expected) = repo.channel_history_expecting(channel)?;
+    let head_key = slate_repo::channel::head_key(channel);
+    let (_, head_expected) = repo.storage.read_expecting(&head_key)?;
     if let Some(head) = held.last() {
         if !history.contains(head) {
             return Err(Error::Untrusted(format!(
@@ -120,7 +126,8 @@ pub fn pull(server: &str, channel: &str, repo: &Repo, keys: &PullTrust, work: &P
             )));
         }
     }
-    let have_index = repo.load_index()?;
+    // Pending packs (gc/pending) are not reused: they are fetched anew.
+    let have_index = slate_repo::index::ChunkIndex::load_excluding(repo.storage.as_ref(), &guard.pending_packs)?;
     let remote = Remote::new(&http, work);
     let index = remote.index()?;
     let cache = RangeCache::open(&work.join("pull-ranges"))?;
@@ -198,11 +205,16 @@ pub fn pull(server: &str, channel: &str, repo: &Repo, keys: &PullTrust, work: &P
         stats.snapshots += 1;
     }
     repo.storage.sync()?;
-    repo.set_channel_history(channel, &history)?;
+    guard.check_before_publish(repo)?;
+    repo.set_channel_history_if(channel, &history, &expected)?;
     if let Some((_, text)) = &head {
-        let key = slate_repo::channel::head_key(channel);
-        repo.storage.write(&key, text)?;
-        repo.storage.sync_key(&key)?;
+        repo.storage
+            .write_expecting(&head_key, text, &head_expected)
+            .map_err(|e| match slate_repo::storage::is_conflict(&e) {
+                true => slate_repo::Error::Raced(format!("the signed head of channel {channel}")),
+                false => e.into(),
+            })?;
+        repo.storage.sync_key(&head_key)?;
     }
     cache.clear()?;
     stats.bytes = http.received.load(std::sync::atomic::Ordering::Relaxed);

@@ -178,6 +178,13 @@ pub enum Command {
         /// Print what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// On an object store (s3://), what gc finds dead is only recorded
+        /// (gc/pending) and deleted by a later gc once this long has passed
+        /// and it is still dead, so a commit running meanwhile loses nothing
+        /// (a number with s, m, h or d; a directory repository deletes at once
+        /// under its lock).
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = slate_repo::pending::parse_grace)]
+        grace: std::time::Duration,
         #[command(flatten)]
         out: OutputArg,
     },

@@ -19,6 +19,7 @@ use slate_core::{ChunkId, Id32, PackId, SnapshotId};
 
 use crate::error::{Error, Result};
 use crate::index::{index_key, pack_key, ChunkIndex};
+use crate::pending::WriteGuard;
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::scan::{scan, FileJob};
@@ -324,9 +325,24 @@ fn os_release(tree: &Path) -> Vec<(String, String)> {
 
 /// Commit the tree at `tree` to `opts.channel`.
 pub fn commit(repo: &Repo, tree: &Path, opts: &CommitOptions<'_>, progress: &dyn Progress) -> Result<CommitStats> {
+    commit_with_hook(repo, tree, opts, progress, &mut || Ok(()))
+}
+
+/// [`commit`], calling `before_publish` once every object is written and
+/// before the channel moves: tests run a gc at that very instant.
+pub fn commit_with_hook(
+    repo: &Repo,
+    tree: &Path,
+    opts: &CommitOptions<'_>,
+    progress: &dyn Progress,
+    before_publish: &mut dyn FnMut() -> Result<()>,
+) -> Result<CommitStats> {
     crate::channel::check_name(opts.channel)?;
     let _lock = repo.lock()?;
-    let index = repo.load_index()?;
+    // Before the index: a pack gc records as dead from now on is one this
+    // commit may reuse, and the guard's clock covers it.
+    let guard = WriteGuard::start(repo)?;
+    let index = ChunkIndex::load_excluding(repo.storage.as_ref(), &guard.pending_packs)?;
     // The channel as read now decides the parent; on an object store the
     // final update succeeds only if no other writer moved it meanwhile.
     let (history, expected) = repo.channel_history_expecting(opts.channel)?;
@@ -420,6 +436,7 @@ pub fn commit(repo: &Repo, tree: &Path, opts: &CommitOptions<'_>, progress: &dyn
         opts,
         metadata,
         files.len() as u64,
+        (&guard, before_publish),
     )
 }
 
@@ -436,6 +453,7 @@ fn finish_commit(
     opts: &CommitOptions<'_>,
     os_metadata: Vec<(String, String)>,
     files: u64,
+    (guard, before_publish): (&WriteGuard, &mut dyn FnMut() -> Result<()>),
 ) -> Result<CommitStats> {
     // The manifest travels and deduplicates like file content.
     let encoded = manifest::encode(m);
@@ -480,6 +498,8 @@ fn finish_commit(
     // The commit point: everything above is durable before the channel
     // names it.
     repo.storage.sync()?;
+    before_publish()?;
+    guard.check_before_publish(repo)?;
     history.push(id);
     repo.set_channel_history_if(opts.channel, &history, &expected)?;
 
@@ -509,7 +529,8 @@ pub fn commit_manifest(
 ) -> Result<CommitStats> {
     crate::channel::check_name(opts.channel)?;
     let _lock = repo.lock()?;
-    let index = repo.load_index()?;
+    let guard = WriteGuard::start(repo)?;
+    let index = ChunkIndex::load_excluding(repo.storage.as_ref(), &guard.pending_packs)?;
     let (history, expected) = repo.channel_history_expecting(opts.channel)?;
     let parent = history.last().copied();
     let mut asm = Assembler::new(repo.storage.as_ref(), &index, repo.config.compression_level);
@@ -522,7 +543,17 @@ pub fn commit_manifest(
         asm.push(*id, data)?;
     }
     let files = m.entries.iter().filter(|e| matches!(e.kind, Kind::File(_))).count() as u64;
-    finish_commit(repo, &mut asm, m, parent, (history, expected), opts, Vec::new(), files)
+    finish_commit(
+        repo,
+        &mut asm,
+        m,
+        parent,
+        (history, expected),
+        opts,
+        Vec::new(),
+        files,
+        (&guard, &mut || Ok(())),
+    )
 }
 
 fn set_chunks(m: &mut manifest::Manifest, job: &FileJob, chunks: Vec<ChunkRef>) -> Result<()> {

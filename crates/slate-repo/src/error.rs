@@ -33,6 +33,24 @@ pub enum Error {
     /// store, where writers take no lock); nothing was changed.
     #[error("channel {0} moved on while this ran (another writer updated it); nothing was changed, run it again")]
     ChannelMoved(String),
+    /// A write on a repository without a lock ran so long that objects it
+    /// may rely on, found dead by a gc meanwhile, could be deleted soon;
+    /// its channel was not moved (docs/scale.md, "Crash safety").
+    #[error(
+        "this write ran for {ran_secs:.0} s, more than half the grace period ({grace_secs} s) of a gc that ran \
+         meanwhile, so objects it relies on may be deleted; the channel was not moved, run it again \
+         (or give gc a longer --grace)"
+    )]
+    GcRace {
+        /// How long the write ran.
+        ran_secs: f64,
+        /// The shortest grace period of the entries gc recorded meanwhile.
+        grace_secs: u64,
+    },
+    /// Another writer replaced an object (named here) between this one's
+    /// read and its conditional replacement; nothing was changed.
+    #[error("{0} changed while this ran (another writer replaced it); nothing was changed, run it again")]
+    Raced(String),
     /// A signature check failed.
     #[error("{0}")]
     Untrusted(String),

@@ -39,13 +39,59 @@ pub struct GcPlan {
     pub orphans: Vec<String>,
     /// Leftover temp files removed.
     pub temp_files: u64,
+    /// On an object store, where the lists above are recorded in
+    /// `gc/pending` rather than deleted: what happened to the record.
+    pub pending: Option<PendingReport>,
+}
+
+/// What a gc on an object store did with `gc/pending` (two-phase deletion).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PendingReport {
+    /// Entries found dead now and recorded (packs, snapshots, other objects).
+    pub recorded: u64,
+    /// Entries deleted: recorded by an earlier gc, past their grace period, still dead.
+    pub deleted: u64,
+    /// Entries still waiting for their grace period.
+    pub waiting: u64,
+    /// Entries struck from the record: something names them again.
+    pub struck: u64,
+    /// Pack bytes deleted.
+    pub deleted_bytes: u64,
+}
+
+/// How to run a gc.
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    /// Cut each channel's history to its newest this many snapshots.
+    pub keep_last: Option<usize>,
+    /// Plan only.
+    pub dry_run: bool,
+    /// On an object store: how long what this gc finds dead stays in
+    /// `gc/pending` before a later gc may delete it.
+    pub grace: std::time::Duration,
+}
+
+/// The default grace period: a day, far longer than any commit.
+pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            keep_last: None,
+            dry_run: false,
+            grace: DEFAULT_GRACE,
+        }
+    }
 }
 
 /// Compute the plan. Fails, deleting nothing, if any live snapshot cannot
 /// be read completely.
 /// With `keep_last`, each channel's history is first cut to its newest
 /// `keep_last` snapshots.
-pub fn plan(repo: &Repo, keep_last: Option<usize>) -> Result<(GcPlan, HashSet<ChunkId>)> {
+/// A chunk held by a pack in `pending` (gc/pending) counts as live for that
+/// pack only if no other pack holds it: a pack whose live chunks were all
+/// copied elsewhere (a rewrite) is dead.
+pub fn plan(repo: &Repo, keep_last: Option<usize>, pending: &HashSet<PackId>) -> Result<(GcPlan, HashSet<ChunkId>)> {
     let index = repo.load_index()?;
     let mut live: HashSet<SnapshotId> = HashSet::new();
     let mut plan = GcPlan::default();
@@ -74,8 +120,7 @@ pub fn plan(repo: &Repo, keep_last: Option<usize>) -> Result<(GcPlan, HashSet<Ch
             plan.drop_snapshots.push(id.to_hex());
         }
     }
-    // Per pack: live bytes vs all bytes, by raw chunk length.
-    let mut per_pack: HashMap<PackId, (u64, u64)> = HashMap::new();
+    let mut indexes = Vec::new();
     for key in repo.storage.list("packs")?.iter().filter(|k| k.ends_with(".idx")) {
         let Some(id) = key
             .rsplit('/')
@@ -86,10 +131,24 @@ pub fn plan(repo: &Repo, keep_last: Option<usize>) -> Result<(GcPlan, HashSet<Ch
         };
         let idx = slate_core::pack::PackIndex::decode(&repo.storage.read(key)?)
             .map_err(|e| crate::Error::corrupt(format!("pack index {id}"), e))?;
-        let t = per_pack.entry(id).or_default();
+        indexes.push((id, idx));
+    }
+    let held_elsewhere: HashSet<ChunkId> = match pending.is_empty() {
+        true => HashSet::new(),
+        false => indexes
+            .iter()
+            .filter(|(id, _)| !pending.contains(id))
+            .flat_map(|(_, idx)| idx.entries.iter().map(|e| e.id))
+            .collect(),
+    };
+    // Per pack: live bytes vs all bytes, by raw chunk length.
+    let mut per_pack: HashMap<PackId, (u64, u64)> = HashMap::new();
+    for (id, idx) in &indexes {
+        let is_pending = pending.contains(id);
+        let t = per_pack.entry(*id).or_default();
         for e in &idx.entries {
             t.1 += e.len as u64;
-            if live_chunks.contains(&e.id) {
+            if live_chunks.contains(&e.id) && !(is_pending && held_elsewhere.contains(&e.id)) {
                 t.0 += e.len as u64;
             }
         }
@@ -136,49 +195,29 @@ pub fn plan(repo: &Repo, keep_last: Option<usize>) -> Result<(GcPlan, HashSet<Ch
     Ok((plan, live_chunks))
 }
 
-/// Plan and apply a gc under the writer lock; returns what was done.
-pub fn gc(repo: &Repo, keep_last: Option<usize>, dry_run: bool) -> Result<GcPlan> {
+/// Plan and apply a gc; returns what was done. A directory repository is
+/// pruned under its writer lock at once; a repository without a lock (an
+/// object store) goes through `gc/pending` (see [`crate::pending`]).
+pub fn gc(repo: &Repo, opts: &GcOptions) -> Result<GcPlan> {
+    gc_with_hook(repo, opts, &mut || Ok(()))
+}
+
+/// [`gc`], calling `after_plan` on an object store once the plan is made
+/// and before anything changes: tests move a channel at that instant.
+pub fn gc_with_hook(repo: &Repo, opts: &GcOptions, after_plan: &mut dyn FnMut() -> Result<()>) -> Result<GcPlan> {
+    if repo.root.is_none() {
+        return gc_two_phase(repo, opts, after_plan);
+    }
     let _lock = repo.lock()?;
-    let (plan, live_chunks) = plan(repo, keep_last)?;
-    if dry_run {
+    let (plan, live_chunks) = plan(repo, opts.keep_last, &HashSet::new())?;
+    if opts.dry_run {
         return Ok(plan);
     }
     let storage = repo.storage.as_ref();
     // Channels first: once they no longer name a snapshot, removing it is safe.
-    for (ch, drop) in &plan.trim_channels {
-        let h = repo.channel_history(ch)?;
-        repo.set_channel_history(ch, &h[*drop..])?;
-    }
-    let full = repo.load_index()?;
+    trim_channels(repo, &plan, opts.keep_last)?;
     if !plan.rewrite_packs.is_empty() {
-        // Index of the packs that stay as they are: a live chunk they hold
-        // is not copied again.
-        let mut kept = ChunkIndex::default();
-        let rewritten: HashSet<&str> = plan.rewrite_packs.iter().map(String::as_str).collect();
-        let dropped: HashSet<&str> = plan.drop_packs.iter().map(String::as_str).collect();
-        for id in &full.packs {
-            let h = id.to_hex();
-            if !rewritten.contains(h.as_str()) && !dropped.contains(h.as_str()) {
-                let idx = slate_core::pack::PackIndex::decode(&storage.read(&index_key(id))?)
-                    .map_err(|e| crate::Error::corrupt(format!("pack index {id}"), e))?;
-                kept.add_pack(*id, &idx);
-            }
-        }
-        let mut asm = Assembler::new(storage, &kept, repo.config.compression_level);
-        let mut reader = ChunkReader::new(storage, &full);
-        for h in &plan.rewrite_packs {
-            let id = PackId::from_hex(h).expect("planned ids are hex");
-            let idx = slate_core::pack::PackIndex::decode(&storage.read(&index_key(&id))?)
-                .map_err(|e| crate::Error::corrupt(format!("pack index {id}"), e))?;
-            let mut entries = idx.entries;
-            entries.sort_by_key(|e| (e.frame_offset, e.offset));
-            for e in entries.iter().filter(|e| live_chunks.contains(&e.id)) {
-                let data = reader.read(&e.id)?;
-                asm.push(e.id, &data)?;
-            }
-        }
-        asm.finish()?;
-        storage.sync()?;
+        rewrite(repo, &plan, &live_chunks, &HashSet::new())?;
     }
     for h in plan.drop_snapshots.iter() {
         let id = SnapshotId::from_hex(h).expect("planned ids are hex");
@@ -211,5 +250,168 @@ pub fn gc(repo: &Repo, keep_last: Option<usize>, dry_run: bool) -> Result<GcPlan
         storage.delete(&k)?;
     }
     storage.sync()?;
+    Ok(plan)
+}
+
+/// Cut the channels the plan trims, each with a conditional replacement of
+/// the history the plan saw: a writer that moved a channel since then
+/// makes gc fail ([`crate::Error::ChannelMoved`]) rather than lose its
+/// snapshot (on an object store; a directory's lock excludes it anyway).
+fn trim_channels(repo: &Repo, plan: &GcPlan, keep_last: Option<usize>) -> Result<()> {
+    let Some(keep) = keep_last else { return Ok(()) };
+    for (ch, drop) in &plan.trim_channels {
+        let (h, expected) = repo.channel_history_expecting(ch)?;
+        if h.len() != drop + keep {
+            return Err(crate::Error::ChannelMoved(ch.clone()));
+        }
+        repo.set_channel_history_if(ch, &h[*drop..], &expected)?;
+    }
+    Ok(())
+}
+
+/// Copy the live chunks of the plan's rewritten packs into new packs and
+/// sync them, reusing no chunk of a dropped, rewritten or `exclude`d pack.
+fn rewrite(repo: &Repo, plan: &GcPlan, live_chunks: &HashSet<ChunkId>, exclude: &HashSet<PackId>) -> Result<()> {
+    let storage = repo.storage.as_ref();
+    let full = repo.load_index()?;
+    // Index of the packs that stay as they are: a live chunk they hold
+    // is not copied again.
+    let mut kept = ChunkIndex::default();
+    let rewritten: HashSet<&str> = plan.rewrite_packs.iter().map(String::as_str).collect();
+    let dropped: HashSet<&str> = plan.drop_packs.iter().map(String::as_str).collect();
+    for id in &full.packs {
+        let h = id.to_hex();
+        if !rewritten.contains(h.as_str()) && !dropped.contains(h.as_str()) && !exclude.contains(id) {
+            let idx = slate_core::pack::PackIndex::decode(&storage.read(&index_key(id))?)
+                .map_err(|e| crate::Error::corrupt(format!("pack index {id}"), e))?;
+            kept.add_pack(*id, &idx);
+        }
+    }
+    let mut asm = Assembler::new(storage, &kept, repo.config.compression_level);
+    let mut reader = ChunkReader::new(storage, &full);
+    for h in &plan.rewrite_packs {
+        let id = PackId::from_hex(h).expect("planned ids are hex");
+        let idx = slate_core::pack::PackIndex::decode(&storage.read(&index_key(&id))?)
+            .map_err(|e| crate::Error::corrupt(format!("pack index {id}"), e))?;
+        let mut entries = idx.entries;
+        entries.sort_by_key(|e| (e.frame_offset, e.offset));
+        for e in entries.iter().filter(|e| live_chunks.contains(&e.id)) {
+            let data = reader.read(&e.id)?;
+            asm.push(e.id, &data)?;
+        }
+    }
+    asm.finish()?;
+    storage.sync()?;
+    Ok(())
+}
+
+/// gc on a repository without a writer lock (an object store): nothing
+/// found dead is deleted at once. It is recorded in `gc/pending`, and a
+/// later gc deletes an entry once its grace period has passed and it is
+/// still dead (docs/scale.md, "Crash safety", point 2). Rewritten packs
+/// take the same path once their live chunks are copied.
+fn gc_two_phase(repo: &Repo, opts: &GcOptions, after_plan: &mut dyn FnMut() -> Result<()>) -> Result<GcPlan> {
+    use crate::pending::{unix_now, Kind as P, Mark, Pending, PENDING_KEY};
+    // The clock is read before the channels: an entry this run deletes has
+    // been dead since before any writer that could still publish it began.
+    let now = unix_now();
+    let storage = repo.storage.as_ref();
+    let (record, expected) = Pending::read(storage)?;
+    let pending_packs = record.packs();
+    let (mut plan, live_chunks) = plan(repo, opts.keep_last, &pending_packs)?;
+    // A pending pack that is still partly live waits to be struck, not rewritten.
+    plan.rewrite_packs
+        .retain(|h| PackId::from_hex(h).is_none_or(|id| !pending_packs.contains(&id)));
+    let mut dead: HashSet<(P, String)> = HashSet::new();
+    dead.extend(plan.drop_packs.iter().map(|h| (P::Pack, h.clone())));
+    dead.extend(plan.drop_snapshots.iter().map(|h| (P::Snapshot, h.clone())));
+    dead.extend(
+        plan.drop_deltas
+            .iter()
+            .chain(&plan.orphans)
+            .filter(|k| !k.contains('\n'))
+            .map(|k| (P::Key, k.clone())),
+    );
+    let mut report = PendingReport::default();
+    let mut next = Pending::default();
+    let mut due = Vec::new();
+    for (entry, mark) in &record.entries {
+        if !dead.contains(entry) {
+            report.struck += 1;
+        } else if mark.due(now) {
+            due.push(entry.clone());
+        } else {
+            next.entries.insert(entry.clone(), *mark);
+        }
+    }
+    let fresh = Mark {
+        marked: now,
+        grace: opts.grace.as_secs(),
+    };
+    for entry in &dead {
+        if !record.entries.contains_key(entry) {
+            next.entries.insert(entry.clone(), fresh);
+            report.recorded += 1;
+        }
+    }
+    report.deleted = due.len() as u64;
+    if opts.dry_run {
+        report.waiting = next.entries.len() as u64 - report.recorded;
+        plan.pending = Some(report);
+        return Ok(plan);
+    }
+    after_plan()?;
+    trim_channels(repo, &plan, opts.keep_last)?;
+    if !plan.rewrite_packs.is_empty() {
+        rewrite(repo, &plan, &live_chunks, &pending_packs)?;
+        for h in &plan.rewrite_packs {
+            next.entries.insert((P::Pack, h.clone()), fresh);
+            report.recorded += 1;
+        }
+    }
+    report.waiting = next.entries.len() as u64 - report.recorded;
+    // Snapshots before packs, each index before its pack: what is left by
+    // a crash halfway is still consistent, and the record (written last)
+    // then names objects that are gone, which the next gc drops.
+    due.sort_by_key(|(k, _)| match k {
+        P::Snapshot => 0,
+        P::Key => 1,
+        P::Pack => 2,
+    });
+    for (kind, name) in &due {
+        match kind {
+            P::Snapshot => {
+                let id = SnapshotId::from_hex(name).expect("planned ids are hex");
+                for k in Repo::snapshot_keys(&id) {
+                    storage.delete(&k)?;
+                }
+            }
+            P::Pack => {
+                let id = PackId::from_hex(name).expect("planned ids are hex");
+                report.deleted_bytes += storage.len(&pack_key(&id)).unwrap_or(0);
+                storage.delete(&index_key(&id))?;
+                storage.delete(&pack_key(&id))?;
+            }
+            P::Key => {
+                // A pack whose index has appeared since is a writer's, live.
+                if let Some(stem) = name.strip_suffix(".pack") {
+                    if storage.exists(&format!("{stem}.idx")) {
+                        continue;
+                    }
+                }
+                storage.delete(name)?;
+            }
+        }
+    }
+    storage
+        .write_expecting(PENDING_KEY, &next.encode(), &expected)
+        .map_err(|e| match crate::storage::is_conflict(&e) {
+            true => crate::Error::Invalid(format!(
+                "{PENDING_KEY} was replaced by another gc running at the same time; \
+                 run gc again once it is done (only one gc should run at a time)"
+            )),
+            false => e.into(),
+        })?;
+    plan.pending = Some(report);
     Ok(plan)
 }

@@ -42,6 +42,12 @@ pub fn index_key(id: &PackId) -> String {
 impl ChunkIndex {
     /// Load every pack index in `storage`.
     pub fn load(storage: &dyn Storage) -> Result<Self> {
+        Self::load_excluding(storage, &std::collections::HashSet::new())
+    }
+
+    /// Load every pack index in `storage` but those of `skip` (packs gc
+    /// found dead: a writer must not reuse their chunks).
+    pub fn load_excluding(storage: &dyn Storage, skip: &std::collections::HashSet<PackId>) -> Result<Self> {
         let keys: Vec<String> = storage
             .list("packs")?
             .into_iter()
@@ -57,7 +63,10 @@ impl ChunkIndex {
                     PackIndex::decode(&storage.read(k)?).map_err(|e| Error::corrupt(format!("pack index {id}"), e))?;
                 Ok((id, idx))
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|(id, _)| !skip.contains(id))
+            .collect();
         let mut index = ChunkIndex::default();
         for (id, idx) in loaded {
             index.add_pack(id, &idx);

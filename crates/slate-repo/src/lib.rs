@@ -12,6 +12,7 @@
 //!   snapshots/ab/<id>.sig      ed25519 signatures over the snapshot id
 //!   channels/<name...>         history of a channel, head last
 //!   tmp/                       temp files, renamed into place when complete
+//!   gc/pending                 object stores only: what gc found dead, deleted after a grace period
 //! ```
 //!
 //! Objects are immutable and named by content, so a crash can only leave
@@ -25,6 +26,7 @@ pub mod delta;
 pub mod error;
 pub mod gc;
 pub mod index;
+pub mod pending;
 pub mod progress;
 pub mod reader;
 pub mod repo;

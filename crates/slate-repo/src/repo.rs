@@ -245,11 +245,24 @@ impl Repo {
     }
 
     /// Add a signature to a snapshot's signature file.
+    /// On an object store the file is replaced only if no other writer
+    /// replaced it since it was read ([`Error::Raced`] otherwise, nothing
+    /// changed): a signature added meanwhile is never lost.
     pub fn add_signature(&self, id: &SnapshotId, sig: SnapshotSignature) -> Result<()> {
-        let mut sigs = self.read_signatures(id)?;
+        let key = snap_key(id, "sig");
+        let (bytes, expected) = self.storage.read_expecting(&key)?;
+        let mut sigs = match bytes {
+            Some(b) => decode_signatures(&b).map_err(|e| Error::corrupt(format!("signatures of snapshot {id}"), e))?,
+            None => Vec::new(),
+        };
         sigs.retain(|s| s.key != sig.key);
         sigs.push(sig);
-        self.storage.write(&snap_key(id, "sig"), &encode_signatures(&sigs))?;
+        self.storage
+            .write_expecting(&key, &encode_signatures(&sigs), &expected)
+            .map_err(|e| match crate::storage::is_conflict(&e) {
+                true => Error::Raced(format!("the signatures of snapshot {id}")),
+                false => e.into(),
+            })?;
         Ok(())
     }
 

@@ -108,7 +108,13 @@ impl S3Storage {
             .with_bucket_name(&location.bucket)
             // Channels are replaced with `If-Match` on the ETag read (AWS,
             // MinIO, Ceph and moto support it): the writers' only guard.
-            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+            // Retries with backoff for a minute at most (object_store's
+            // default is three): an unreachable endpoint fails in bounded time.
+            .with_retry(object_store::RetryConfig {
+                retry_timeout: std::time::Duration::from_secs(60),
+                ..Default::default()
+            });
         // A store at an explicit endpoint (not AWS) is almost always
         // addressed by path (`ENDPOINT/BUCKET/KEY`), which object_store
         // does by default; AWS itself takes the same requests.
@@ -170,7 +176,13 @@ impl S3Storage {
     }
 
     /// An `io::Error` that names the object and keeps "not found" matchable.
+    /// The three ways a whole store fails (no such bucket, credentials
+    /// refused, endpoint unreachable) become one sentence saying what to
+    /// check, instead of the HTTP exchange.
     fn err(&self, key: &str, e: object_store::Error) -> io::Error {
+        if let Some(msg) = self.store_failure(&e) {
+            return io::Error::other(msg);
+        }
         let kind = match e {
             object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
             object_store::Error::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
@@ -180,6 +192,55 @@ impl S3Storage {
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, format!("{}/{key}: {e}", self.location))
+    }
+}
+
+impl S3Storage {
+    /// What is wrong with the whole store, when `e` says so.
+    fn store_failure(&self, e: &object_store::Error) -> Option<String> {
+        let text = format!("{e:?} {e}");
+        let loc = &self.location;
+        let at = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "AWS S3".into());
+        if text.contains("NoSuchBucket") {
+            return Some(format!(
+                "{loc}: bucket {} does not exist at {at} (create it, or check the URL and AWS_ENDPOINT_URL)",
+                loc.bucket
+            ));
+        }
+        let denied = matches!(
+            e,
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+        ) || [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+            "ExpiredToken",
+        ]
+        .iter()
+        .any(|c| text.contains(c));
+        if denied {
+            return Some(format!(
+                "{loc}: {at} refused the credentials (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
+                 AWS_SESSION_TOKEN and that they may use bucket {})",
+                loc.bucket
+            ));
+        }
+        let unreachable = [
+            "error sending request",
+            "Connection refused",
+            "dns error",
+            "timed out",
+            "connect",
+        ]
+        .iter()
+        .any(|c| text.contains(c))
+            && !text.contains("status");
+        if unreachable {
+            return Some(format!(
+                "{loc}: cannot reach the object store at {at} (check AWS_ENDPOINT_URL, AWS_ALLOW_HTTP and the network)"
+            ));
+        }
+        None
     }
 }
 
@@ -271,7 +332,9 @@ impl Storage for S3Storage {
                 "{}/{key}: the object store gave no ETag, which replacing it safely needs",
                 self.location
             ))),
-            Err(object_store::Error::NotFound { .. }) => Ok((None, Expected::Absent)),
+            Err(e @ object_store::Error::NotFound { .. }) if self.store_failure(&e).is_none() => {
+                Ok((None, Expected::Absent))
+            }
             Err(e) => Err(self.err(key, e)),
         }
     }
@@ -332,7 +395,8 @@ impl Storage for S3Storage {
         let (store, path) = (self.store.clone(), self.path(key));
         self.requests.count(Op::Delete);
         match self.run(async move { store.delete(&path).await }) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e @ object_store::Error::NotFound { .. }) if self.store_failure(&e).is_none() => Ok(()),
             Err(e) => Err(self.err(key, e)),
         }
     }

@@ -81,8 +81,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             repo,
             keep_last,
             dry_run,
+            grace,
             out,
-        } => gc::run(&open(&repo.repo)?, keep_last, dry_run, out.json),
+        } => gc::run(
+            &open(&repo.repo)?,
+            &slate_repo::gc::GcOptions {
+                keep_last,
+                dry_run,
+                grace,
+            },
+            out.json,
+        ),
         Command::Delta {
             repo,
             level,

@@ -1896,9 +1896,18 @@ fn commit_pull_and_gc_on_s3() {
         }
     }
 
-    // gc on S3 drops the older snapshot; the newer one still checks out.
+    // gc on S3 drops the older snapshot in two phases: the first run only
+    // trims the channel and records what is dead (gc/pending); a later run
+    // past the grace period deletes it. The newer one still checks out.
     let before = s3_keys(&lab).len();
-    slate_ok_env(&["gc", "--repo", repo, "--keep-last", "1"], &env);
+    slate_ok_env(&["gc", "--repo", repo, "--keep-last", "1", "--grace", "0s"], &env);
+    let keys = s3_keys(&lab);
+    assert!(
+        keys.len() > before && keys.contains(&"gc/pending".to_string()),
+        "{keys:?}"
+    );
+    slate_ok_env(&["verify", "--repo", repo, "--trust", s(&trust)], &env);
+    slate_ok_env(&["gc", "--repo", repo], &env);
     assert!(s3_keys(&lab).len() < before);
     slate_ok_env(&["verify", "--repo", repo, "--trust", s(&trust)], &env);
     let dst = lab.path().join("after-gc");

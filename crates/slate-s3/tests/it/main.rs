@@ -5,7 +5,11 @@
 use std::io::Write;
 use std::path::Path;
 
-use slate_repo::commit::{commit, CommitOptions};
+use std::time::Duration;
+
+use slate_repo::commit::{commit, commit_with_hook, CommitOptions};
+use slate_repo::gc::{GcOptions, GcPlan};
+use slate_repo::pending::{Kind, Pending};
 use slate_repo::progress::NoProgress;
 use slate_repo::storage::Storage;
 use slate_repo::{Config, Repo};
@@ -36,6 +40,24 @@ fn make_tree(dir: &Path, big: usize) {
     let sparse = std::fs::File::create(dir.join("sparse")).unwrap();
     sparse.set_len(8 << 20).unwrap();
     (&sparse).write_all(b"head").unwrap();
+}
+
+/// A gc on `repo` with a grace period of `grace` seconds.
+fn gc(repo: &Repo, keep_last: Option<usize>, grace: u64) -> GcPlan {
+    slate_repo::gc::gc(
+        repo,
+        &GcOptions {
+            keep_last,
+            dry_run: false,
+            grace: Duration::from_secs(grace),
+        },
+    )
+    .unwrap()
+}
+
+fn verify_clean(repo: &Repo) {
+    let report = slate_repo::verify::verify(repo, &[], &NoProgress).unwrap();
+    assert!(report.faults.is_empty(), "{:?}", report.faults);
 }
 
 fn opts(channel: &str) -> CommitOptions<'_> {
@@ -135,12 +157,16 @@ fn commit_checkout_gc_on_s3_match_a_local_repository() {
     std::fs::write(tree.join("big"), noise(3 << 20, 9)).unwrap();
     let second = commit(&repo, &tree, &opts("lab"), &NoProgress).unwrap();
     assert_eq!(second.parent.as_deref(), Some(on_s3.snapshot.as_str()));
-    let plan = slate_repo::gc::gc(&repo, Some(1), false).unwrap();
+    let plan = gc(&repo, Some(1), 0);
     assert_eq!(plan.drop_snapshots, std::slice::from_ref(&on_s3.snapshot));
     assert!(
         !plan.drop_packs.is_empty() || !plan.rewrite_packs.is_empty(),
         "{plan:?}"
     );
+    // Recorded only: the old snapshot is still there until a later gc.
+    assert!(repo.read_snapshot(&repo.resolve(&on_s3.snapshot).unwrap()).is_ok());
+    let second_gc = gc(&repo, None, 3600);
+    assert!(second_gc.pending.unwrap().deleted >= 2, "the snapshot and a pack");
     let report = slate_repo::verify::verify(&repo, &[], &NoProgress).unwrap();
     assert!(report.faults.is_empty(), "{:?}", report.faults);
     let out2 = dir.path().join("out2");
@@ -178,4 +204,140 @@ fn a_commit_fails_when_another_moved_its_channel_meanwhile() {
     let err = repo.set_channel_history_if("lab", &h, &tag).unwrap_err();
     assert!(matches!(err, slate_repo::Error::ChannelMoved(_)), "{err}");
     assert_eq!(repo.channel_history("lab").unwrap().len(), 2, "nothing was changed");
+}
+
+#[test]
+fn gc_beside_a_commit_on_s3_deletes_nothing_the_commit_needs() {
+    let Some(s3) = TestS3::start() else { return };
+    s3.create_bucket("gcrace");
+    let dir = tempfile::tempdir().unwrap();
+    let url = "s3://gcrace/repo";
+    let repo = Repo::init_storage(Box::new(s3.storage(url)), url, Config::default()).unwrap();
+    let open = || Repo::open_storage(Box::new(s3.storage(url)), url).unwrap();
+    let (t1, t2, t3) = (dir.path().join("t1"), dir.path().join("t2"), dir.path().join("t3"));
+    make_tree(&t1, 2 << 20);
+    make_tree(&t2, 1 << 20);
+    std::fs::write(t2.join("big"), noise(1 << 20, 11)).unwrap();
+    make_tree(&t3, 1 << 20);
+    std::fs::write(t3.join("big"), noise(1 << 20, 13)).unwrap();
+    let old = commit(&repo, &t1, &opts("old"), &NoProgress).unwrap();
+    commit(&repo, &t2, &opts("lab"), &NoProgress).unwrap();
+
+    // Channel "old" goes; a first gc only records its snapshot and pack.
+    repo.storage.delete("channels/old").unwrap();
+    let first = gc(&repo, None, 0);
+    assert_eq!(first.pending.as_ref().unwrap().deleted, 0);
+    let (record, _) = Pending::read(repo.storage.as_ref()).unwrap();
+    assert!(record.entries.contains_key(&(Kind::Snapshot, old.snapshot.clone())));
+    let old_packs = record.packs();
+    assert!(!old_packs.is_empty());
+    verify_clean(&repo);
+
+    // A commit of t1's content again: its big file's chunks are only in the
+    // pending pack, which it must not reuse. Between writing its objects
+    // and moving its channel, another gc runs: it deletes the old pack
+    // (past its grace, still dead) and records the commit's unpublished
+    // objects, but deletes none of them.
+    let mut during = None;
+    let again = commit_with_hook(&repo, &t1, &opts("lab"), &NoProgress, &mut || {
+        let other = open();
+        let plan = gc(&other, None, 3600);
+        for p in &old_packs {
+            assert!(
+                !other.storage.exists(&slate_repo::index::pack_key(p)),
+                "old pack deleted"
+            );
+        }
+        during = plan.pending;
+        Ok(())
+    })
+    .unwrap();
+    let during = during.unwrap();
+    assert!(during.deleted >= 2, "{during:?}");
+    assert!(during.recorded >= 2, "the commit's pack and snapshot: {during:?}");
+    assert!(
+        again.new_bytes >= 2 << 20,
+        "the pending pack's chunks were written anew: {again:?}"
+    );
+    verify_clean(&repo);
+    let out = dir.path().join("out");
+    repo.checkout("lab", &out, false, &NoProgress).unwrap();
+    assert_eq!(std::fs::read(out.join("big")).unwrap(), noise(2 << 20, 7));
+
+    // The next gc finds the commit's objects live again and strikes them.
+    let after = gc(&repo, None, 3600).pending.unwrap();
+    assert!(after.struck >= 2 && after.deleted == 0, "{after:?}");
+    verify_clean(&repo);
+
+    // A gc whose grace is shorter than twice the commit's run: the commit
+    // refuses to move its channel, and the objects it left are deleted later.
+    let before = repo.channel_history("lab").unwrap();
+    let err = commit_with_hook(&repo, &t3, &opts("lab"), &NoProgress, &mut || {
+        gc(&open(), None, 0);
+        std::thread::sleep(Duration::from_millis(50));
+        Ok(())
+    })
+    .unwrap_err();
+    assert!(matches!(err, slate_repo::Error::GcRace { .. }), "{err}");
+    assert!(err.to_string().contains("--grace"), "{err}");
+    assert_eq!(repo.channel_history("lab").unwrap(), before, "nothing was changed");
+    let cleaned = gc(&repo, None, 3600).pending.unwrap();
+    assert!(cleaned.deleted >= 2, "{cleaned:?}");
+    verify_clean(&repo);
+    repo.checkout("lab", &dir.path().join("out2"), false, &NoProgress)
+        .unwrap();
+}
+
+#[test]
+fn gc_trimming_a_channel_a_commit_moved_meanwhile_changes_nothing() {
+    let Some(s3) = TestS3::start() else { return };
+    s3.create_bucket("trim");
+    let dir = tempfile::tempdir().unwrap();
+    let url = "s3://trim/repo";
+    let repo = Repo::init_storage(Box::new(s3.storage(url)), url, Config::default()).unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree, 1 << 20);
+    for seed in [21, 22] {
+        std::fs::write(tree.join("big"), noise(1 << 20, seed)).unwrap();
+        commit(&repo, &tree, &opts("lab"), &NoProgress).unwrap();
+    }
+    let keys = repo.storage.list("").unwrap();
+    // gc plans to keep one snapshot; a commit lands before it trims: its
+    // conditional replacement of the channel fails, and nothing changes.
+    std::fs::write(tree.join("big"), noise(1 << 20, 23)).unwrap();
+    let grace = GcOptions {
+        keep_last: Some(1),
+        dry_run: false,
+        grace: Duration::ZERO,
+    };
+    let mut landed = Vec::new();
+    let err = slate_repo::gc::gc_with_hook(&repo, &grace, &mut || {
+        let other = Repo::open_storage(Box::new(s3.storage(url)), url).unwrap();
+        let c = commit(&other, &tree, &opts("lab"), &NoProgress).unwrap();
+        landed = other.storage.list("").unwrap();
+        assert!(landed.len() > keys.len(), "{c:?}");
+        Ok(())
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, slate_repo::Error::ChannelMoved(c) if c == "lab"),
+        "{err}"
+    );
+    assert_eq!(repo.channel_history("lab").unwrap().len(), 3, "the commit is kept");
+    assert_eq!(repo.storage.list("").unwrap(), landed, "gc changed nothing");
+    verify_clean(&repo);
+}
+
+#[test]
+fn a_missing_bucket_is_one_clear_sentence() {
+    let Some(s3) = TestS3::start() else { return };
+    let url = "s3://no-such-bucket/repo";
+    let err = match Repo::open_storage(Box::new(s3.storage(url)), url) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("opened a repository in a missing bucket"),
+    };
+    assert!(
+        err.contains("bucket no-such-bucket does not exist") && !err.contains('\n'),
+        "{err}"
+    );
 }
