@@ -514,6 +514,29 @@ fn set_owner(home: &dyn BlobStore, repo: &str, machine: &str, previous: Option<&
     Ok(())
 }
 
+/// Make `machine` the owner of `repo`, which had none when it was checked:
+/// `Some(other)` when another machine claimed it meanwhile. The owner blob
+/// is written create-only because the check and the write are atomic only
+/// within this process (`home_owners`): replicas of `slate serve` on one
+/// shared `--home-dir` can each see no owner, and the second write must
+/// fail rather than take the repository from the first.
+fn claim_new(home: &dyn BlobStore, repo: &str, machine: &str) -> Result<Option<String>, BlobError> {
+    // The listing first, as set_owner does, so that a crash between the
+    // two writes never leaves an owner whose quota misses the repository.
+    home.put(&owned_space(machine), repo, &mut io::empty(), 0, false)?;
+    match home.put(repo, OWNER_BLOB, &mut machine.as_bytes(), 1024, true) {
+        Ok(_) => Ok(None),
+        Err(BlobError::Exists { .. }) => match owner_of(home, repo)? {
+            Some(o) if o == machine => Ok(None),
+            other => {
+                home.delete(&owned_space(machine), repo)?;
+                Ok(Some(other.unwrap_or_else(|| "(unknown)".into())))
+            }
+        },
+        Err(e) => Err(e),
+    }
+}
+
 /// What a write by a machine does to a repository's ownership.
 enum Claim {
     /// The machine owns it already.
@@ -558,7 +581,15 @@ fn take(home: &dyn BlobStore, repo: &str, machine: &str, claim: Claim) -> ApiRes
     let what = format!("the owner of home repository {repo}");
     match claim {
         Claim::Owned => Ok(()),
-        Claim::New => set_owner(home, repo, machine, None).map_err(|e| blob_error(e, &what)),
+        Claim::New => claim_new(home, repo, machine)
+            .map_err(|e| blob_error(e, &what))?
+            .map_or(Ok(()), |o| {
+                Err(ApiError::Forbidden(format!(
+                    "home repository {}… was just claimed by machine {o}; only its owner may add, replace or \
+                 delete its objects (other machines may read it)",
+                    &repo[..16.min(repo.len())]
+                )))
+            }),
         Claim::TakeOver(o) => {
             tracing::info!("home repository {repo}: machine {machine} takes it over from {o}, no longer enrolled");
             set_owner(home, repo, machine, Some(&o)).map_err(|e| blob_error(e, &what))
@@ -772,4 +803,37 @@ pub async fn home_list(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
     Ok(resp)
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+    use crate::blobs::LocalBlobs;
+
+    #[test]
+    fn a_second_replica_cannot_take_a_home_repository_claimed_by_the_first() {
+        // Two replicas of `slate serve` on one shared --home-dir: two
+        // stores over one directory, each with its own process lock.
+        let dir = tempfile::Builder::new()
+            .prefix("slate-claim-test-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let (one, two) = (LocalBlobs::new(dir.path()), LocalBlobs::new(dir.path()));
+        let repo = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        // Both checked and saw no owner; `one` writes first.
+        assert_eq!(claim_new(&one, repo, "lab-07").unwrap(), None);
+        assert_eq!(claim_new(&two, repo, "lab-08").unwrap().as_deref(), Some("lab-07"));
+        assert_eq!(owner_of(&two, repo).unwrap().as_deref(), Some("lab-07"));
+        let listed = |m: &str| {
+            one.list(&owned_space(m))
+                .unwrap()
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(listed("lab-07"), [repo]);
+        assert!(listed("lab-08").is_empty(), "the loser's listing is taken back");
+        // The owner claiming again (through either replica) is no conflict.
+        assert_eq!(claim_new(&two, repo, "lab-07").unwrap(), None);
+    }
 }

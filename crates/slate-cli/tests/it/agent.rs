@@ -48,6 +48,8 @@ mod hostile;
 mod netboot;
 #[path = "sitecache.rs"]
 mod sitecache;
+#[path = "agent_replicas.rs"]
+mod replicas;
 
 const MIB: u64 = 1 << 20;
 /// The largest Range request the agent makes (`remote::MAX_RANGE`): the
@@ -73,6 +75,9 @@ struct Lab {
     /// directories (an object-store repository has no directory for them).
     env: Vec<(&'static str, String)>,
     local: Option<PathBuf>,
+    /// The fleet database's `--db` when it is not the local `fleet.db`
+    /// (a PostgreSQL URL that several servers share).
+    db: Option<String>,
     /// The S3 server, stopped after everything above.
     s3: Option<slate_s3::test_server::TestS3>,
 }
@@ -93,6 +98,7 @@ impl Lab {
             extra_fleet: String::new(),
             env: Vec::new(),
             local: None,
+            db: None,
             s3: None,
         }
     }
@@ -117,6 +123,7 @@ impl Lab {
             extra_fleet: String::new(),
             env,
             local: Some(local),
+            db: None,
             s3: Some(s3),
         }
     }
@@ -124,10 +131,12 @@ impl Lab {
     /// `--db`, `--state-dir` and `--home-dir` of a lab on an object store.
     fn local_args(&self) -> Vec<String> {
         let Some(l) = &self.local else { return Vec::new() };
-        ["--db", "fleet.db", "--state-dir", "state", "--home-dir", "home"]
-            .chunks(2)
-            .flat_map(|kv| [kv[0].to_string(), s(&l.join(kv[1])).to_string()])
-            .collect()
+        let db = self.db.clone().unwrap_or_else(|| s(&l.join("fleet.db")).to_string());
+        let mut args = vec!["--db".to_string(), db];
+        for kv in [["--state-dir", "state"], ["--home-dir", "home"]] {
+            args.extend([kv[0].to_string(), s(&l.join(kv[1])).to_string()]);
+        }
+        args
     }
 
     fn path(&self) -> &Path {
@@ -168,6 +177,17 @@ impl Lab {
     /// Write the fleet file (`want = NAME` follows the head of `t/NAME`,
     /// `want = pin-NAME` is pinned to it) and start the server.
     fn serve(&mut self) -> String {
+        let args = self.serve_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start_signed_env(self.path(), &args, &self.env);
+        let url = server.url.clone();
+        self.server = Some(server);
+        url
+    }
+
+    /// Write the fleet file and the administrator token; returns the
+    /// arguments of `slate serve` for them and the repository.
+    fn serve_args(&self) -> Vec<String> {
         let mut fleet = self.extra_fleet.clone();
         for (name, id) in &self.ids {
             fleet.push_str(&format!(
@@ -178,20 +198,18 @@ impl Lab {
         let path = self.path().join("FLEET.toml");
         std::fs::write(&path, fleet).unwrap();
         let admin = crate::support::admin_token(self.path());
-        let local = self.local_args();
-        let mut args = vec![
+        let mut args: Vec<String> = [
             "--repo",
             s(&self.repo),
             "--fleet",
             s(&path),
             "--admin-token-file",
             s(&admin),
-        ];
-        args.extend(local.iter().map(String::as_str));
-        let server = Server::start_signed_env(self.path(), &args, &self.env);
-        let url = server.url.clone();
-        self.server = Some(server);
-        url
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(self.local_args());
+        args
     }
 
     /// Serve again, with a fleet file naming what was committed since.
@@ -221,8 +239,8 @@ impl Lab {
         let token_file = match &self.local {
             None => crate::support::enroll(&self.repo, name, &dir),
             Some(l) => {
-                let db = l.join("fleet.db");
-                let token = slate_ok(&["fleet", "enroll", "--force", "--db", s(&db), name]);
+                let db = self.db.clone().unwrap_or_else(|| s(&l.join("fleet.db")).to_string());
+                let token = slate_ok(&["fleet", "enroll", "--force", "--db", &db, name]);
                 let file = dir.join(format!("{name}.token"));
                 std::fs::write(&file, token).unwrap();
                 file
@@ -238,7 +256,8 @@ impl Lab {
             slots,
             trust: self.trust(),
             fleet: FleetKey::in_dir(self.path()),
-            servers: vec![self.url()],
+            // A lab without a server of its own (replicas) names them later.
+            servers: self.server.iter().map(|sv| sv.url.clone()).collect(),
             want: String::new(),
             bootloader: "none",
             boot_tries: 3,
