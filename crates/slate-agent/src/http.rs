@@ -12,6 +12,15 @@
 //! only to the servers AGENT.toml lets have it. Redirects are not
 //! followed, so no answer can send the token (or the agent) elsewhere.
 //! Those rules are `slate-net`'s, shared with `slate home`.
+//!
+//! One more case passes a GET on: a connection that breaks before the
+//! whole answer arrived (reset, closed, stalled past the timeout), as when
+//! a replica of `slate serve` dies in the middle of an update
+//! (docs/scale.md, "Replicas"). A GET changes nothing on the server and
+//! every byte the agent keeps is checked against a signed hash, so asking
+//! the next server in AGENT.toml gives no one a power they lack: whoever
+//! can break connections to a server can already make it unreachable.
+//! Uploads and POSTs are not repeated, since the first may have landed.
 
 use std::io::Read;
 use std::time::Duration;
@@ -32,6 +41,30 @@ pub struct Http {
     pub received: std::sync::atomic::AtomicU64,
     /// The machine's token, sent as `Authorization: Bearer` when set.
     token: Option<String>,
+}
+
+/// How one attempt at a request failed.
+enum Failure {
+    /// The connection to server number `index` broke before the whole
+    /// answer came: another server may give the same answer.
+    Broken { index: usize, why: String },
+    /// Anything else: the request's result.
+    Final(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Final(e)
+    }
+}
+
+impl Failure {
+    fn into_error(self) -> Error {
+        match self {
+            Failure::Broken { why, .. } => Error::Server(why),
+            Failure::Final(e) => e,
+        }
+    }
 }
 
 /// What a PUT did (`docs/format/http.md`: 201, 204, 412).
@@ -117,6 +150,15 @@ impl Http {
         &self,
         build: impl Fn(&reqwest::blocking::Client, &str) -> reqwest::blocking::RequestBuilder,
     ) -> Result<reqwest::blocking::Response> {
+        self.send_attempt(build).map(|(r, _)| r).map_err(Failure::into_error)
+    }
+
+    /// [`Http::send`], telling a connection that broke from other errors,
+    /// and which server answered.
+    fn send_attempt(
+        &self,
+        build: impl Fn(&reqwest::blocking::Client, &str) -> reqwest::blocking::RequestBuilder,
+    ) -> Result<(reqwest::blocking::Response, usize), Failure> {
         let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
         let mut last = String::new();
         for k in 0..self.servers.len() {
@@ -126,19 +168,53 @@ impl Http {
             match req.send() {
                 Ok(r) => {
                     self.current.store(i, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(r);
+                    return Ok((r, i));
                 }
                 Err(e) if slate_net::is_offline(&e) => last = format!("{}: {}", self.servers[i], root_cause(&e)),
                 Err(e) if is_tls_error(&e) => {
                     return Err(Error::Server(format!(
                         "{}; the server was not used and no other was tried",
                         slate_net::tls_failure(&endpoint.settings, &e)
-                    )))
+                    ))
+                    .into())
                 }
-                Err(e) => return Err(Error::Server(format!("{}: {}", self.servers[i], root_cause(&e)))),
+                Err(e) if e.is_request() || e.is_body() || e.is_timeout() => {
+                    return Err(Failure::Broken {
+                        index: i,
+                        why: format!("{}: {}", self.servers[i], root_cause(&e)),
+                    })
+                }
+                Err(e) => return Err(Error::Server(format!("{}: {}", self.servers[i], root_cause(&e))).into()),
             }
         }
-        Err(Error::Offline(last))
+        Err(Error::Offline(last).into())
+    }
+
+    /// Run `attempt`, a GET, again on the next server each time its
+    /// connection breaks, at most once per server; the last break is the
+    /// error. `current` moves on only if no other thread moved it first.
+    fn with_failover<T>(&self, attempt: impl Fn() -> Result<T, Failure>) -> Result<T> {
+        let mut breaks = 0;
+        loop {
+            match attempt() {
+                Ok(v) => return Ok(v),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Broken { index, why }) => {
+                    breaks += 1;
+                    if breaks >= self.servers.len() {
+                        return Err(Error::Server(why));
+                    }
+                    let next = (index + 1) % self.servers.len();
+                    let _ = self.current.compare_exchange(
+                        index,
+                        next,
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
+                    tracing::warn!("{why}; asking {} instead", self.servers[next]);
+                }
+            }
+        }
     }
 
     /// Whether the server in use gets the machine token.
@@ -147,6 +223,40 @@ impl Http {
     }
 
     fn body(&self, what: &str, resp: reqwest::blocking::Response, expect_len: Option<u64>) -> Result<Vec<u8>> {
+        self.checked_body(what, resp, expect_len, &mut false)
+    }
+
+    /// [`Http::body`] of an answer from server number `index`, with a body
+    /// that breaks off as [`Failure::Broken`].
+    fn read_body(
+        &self,
+        what: &str,
+        resp: reqwest::blocking::Response,
+        expect_len: Option<u64>,
+        index: usize,
+    ) -> Result<Vec<u8>, Failure> {
+        let mut broke = false;
+        self.checked_body(what, resp, expect_len, &mut broke).map_err(|e| {
+            if broke {
+                Failure::Broken {
+                    index,
+                    why: e.to_string(),
+                }
+            } else {
+                Failure::Final(e)
+            }
+        })
+    }
+
+    /// The answer's body, checked against its status, `expect_len` and the
+    /// agent's bound; sets `broke` when the connection broke off.
+    fn checked_body(
+        &self,
+        what: &str,
+        resp: reqwest::blocking::Response,
+        expect_len: Option<u64>,
+        broke: &mut bool,
+    ) -> Result<Vec<u8>> {
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED && !self.current_has_token() {
             return Err(Error::Config(format!(
@@ -191,9 +301,10 @@ impl Http {
             }
         }
         let mut out = Vec::with_capacity(expect_len.unwrap_or(0).min(limit) as usize);
-        resp.take(limit + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| Error::Server(format!("download of {what} from {} broke off: {e}", self.server())))?;
+        resp.take(limit + 1).read_to_end(&mut out).map_err(|e| {
+            *broke = true;
+            Error::Server(format!("download of {what} from {} broke off: {e}", self.server()))
+        })?;
         self.received
             .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if out.len() as u64 > limit {
@@ -216,22 +327,30 @@ impl Http {
 
     /// GET `path` (below the server's base URL).
     pub fn get(&self, path: &str) -> Result<Vec<u8>> {
-        let resp = self.send(|c, base| c.get(format!("{base}{path}")))?;
-        self.body(path, resp, None)
+        self.with_failover(|| {
+            let (resp, i) = self.send_attempt(|c, base| c.get(format!("{base}{path}")))?;
+            self.read_body(path, resp, None, i)
+        })
     }
 
     /// GET `path`, or None on 404.
     pub fn get_optional(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let resp = self.send(|c, base| c.get(format!("{base}{path}")))?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        self.body(path, resp, None).map(Some)
+        self.with_failover(|| {
+            let (resp, i) = self.send_attempt(|c, base| c.get(format!("{base}{path}")))?;
+            if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            self.read_body(path, resp, None, i).map(Some)
+        })
     }
 
     /// Bytes `start..end` of `path`, exactly.
     pub fn get_range(&self, path: &str, start: u64, end: u64) -> Result<Vec<u8>> {
-        let resp = self.send(|c, base| {
+        self.with_failover(|| self.get_range_attempt(path, start, end))
+    }
+
+    fn get_range_attempt(&self, path: &str, start: u64, end: u64) -> Result<Vec<u8>, Failure> {
+        let (resp, i) = self.send_attempt(|c, base| {
             c.get(format!("{base}{path}"))
                 .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1))
         })?;
@@ -239,7 +358,8 @@ impl Http {
             return Err(Error::Server(format!(
                 "server {} ignored a Range request for {path}; it must support ranges",
                 self.server()
-            )));
+            ))
+            .into());
         }
         let want = format!("bytes {start}-{}/", end - 1);
         if resp.status().is_success() {
@@ -252,16 +372,21 @@ impl Http {
                 return Err(Error::Server(format!(
                     "server {} answered range {got:?} for {want:?} of {path}",
                     self.server()
-                )));
+                ))
+                .into());
             }
         }
-        self.body(path, resp, Some(end - start))
+        self.read_body(path, resp, Some(end - start), i)
     }
 
     /// Up to `len` bytes of `path` from `start`, and the object's total
     /// length; None when the object does not exist (404).
     pub fn get_chunked(&self, path: &str, start: u64, len: u64) -> Result<Option<(Vec<u8>, u64)>> {
-        let resp = self.send(|c, base| {
+        self.with_failover(|| self.get_chunked_attempt(path, start, len))
+    }
+
+    fn get_chunked_attempt(&self, path: &str, start: u64, len: u64) -> Result<Option<(Vec<u8>, u64)>, Failure> {
+        let (resp, i) = self.send_attempt(|c, base| {
             c.get(format!("{base}{path}"))
                 .header(reqwest::header::RANGE, format!("bytes={start}-{}", start + len - 1))
         })?;
@@ -269,12 +394,12 @@ impl Http {
             return Ok(None);
         }
         if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
-            return self.body(path, resp, None).and_then(|_| {
-                Err(Error::Server(format!(
-                    "server {} does not answer Range requests for {path}",
-                    self.server()
-                )))
-            });
+            self.read_body(path, resp, None, i)?;
+            return Err(Error::Server(format!(
+                "server {} does not answer Range requests for {path}",
+                self.server()
+            ))
+            .into());
         }
         let cr = resp
             .headers()
@@ -295,9 +420,10 @@ impl Http {
             return Err(Error::Server(format!(
                 "server {} answered range {cr:?} for bytes {start}.. of {path}",
                 self.server()
-            )));
+            ))
+            .into());
         };
-        let body = self.body(path, resp, Some(b - a + 1))?;
+        let body = self.read_body(path, resp, Some(b - a + 1), i)?;
         Ok(Some((body, total)))
     }
 

@@ -46,10 +46,10 @@ use crate::treedigest::{assert_same_tree, digest};
 mod hostile;
 #[path = "agent_netboot.rs"]
 mod netboot;
-#[path = "sitecache.rs"]
-mod sitecache;
 #[path = "agent_replicas.rs"]
 mod replicas;
+#[path = "sitecache.rs"]
+mod sitecache;
 
 const MIB: u64 = 1 << 20;
 /// The largest Range request the agent makes (`remote::MAX_RANGE`): the

@@ -4,9 +4,9 @@
 //! commit moves the channel too; a machine token enrolled once works on
 //! both; a report sent through one is what the other shows. Then a machine
 //! whose AGENT.toml lists both updates while the first is killed (SIGKILL,
-//! by its pid) in the middle of the download: the update completes through
-//! the second, the slot is bit for bit the snapshot, and the database holds
-//! the pass's report.
+//! by its pid) in the middle of the download: the same pass completes
+//! through the second, the slot is bit for bit the snapshot, and the
+//! database holds the pass's report.
 //!
 //! The replicas share the database, the bucket, the fleet file, the fleet
 //! key and the administrator token file, and (standing in for a shared
@@ -240,17 +240,11 @@ fn replicas_answer_alike_and_an_agent_fails_over_when_one_is_killed_mid_update()
     let st = wait_timeout(&mut pass.0, Duration::from_secs(180)).expect("the pass ends");
     let stdout = std::fs::read_to_string(&out_file).unwrap();
     let stderr = std::fs::read_to_string(&err_file).unwrap();
-    let first = result_line(&stdout);
-    let done = if st.success() {
-        // A answered nothing more: every later request went to B.
-        first.expect("a result line")
-    } else {
-        // The range A was sending broke off: the pass fails naming A, and
-        // the next one (A refuses connections, so B) resumes it.
-        assert!(stderr.contains(&ra.url), "the failure names A: {stderr}");
-        eprintln!("the pass failed when A died ({}); running the next one", stderr.trim());
-        m.update()
-    };
+    // The pass itself completes: a GET whose connection broke when A died
+    // is asked again of B, and every later request goes to B.
+    assert!(st.success(), "the pass failed when A died:\n{stderr}");
+    let done = result_line(&stdout).expect("a result line");
+    eprintln!("the pass completed through B; its warnings: {}", stderr.trim());
     assert_eq!(
         (done["result"].as_str(), done["target"].as_str()),
         (Some("ok"), Some(v2.as_str())),
