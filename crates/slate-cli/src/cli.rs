@@ -672,21 +672,14 @@ pub enum TrustCommand {
     },
 }
 
-/// Parse `1d`, `12h`, `90m`, `30s` or plain seconds.
+/// Parse `1d`, `12h`, `90m`, `30s` or plain seconds (more than zero), with
+/// the units of `slate gc --grace`.
 fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('d') => (&s[..s.len() - 1], 86400),
-        Some('h') => (&s[..s.len() - 1], 3600),
-        Some('m') => (&s[..s.len() - 1], 60),
-        Some('s') => (&s[..s.len() - 1], 1),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
+    slate_repo::pending::parse_grace(s)
         .ok()
-        .and_then(|n| n.checked_mul(mult))
+        .map(|d| d.as_secs())
         .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{s:?} is not a duration such as 1d, 12h, 90m or 3600"))
+        .ok_or_else(|| format!("{:?} is not a duration such as 1d, 12h, 90m or 3600", s.trim()))
 }
 
 #[derive(Subcommand, Debug)]
