@@ -135,7 +135,9 @@ struct Raw {
     trust: Vec<PathBuf>,
     #[serde(default)]
     fleet_trust: Vec<PathBuf>,
-    state_dir: PathBuf,
+    // Optional here so that a template for `slate install` (which writes
+    // the machine's own) may leave it out; a machine's file requires it.
+    state_dir: Option<PathBuf>,
     // Optional here so that a netboot machine needs none; `ab` requires
     // them after parsing, with an error naming the missing field.
     slots: Option<RawSlots>,
@@ -166,6 +168,15 @@ struct Raw {
 struct RawSlots {
     a: PathBuf,
     b: PathBuf,
+}
+
+/// What a file is read as: a machine's own AGENT.toml, or the template
+/// `slate install` turns into one (which may leave out what the installer
+/// writes itself).
+#[derive(Clone, Copy)]
+enum Purpose {
+    Machine,
+    InstallTemplate,
 }
 
 fn default_mode() -> RawMode {
@@ -259,6 +270,20 @@ impl Config {
 
     /// Parse AGENT.toml text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        Self::parse_as(text, path, Purpose::Machine)
+    }
+
+    /// Read a template AGENT.toml for `slate install`: as [`Config::load`],
+    /// except that `state_dir` and `[slots]` may be left out, since the
+    /// installer writes the installed machine's own (its state partition
+    /// and its two slot partitions). Given, they are still checked.
+    pub fn load_template(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse_as(&text, path, Purpose::InstallTemplate)
+    }
+
+    fn parse_as(text: &str, path: &Path, purpose: Purpose) -> Result<Config> {
         let raw: Raw = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
@@ -343,9 +368,27 @@ impl Config {
         if raw.trust.is_empty() {
             return Err(bad("`trust` must name at least one public key file".into()));
         }
+        let state_dir = match (raw.state_dir, purpose) {
+            (Some(d), _) => d,
+            (None, Purpose::InstallTemplate) => PathBuf::from(crate::install::MACHINE_STATE_DIR),
+            (None, Purpose::Machine) => {
+                return Err(bad(
+                    "missing field `state_dir`: the directory where the agent keeps what it knows \
+                     (for example state_dir = \"/var/lib/slate\")"
+                        .into(),
+                ))
+            }
+        };
+        let slots = match (raw.slots, purpose) {
+            (None, Purpose::InstallTemplate) => Some(RawSlots {
+                a: PathBuf::from(crate::install::MACHINE_SLOT_A),
+                b: PathBuf::from(crate::install::MACHINE_SLOT_B),
+            }),
+            (slots, _) => slots,
+        };
         let mode = match raw.mode {
             RawMode::Ab => {
-                let slots = raw.slots.ok_or_else(|| {
+                let slots = slots.ok_or_else(|| {
                     bad("missing field `slots`: an A/B machine needs [slots] a and b (a machine booted from the network \
                          says mode = \"netboot\")"
                         .into())
@@ -376,7 +419,7 @@ impl Config {
             server_settings: settings,
             trust: raw.trust,
             fleet_trust: raw.fleet_trust,
-            state_dir: raw.state_dir,
+            state_dir,
             mode,
             boot_dir: raw.boot_dir,
             boot_tries: raw.boot_tries,
@@ -506,6 +549,27 @@ fn read_keys(paths: &[PathBuf]) -> Result<Vec<slate_core::keys::PublicKey>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_install_template_may_leave_out_what_the_installer_writes() {
+        let text = "server = \"http://s\"\ntrust = [\"/k.pub\"]\nmachine_id = \"m1\"\n";
+        let e = Config::parse(text, Path::new("agent.toml")).unwrap_err().to_string();
+        assert!(e.contains("missing field `state_dir`"), "{e}");
+        let t = Config::parse_as(text, Path::new("t.toml"), Purpose::InstallTemplate).unwrap();
+        assert_eq!(t.state_dir, Path::new(crate::install::MACHINE_STATE_DIR));
+        assert_eq!(
+            t.slots("install").unwrap().path("a"),
+            Path::new(crate::install::MACHINE_SLOT_A)
+        );
+        // Given, they are still checked.
+        let e = Config::parse_as(
+            &format!("{text}[slots]\na = \"/x\"\nb = \"/x\"\n"),
+            Path::new("t.toml"),
+            Purpose::InstallTemplate,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("same place"), "{e}");
+    }
 
     #[test]
     fn parses_minimal_and_full() {

@@ -40,6 +40,10 @@ pub const MIN_STATE_SIZE: u64 = 256 << 20;
 pub const STORE_DIR: &str = "store";
 /// The agent's state directory on an installed machine (a `local` path).
 pub const MACHINE_STATE_DIR: &str = "/var/lib/slate";
+/// Where an installed machine's slots are, by partition label.
+pub const MACHINE_SLOT_A: &str = "/dev/disk/by-partlabel/slate-a";
+/// See [`MACHINE_SLOT_A`].
+pub const MACHINE_SLOT_B: &str = "/dev/disk/by-partlabel/slate-b";
 /// The machine's AGENT.toml on an installed machine (a `local` path).
 pub const MACHINE_CONFIG: &str = crate::config::DEFAULT_PATH;
 
@@ -510,8 +514,8 @@ fn machine_config(
         root.insert("token_file".into(), Value::String(format!("{MACHINE_STATE_DIR}/token")));
     }
     let mut slots = toml::Table::new();
-    slots.insert("a".into(), Value::String("/dev/disk/by-partlabel/slate-a".into()));
-    slots.insert("b".into(), Value::String("/dev/disk/by-partlabel/slate-b".into()));
+    slots.insert("a".into(), Value::String(MACHINE_SLOT_A.into()));
+    slots.insert("b".into(), Value::String(MACHINE_SLOT_B.into()));
     root.insert("slots".into(), Value::Table(slots));
     if !t.labels.is_empty() {
         root.insert(

@@ -30,7 +30,7 @@ pub fn install(
     let config = config.ok_or_else(|| {
         anyhow!("--config AGENT.toml is required: the machine needs its servers and trusted keys to write slot A")
     })?;
-    let template = Config::load(config).map_err(|e| anyhow!("{e}"))?;
+    let template = Config::load_template(config).map_err(|e| anyhow!("{e}"))?;
     let work = tempfile::Builder::new()
         .prefix("slate-install-")
         .tempdir()
