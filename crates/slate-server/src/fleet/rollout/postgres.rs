@@ -144,7 +144,7 @@ impl RolloutStore for PostgresStore {
             .execute(
                 "UPDATE rollouts SET state = $3, wave = $4, wave_started = $5, reason = $6, changed = $7,
                         version = $8, pin_previous = $9
-                 WHERE channel = $1 AND seq = $2 AND version = $8 - 1",
+                 WHERE channel = $1 AND seq = $2 AND version = $10",
                 &[
                     &r.channel,
                     &r.seq,
@@ -155,6 +155,7 @@ impl RolloutStore for PostgresStore {
                     &secs(r.changed),
                     &r.version,
                     &r.pin_previous,
+                    &(r.version - 1),
                 ],
             )
             .map_err(err(self.name(), WHAT))?;
