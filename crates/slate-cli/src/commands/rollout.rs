@@ -91,9 +91,9 @@ fn short(id: &str) -> &str {
 fn span(secs: u64) -> String {
     match secs {
         0..=59 => format!("{secs}s"),
-        60..=3599 if secs % 60 == 0 => format!("{}m", secs / 60),
+        60..=3599 if secs.is_multiple_of(60) => format!("{}m", secs / 60),
         60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
-        3600..=86399 if secs % 3600 == 0 => format!("{}h", secs / 3600),
+        3600..=86399 if secs.is_multiple_of(3600) => format!("{}h", secs / 3600),
         3600..=86399 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
         _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
     }
@@ -111,7 +111,7 @@ pub fn summary(r: &RolloutStatus) -> String {
             short(&rec.head)
         );
     }
-    let released = r.waves.iter().filter(|w| w.released).map(|w| w.name.clone()).last();
+    let released = r.waves.iter().filter(|w| w.released).map(|w| w.name.clone()).next_back();
     let mut out = format!(
         "rollout {} #{}: {} from {} to {}, released through {}\n",
         r.channel,

@@ -58,7 +58,7 @@ pub struct Canary {
 impl Canary {
     /// Whether `m` is a canary.
     pub fn matches(&self, m: &Machine) -> bool {
-        self.machines.iter().any(|id| *id == m.id)
+        self.machines.contains(&m.id)
             || self
                 .hostname
                 .as_ref()
