@@ -702,6 +702,30 @@ pub enum FleetCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// A channel's phased rollout (FLEET.toml [rollout."CHANNEL"]): status, pause, resume, abort.
+    Rollout {
+        /// status: waves and failures; pause: release no further wave; resume: release waves again
+        /// (failures so far excused); abort: send every machine the previous head.
+        #[arg(value_enum)]
+        action: RolloutActionArg,
+        /// The channel (may be left out when the fleet file has one rollout).
+        #[arg(long, value_name = "CHANNEL")]
+        channel: Option<String>,
+        /// Server URL.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// File holding an administrator token (one of slate serve's --admin-token-file).
+        #[arg(long, value_name = "FILE", env = "SLATE_ADMIN_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// PEM file of the authority that signed the server's certificate (else the built-in roots).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// SHA-256 of the server's certificate (`sha256:` and 64 hex digits, repeat for several).
+        #[arg(long = "pin", value_name = "sha256:HEX")]
+        pins: Vec<String>,
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// Write a new administrator token to FILE (mode 0600), for slate serve --admin-token-file and fleet status --token-file.
     AdminToken {
         /// Where to write it.
@@ -736,6 +760,19 @@ pub enum FleetCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+}
+
+/// What `slate fleet rollout` does.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutActionArg {
+    /// Show each rollout: state, waves, failures, the next wave.
+    Status,
+    /// Release no further wave.
+    Pause,
+    /// Release waves again; the failures counted so far are excused.
+    Resume,
+    /// Send every machine the previous head.
+    Abort,
 }
 
 /// What `slate install` lays a disk out for.

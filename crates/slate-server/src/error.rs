@@ -33,6 +33,10 @@ pub enum ApiError {
     /// The request body is over the limit (413).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request does not apply to the resource as it stands: resuming
+    /// an aborted rollout (409).
+    #[error("{0}")]
+    Conflict(String),
     /// A precondition (`If-None-Match: *`) does not hold (412).
     #[error("{0}")]
     PreconditionFailed(String),
@@ -65,6 +69,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,

@@ -73,14 +73,24 @@ pub struct AppState {
     pub admin: Option<auth::AdminTokens>,
     /// The kernels and initramfses of the snapshots booted lately.
     pub boot: Arc<netboot::files::BootCache>,
+    /// The channels' rollouts (the same database as `store`), cached.
+    pub rollouts: Arc<fleet::rollout::Rollouts>,
 }
 
 impl AppState {
     /// State over a repository, fleet rules and a store (machines and
     /// tokens), keeping no private data until [`AppState::with_private`].
-    pub fn new<S: FleetStore + TokenStore + 'static>(repo: Repo, fleet: FleetConfig, store: S) -> Self {
+    pub fn new<S: FleetStore + TokenStore + fleet::rollout::RolloutStore + 'static>(
+        repo: Repo,
+        fleet: FleetConfig,
+        store: S,
+    ) -> Self {
         let store = Arc::new(store);
         AppState {
+            rollouts: Arc::new(fleet::rollout::Rollouts::new(
+                store.clone(),
+                fleet::rollout::system_clock(),
+            )),
             repo: Arc::new(repo),
             changes: Arc::new(changes::Changes::new(fleet, changes::DEFAULT_MAX_WAITERS)),
             store: store.clone(),
@@ -101,6 +111,14 @@ impl AppState {
     /// (`slate serve` allows half of `--max-connections`).
     pub fn with_max_waiters(mut self, n: usize) -> Self {
         self.changes = Arc::new(changes::Changes::new((*self.changes.fleet()).clone(), n));
+        self
+    }
+
+    /// Time rollouts by `clock` instead of the system's: tests move it by
+    /// hand so that soak times of hours pass at once. Only code that builds
+    /// the state in-process can call it; `slate serve` never does.
+    pub fn with_rollout_clock(mut self, clock: fleet::rollout::Clock) -> Self {
+        self.rollouts = Arc::new(self.rollouts.with_clock(clock));
         self
     }
 
@@ -137,6 +155,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/boot/assignment", post(fleet::api::boot_assignment))
         .route("/v1/fleet/report", post(fleet::api::report))
         .route("/v1/fleet/machines", get(fleet::api::machines))
+        .route("/v1/fleet/rollouts", get(fleet::rollout::api::list))
+        .route("/v1/fleet/rollouts/{action}", post(fleet::rollout::api::command))
         .route("/v1/trust", get(fleet::sign::trust_document))
         .route("/v1/heads/{*name}", get(fleet::sign::channel_head))
         .route("/v1/boot/ipxe", get(netboot::ipxe))

@@ -14,92 +14,130 @@ use slate_net::root_cause;
 
 use crate::output::json;
 
+/// An administrator's connection to a server: its base URL, the token
+/// (sent only over https or to 127.0.0.1) and a client with the agent's
+/// TLS checks (slate-net). `slate fleet status` and `slate fleet rollout`
+/// share it.
+pub(crate) struct Admin {
+    base: String,
+    token: Option<String>,
+    endpoint: slate_net::Endpoint,
+}
+
+impl Admin {
+    /// Connect to `server` with the token in `token_file`, `ca_file` and `pins`.
+    pub(crate) fn new(
+        server: &str,
+        token_file: Option<&std::path::Path>,
+        (ca_file, pins): (Option<&std::path::Path>, &[String]),
+    ) -> Result<Admin> {
+        // `host:port` alone means plain HTTP, as `--listen` takes it.
+        let server = if server.contains("://") {
+            server.to_string()
+        } else {
+            format!("http://{server}")
+        };
+        let base = server.trim_end_matches('/').to_string();
+        let token = match token_file {
+            None => None,
+            Some(f) => {
+                let text = std::fs::read_to_string(f).map_err(|e| anyhow!("cannot read {}: {e}", f.display()))?;
+                let t = text
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .unwrap_or("")
+                    .to_string();
+                if !slate_server::auth::is_token(&t) {
+                    bail!(
+                        "{} holds no administrator token (`slate fleet admin-token FILE` writes one)",
+                        f.display()
+                    );
+                }
+                Some(t)
+            }
+        };
+        if token.is_some() && base.starts_with("http://") && !is_loopback(&base) {
+            bail!(
+                "{base} is plain http: the administrator token would cross the network in clear; \
+                 use https (or run fleet status on the server, against 127.0.0.1)"
+            );
+        }
+        let pins = pins
+            .iter()
+            .map(|p| slate_net::parse_pin(p).ok_or_else(|| anyhow!("--pin {p:?} is not `sha256:` and 64 hex digits")))
+            .collect::<Result<Vec<_>>>()?;
+        if !base.starts_with("https://") && (ca_file.is_some() || !pins.is_empty()) {
+            bail!("{base} is plain http: --ca-file and --pin apply only to https:// servers");
+        }
+        let settings = slate_net::ServerSettings {
+            ca_file: ca_file.map(std::path::Path::to_path_buf),
+            pins,
+            ..slate_net::ServerSettings::plain(&base)
+        };
+        let timeouts = slate_net::Timeouts {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+        };
+        let endpoint = slate_net::Endpoint::new(&settings, timeouts, "").map_err(|e| anyhow!("{e}"))?;
+        Ok(Admin { base, token, endpoint })
+    }
+
+    /// The server's base URL.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET path` (or `POST path` with `body`), as JSON; a non-2xx answer
+    /// is an error with the server's sentence.
+    pub(crate) fn call(&self, path: &str, body: Option<&Value>) -> Result<Value> {
+        let base = &self.base;
+        let url = format!("{base}{path}");
+        let mut req = match body {
+            None => self.endpoint.client.get(&url),
+            Some(b) => self.endpoint.client.post(&url).json(b),
+        };
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().map_err(|e| {
+            if slate_net::is_tls_error(&e) {
+                anyhow!(
+                    "{base}: TLS failed: {}; the administrator token was not sent (check the server's certificate, \
+                     or --ca-file and --pin)",
+                    root_cause(&e)
+                )
+            } else {
+                anyhow!("cannot reach the slate server at {base}: {}", root_cause(&e))
+            }
+        })?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .map_err(|e| anyhow!("{url}: reading the answer: {}", root_cause(&e)))?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "no error message".into());
+            bail!("{url}: {status}: {msg}");
+        }
+        serde_json::from_str(&text).map_err(|e| anyhow!("{url}: the answer is not JSON ({e})"))
+    }
+}
+
 /// Run `slate fleet status --server URL [--token-file F] [--ca-file F]
 /// [--pin sha256:HEX]`: the same TLS checks as the agent's (slate-net).
 pub fn status(
     server: &str,
     token_file: Option<&std::path::Path>,
-    (ca_file, pins): (Option<&std::path::Path>, &[String]),
+    tls: (Option<&std::path::Path>, &[String]),
     as_json: bool,
 ) -> Result<ExitCode> {
-    // `host:port` alone means plain HTTP, as `--listen` takes it.
-    let server = if server.contains("://") {
-        server.to_string()
-    } else {
-        format!("http://{server}")
-    };
-    let base = server.trim_end_matches('/');
+    let admin = Admin::new(server, token_file, tls)?;
+    let base = admin.base().to_string();
     let url = format!("{base}/v1/fleet/machines");
-    let token = match token_file {
-        None => None,
-        Some(f) => {
-            let text = std::fs::read_to_string(f).map_err(|e| anyhow!("cannot read {}: {e}", f.display()))?;
-            let t = text
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty() && !l.starts_with('#'))
-                .unwrap_or("")
-                .to_string();
-            if !slate_server::auth::is_token(&t) {
-                bail!(
-                    "{} holds no administrator token (`slate fleet admin-token FILE` writes one)",
-                    f.display()
-                );
-            }
-            Some(t)
-        }
-    };
-    if token.is_some() && base.starts_with("http://") && !is_loopback(base) {
-        bail!(
-            "{base} is plain http: the administrator token would cross the network in clear; \
-             use https (or run fleet status on the server, against 127.0.0.1)"
-        );
-    }
-    let pins = pins
-        .iter()
-        .map(|p| slate_net::parse_pin(p).ok_or_else(|| anyhow!("--pin {p:?} is not `sha256:` and 64 hex digits")))
-        .collect::<Result<Vec<_>>>()?;
-    if !base.starts_with("https://") && (ca_file.is_some() || !pins.is_empty()) {
-        bail!("{base} is plain http: --ca-file and --pin apply only to https:// servers");
-    }
-    let settings = slate_net::ServerSettings {
-        ca_file: ca_file.map(std::path::Path::to_path_buf),
-        pins,
-        ..slate_net::ServerSettings::plain(base)
-    };
-    let timeouts = slate_net::Timeouts {
-        connect: Duration::from_secs(10),
-        request: Duration::from_secs(30),
-    };
-    let endpoint = slate_net::Endpoint::new(&settings, timeouts, "").map_err(|e| anyhow!("{e}"))?;
-    let mut req = endpoint.client.get(&url);
-    if let Some(t) = &token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().map_err(|e| {
-        if slate_net::is_tls_error(&e) {
-            anyhow!(
-                "{base}: TLS failed: {}; the administrator token was not sent (check the server's certificate, \
-                 or --ca-file and --pin)",
-                root_cause(&e)
-            )
-        } else {
-            anyhow!("cannot reach the slate server at {base}: {}", root_cause(&e))
-        }
-    })?;
-    let status = resp.status();
-    let body = resp
-        .text()
-        .map_err(|e| anyhow!("{url}: reading the answer: {}", root_cause(&e)))?;
-    if !status.is_success() {
-        let msg = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or_else(|| "no error message".into());
-        bail!("{url}: {status}: {msg}");
-    }
-    let value: Value =
-        serde_json::from_str(&body).map_err(|e| anyhow!("{url}: the answer is not the machines list ({e})"))?;
+    let value = admin.call("/v1/fleet/machines", None)?;
     if as_json {
         // Pass the server's document through: fields this client does not
         // know stay visible to scripts.
@@ -111,6 +149,9 @@ pub fn status(
     print!("{}", table(&list.machines, now()));
     if list.machines.is_empty() {
         eprintln!("no machine has contacted {base} yet");
+    }
+    for r in &list.rollouts {
+        print!("{}", super::rollout::summary(r));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -172,6 +213,26 @@ fn mode(m: &MachineRow) -> String {
     }
 }
 
+/// The ROLLOUT cell: the machine's wave in its channel's rollout and how
+/// it fares (`canary:fell-back`, `w1:updated`), once it reported on it.
+fn rollout_cell(r: &Value) -> String {
+    let Some(wave) = r.get("wave").and_then(Value::as_u64) else {
+        return "-".into();
+    };
+    let wave = if wave == 0 {
+        "canary".to_string()
+    } else {
+        format!("w{wave}")
+    };
+    let outcome = r.get("outcome").and_then(Value::as_str).unwrap_or("?");
+    let excused = if r.get("excused").and_then(Value::as_bool) == Some(true) {
+        " (excused)"
+    } else {
+        ""
+    };
+    format!("{wave}:{outcome}{excused}")
+}
+
 /// The table: one row per machine, columns padded to their widest cell.
 fn table(machines: &[MachineRow], now: u64) -> String {
     let header = [
@@ -185,6 +246,7 @@ fn table(machines: &[MachineRow], now: u64) -> String {
         "LAST-UPDATE",
         "BOOT",
         "WARNINGS",
+        "ROLLOUT",
         "LAST-SEEN",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
@@ -203,6 +265,7 @@ fn table(machines: &[MachineRow], now: u64) -> String {
                 0 => "-".into(),
                 n => n.to_string(),
             },
+            rollout_cell(&m.rollout),
             age(now, m.last_seen),
         ]);
     }
@@ -282,6 +345,7 @@ mod tests {
                 "ok",
                 "good",
                 "2",
+                "-",
                 "10s",
                 "ago"
             ]

@@ -17,6 +17,7 @@ mod ls;
 mod machine;
 mod mount;
 mod netboot;
+mod rollout;
 mod serve;
 mod state;
 mod tokens;
@@ -30,7 +31,8 @@ use anyhow::{Context, Result};
 use slate_repo::Repo;
 
 use crate::cli::{
-    Cli, Command, FleetCommand, InstallModeArg, NetbootCommand, PolicyCommand, StateCommand, TrustCommand,
+    Cli, Command, FleetCommand, InstallModeArg, NetbootCommand, PolicyCommand, RolloutActionArg, StateCommand,
+    TrustCommand,
 };
 
 /// Run the parsed command.
@@ -181,6 +183,27 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 pins,
                 out,
             } => fleet::status(&server, token_file.as_deref(), (ca_file.as_deref(), &pins), out.json),
+            FleetCommand::Rollout {
+                action,
+                channel,
+                server,
+                token_file,
+                ca_file,
+                pins,
+                out,
+            } => rollout::run(
+                match action {
+                    RolloutActionArg::Status => rollout::Action::Status,
+                    RolloutActionArg::Pause => rollout::Action::Pause,
+                    RolloutActionArg::Resume => rollout::Action::Resume,
+                    RolloutActionArg::Abort => rollout::Action::Abort,
+                },
+                channel.as_deref(),
+                &server,
+                token_file.as_deref(),
+                (ca_file.as_deref(), &pins),
+                out.json,
+            ),
             FleetCommand::AdminToken { file, force } => tokens::admin_token(&file, force),
             FleetCommand::Enroll {
                 machine,

@@ -12,6 +12,7 @@ mod install_cached;
 mod live;
 mod mount;
 mod nasty;
+mod rollout;
 mod safety;
 mod selftest;
 mod serve;

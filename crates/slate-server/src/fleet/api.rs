@@ -93,6 +93,11 @@ pub struct Assignment {
     /// Its Ed25519 signature of the canonical assignment (128 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// The machine's place in its channel's rollout, when one is in
+    /// progress or ended (`docs/operations.md`); not signed: it explains
+    /// `snapshot`, which is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::rollout::Place>,
 }
 
 /// The last update pass in a report. Absent fields stay absent when
@@ -385,7 +390,21 @@ pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assig
         expires_at: None,
         key: None,
         signature: None,
+        rollout: None,
     })
+}
+
+/// [`resolve`], then the channel's rollout, if it has one: the previous
+/// head for a machine whose wave is not released yet. Blocking.
+pub fn resolve_with_rollout(st: &AppState, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assignment> {
+    let mut a = resolve(&st.repo, fleet, m)?;
+    if a.pinned {
+        return Ok(a);
+    }
+    if let Some(plan) = fleet.rollouts.get(&a.channel) {
+        st.rollouts.apply(plan, m, &mut a).map_err(ApiError::internal)?;
+    }
+    Ok(a)
 }
 
 /// The machine a fleet request comes from, by its token; 401 without a
@@ -455,10 +474,13 @@ fn wait_params(uri: &axum::http::Uri) -> ApiResult<Option<(Duration, SnapshotId)
 /// [`resolve`] on a blocking thread (channel files are read from disk);
 /// with `record`, also note in the store that the machine asked.
 async fn resolve_blocking(st: &AppState, machine: &Machine, record: bool) -> ApiResult<ApiResult<Assignment>> {
-    let (repo, fleet, store, machine) = (st.repo.clone(), st.fleet(), st.store.clone(), machine.clone());
+    let (st2, fleet, store, machine) = (st.clone(), st.fleet(), st.store.clone(), machine.clone());
+    if !fleet.rollouts.is_empty() {
+        st.rollouts.watch(&st.changes, st.repo.clone());
+    }
     // Reading channel files and writing SQLite both block.
     Ok(tokio::task::spawn_blocking(move || {
-        let answer = resolve(&repo, &fleet, &machine);
+        let answer = resolve_with_rollout(&st2, &fleet, &machine);
         if record {
             let channel = answer.as_ref().ok().map(|a| a.channel.as_str());
             // Bookkeeping must not cost a machine its assignment: log and go on.
@@ -552,13 +574,24 @@ pub async fn boot_assignment(State(st): State<AppState>, req: Request) -> ApiRes
 pub async fn report(State(st): State<AppState>, headers: HeaderMap, req: Request) -> ApiResult<StatusCode> {
     let caller = caller(&st, &headers).await?;
     let body = JsonBody::<ReportRequest>::from_request(req, &()).await?;
+    let machine = body.value.machine.clone().validate().map_err(ApiError::BadRequest)?;
     let record = body.value.validate(body.raw).map_err(ApiError::BadRequest)?;
     same_machine(&caller, &record.machine)?;
-    let store = st.store.clone();
+    let (store, rollouts, plan) = (st.store.clone(), st.rollouts.clone(), st.fleet().rollout_for(&machine));
     // SQLite writes block (and may wait on the database lock).
-    tokio::task::spawn_blocking(move || store.record_report(&record, now()))
-        .await?
-        .map_err(ApiError::internal)?;
+    let halted = tokio::task::spawn_blocking(move || {
+        store.record_report(&record, now())?;
+        match plan {
+            Some(plan) => rollouts.on_report(&plan, &machine, &record),
+            None => Ok(None),
+        }
+    })
+    .await?
+    .map_err(ApiError::internal)?;
+    if halted.is_some() {
+        // Machines waiting for a change hear of it at once.
+        st.changes.bump();
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -567,6 +600,9 @@ pub async fn report(State(st): State<AppState>, headers: HeaderMap, req: Request
 pub struct MachinesResponse {
     /// Every machine, ordered by id.
     pub machines: Vec<MachineRow>,
+    /// The rollout of every channel with a plan (`GET /v1/fleet/rollouts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<super::rollout::api::RolloutStatus>,
 }
 
 /// `GET /v1/fleet/machines`: an administrator's request only.
@@ -574,10 +610,14 @@ pub async fn machines(State(st): State<AppState>, headers: HeaderMap) -> ApiResu
     crate::auth::require_admin(&st, &headers).await?;
     let store = st.store.clone();
     // SQLite reads block.
-    let machines = tokio::task::spawn_blocking(move || store.machines())
+    let mut machines = tokio::task::spawn_blocking(move || store.machines())
         .await?
         .map_err(ApiError::internal)?;
-    let mut resp = Json(MachinesResponse { machines }).into_response();
+    let rollouts = super::rollout::api::statuses(&st, None).await?;
+    if !rollouts.is_empty() {
+        super::rollout::api::mark_members(&st, &mut machines).await?;
+    }
+    let mut resp = Json(MachinesResponse { machines, rollouts }).into_response();
     resp.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),

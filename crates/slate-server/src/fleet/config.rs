@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use globset::{GlobBuilder, GlobMatcher};
 use serde::Deserialize;
@@ -18,6 +19,7 @@ use slate_repo::Repo;
 use toml::Spanned;
 
 use super::machine::{normalize_mac, Machine};
+use super::rollout::plan::{RawRollout, RolloutPlan};
 
 /// The fleet file could not be read or is invalid.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,9 @@ pub struct FleetConfig {
     implicit: bool,
     /// `[netboot]`: what the iPXE scripts of `GET /v1/boot/ipxe` say.
     pub netboot: Netboot,
+    /// `[rollout."CHANNEL"]`: channels whose new heads are rolled out in
+    /// waves (`super::rollout`), by channel.
+    pub rollouts: BTreeMap<String, Arc<RolloutPlan>>,
 }
 
 /// The default of `[netboot] kernel_cmdline`: the kernel speaks on the
@@ -174,6 +179,8 @@ struct RawFile {
     #[serde(default)]
     machine: Vec<Spanned<RawRule>>,
     netboot: Option<RawNetboot>,
+    #[serde(default)]
+    rollout: BTreeMap<String, Spanned<RawRollout>>,
 }
 
 #[derive(Deserialize)]
@@ -358,6 +365,7 @@ impl FleetConfig {
             rules: Vec::new(),
             implicit: true,
             netboot: Netboot::default(),
+            rollouts: BTreeMap::new(),
         }
     }
 
@@ -512,13 +520,35 @@ impl FleetConfig {
                 netboot.servers = servers.into_iter().map(|u| u.0).collect();
             }
         }
+        let mut rollouts = BTreeMap::new();
+        for (channel, section) in raw.rollout {
+            let start = section.span().start;
+            let plan = section
+                .into_inner()
+                .check(&channel)
+                .map_err(|e| invalid(start, format!("rollout.{channel:?}: {e}")))?;
+            rollouts.insert(channel, Arc::new(plan));
+        }
         Ok(FleetConfig {
             path: None,
             default: raw.default.map(target),
             rules,
             implicit: false,
             netboot,
+            rollouts,
         })
+    }
+
+    /// The rollout plan of the channel `m` runs by the rules, unless its
+    /// rule pins a snapshot (a pin is never rolled out).
+    pub fn rollout_for(&self, m: &Machine) -> Option<Arc<RolloutPlan>> {
+        if self.rollouts.is_empty() {
+            return None;
+        }
+        match self.choose(m) {
+            Choice::Selected(s) if s.target.pin.is_none() => self.rollouts.get(&s.target.channel).cloned(),
+            _ => None,
+        }
     }
 
     /// The assignment for `m` (validated): the first rule in file order
@@ -592,6 +622,18 @@ impl FleetConfig {
                 if !repo.storage.exists(&Repo::snapshot_keys(p)[0]) {
                     out.push(format!("{what} pins snapshot {p} which is not in the repository"));
                 }
+            }
+        }
+        for channel in self.rollouts.keys() {
+            let named = self
+                .default
+                .iter()
+                .chain(self.rules.iter().map(|r| &r.target))
+                .any(|t| t.channel == *channel);
+            if !named {
+                out.push(format!(
+                    "[rollout.{channel:?}] names a channel no rule or [default] assigns: it rolls out to no machine"
+                ));
             }
         }
         if !self.implicit && self.default.is_none() && self.rules.is_empty() {

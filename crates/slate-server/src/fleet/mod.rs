@@ -1,13 +1,15 @@
 //! The fleet: which machine runs which channel ([`config`], FLEET.toml),
 //! what machines report ([`store`], with [`sqlite`] as the default
 //! backend and [`postgres`] for large fleets, chosen by [`db`]), and the
-//! HTTP endpoints over both ([`api`]).
+//! HTTP endpoints over both ([`api`]); phased rollouts of new heads
+//! ([`rollout`]).
 
 pub mod api;
 pub mod config;
 pub mod db;
 pub mod machine;
 pub mod postgres;
+pub mod rollout;
 pub mod sign;
 pub mod sqlite;
 pub mod store;

@@ -45,7 +45,7 @@ const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 /// `MIGRATIONS[v]` turns a database of schema version `v` into one of
 /// version `v + 1` (version 0 has no slate tables). The steps mirror the
 /// SQLite store's; like them, a released step never changes.
-pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, super::rollout::postgres::SCHEMA_V4];
 
 /// Version 1: the machines table.
 const SCHEMA_V1: &str = r#"
@@ -236,7 +236,7 @@ impl PostgresStore {
         &self.name
     }
 
-    fn client(
+    pub(crate) fn client(
         &self,
         what: &'static str,
     ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
@@ -405,6 +405,7 @@ impl FleetStore for PostgresStore {
                     boot: json_value(&self.name, "boot", r.try_get(8).map_err(err(&self.name, WHAT))?)?,
                     first_seen: r.try_get::<_, i64>(9).map_err(err(&self.name, WHAT))?.max(0) as u64,
                     last_seen: r.try_get::<_, i64>(10).map_err(err(&self.name, WHAT))?.max(0) as u64,
+                    rollout: serde_json::Value::Null,
                     mode: r.try_get(11).map_err(err(&self.name, WHAT))?,
                     cache: json_value(&self.name, "cache", r.try_get(12).map_err(err(&self.name, WHAT))?)?,
                 })

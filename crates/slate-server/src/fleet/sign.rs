@@ -201,6 +201,7 @@ mod tests {
             expires_at: None,
             key: None,
             signature: None,
+            rollout: None,
         }
     }
 

@@ -38,7 +38,7 @@ const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// `MIGRATIONS[v]` turns a database of schema version `v` into one of
 /// version `v + 1` (version 0 is an empty file). Steps are only ever
 /// appended: a released step never changes.
-pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, super::rollout::sqlite::SCHEMA_V4];
 
 /// Version 1: the machines table.
 const SCHEMA_V1: &str = "
@@ -163,7 +163,7 @@ impl SqliteStore {
         &self.name
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves the connection usable
         // (SQLite rolls back the statement), so ignore the poison.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
@@ -316,6 +316,7 @@ impl FleetStore for SqliteStore {
                         cache: json_value(&self.name, "cache", cache)?,
                         first_seen: first.max(0) as u64,
                         last_seen: last.max(0) as u64,
+                        rollout: serde_json::Value::Null,
                     })
                 },
             )

@@ -82,6 +82,11 @@ pub struct MachineRow {
     pub first_seen: u64,
     /// Last contact (assignment or report), Unix seconds.
     pub last_seen: u64,
+    /// Its part in its channel's rollout, once it reported on it
+    /// (`wave`, `outcome`, `excused`, `rollout`); null otherwise. Filled in
+    /// by `GET /v1/fleet/machines`, not stored in this table.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub rollout: serde_json::Value,
 }
 
 /// The machines table.

@@ -91,9 +91,9 @@ pub async fn ipxe(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> A
         .0;
     let machine = script::machine_from_query(&pairs).map_err(ApiError::BadRequest)?;
     let servers = script::server_urls(&fleet.netboot, host).map_err(ApiError::BadRequest)?;
-    let (repo, f, m) = (st.repo.clone(), fleet.clone(), machine.clone());
-    // Channel files are read from disk.
-    let answer = tokio::task::spawn_blocking(move || crate::fleet::api::resolve(&repo, &f, &m)).await?;
+    let (st2, f, m) = (st.clone(), fleet.clone(), machine.clone());
+    // Channel files are read from disk; a rollout decides between heads.
+    let answer = tokio::task::spawn_blocking(move || crate::fleet::api::resolve_with_rollout(&st2, &f, &m)).await?;
     let text = match answer {
         Ok(a) => {
             tracing::info!(
