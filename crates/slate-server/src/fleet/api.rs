@@ -313,7 +313,8 @@ fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-fn now() -> u64 {
+/// Unix seconds now.
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -328,6 +329,13 @@ pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assig
                  add a [[machine]] rule or a [default] for it",
                 m.id,
                 m.describe()
+            )))
+        }
+        Choice::DirectoryNotRead => {
+            return Err(ApiError::Unavailable(format!(
+                "machine {} is not named by the fleet file and the fleet's LDAP directory has not been read yet; \
+                 ask again later",
+                m.id
             )))
         }
         Choice::OnlyChannel => {
@@ -556,9 +564,10 @@ pub async fn report(State(st): State<AppState>, headers: HeaderMap, req: Request
     same_machine(&caller, &record.machine)?;
     let store = st.store.clone();
     // SQLite writes block (and may wait on the database lock).
-    tokio::task::spawn_blocking(move || store.record_report(&record, now()))
+    let record = tokio::task::spawn_blocking(move || store.record_report(&record, now()).map(|()| record))
         .await?
         .map_err(ApiError::internal)?;
+    st.metrics.report(&record);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use globset::{GlobBuilder, GlobMatcher};
 use serde::Deserialize;
@@ -117,6 +118,10 @@ pub enum Choice {
     OnlyChannel,
     /// Nothing matches and there is no `[default]`.
     NoMatch,
+    /// No rule of the file matches, the fleet takes machines from an LDAP
+    /// directory and it has not been read yet: `[default]` could be wrong
+    /// for this machine, so it gets no answer until the directory is read.
+    DirectoryNotRead,
 }
 
 /// The fleet: rules in file order and the default.
@@ -132,6 +137,11 @@ pub struct FleetConfig {
     implicit: bool,
     /// `[netboot]`: what the iPXE scripts of `GET /v1/boot/ipxe` say.
     pub netboot: Netboot,
+    /// `[ldap]`: where more machine rules come from (docs/operations.md).
+    pub ldap: Option<super::ldap::LdapSettings>,
+    /// The rules last read from the `[ldap]` directory, tried after the
+    /// file's; `None` until a first read succeeds.
+    pub directory: Option<Arc<super::ldap::Directory>>,
 }
 
 /// The default of `[netboot] kernel_cmdline`: the kernel speaks on the
@@ -174,6 +184,7 @@ struct RawFile {
     #[serde(default)]
     machine: Vec<Spanned<RawRule>>,
     netboot: Option<RawNetboot>,
+    ldap: Option<Spanned<super::ldap::RawLdap>>,
 }
 
 #[derive(Deserialize)]
@@ -358,6 +369,8 @@ impl FleetConfig {
             rules: Vec::new(),
             implicit: true,
             netboot: Netboot::default(),
+            ldap: None,
+            directory: None,
         }
     }
 
@@ -369,7 +382,12 @@ impl FleetConfig {
         })?;
         let mut c = Self::parse(&text, &path.display().to_string())?;
         c.path = Some(path.to_path_buf());
-        c.read_state_policies(path.parent().unwrap_or(Path::new(".")))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if let Some(l) = &mut c.ldap {
+            // Read at each refresh, so a changed password needs no restart.
+            l.password_file = l.password_file.as_ref().map(|f| dir.join(f));
+        }
+        c.read_state_policies(dir)?;
         Ok(c)
     }
 
@@ -512,12 +530,21 @@ impl FleetConfig {
                 netboot.servers = servers.into_iter().map(|u| u.0).collect();
             }
         }
+        let ldap = match raw.ldap {
+            None => None,
+            Some(l) => {
+                let start = l.span().start;
+                Some(l.into_inner().check().map_err(|m| invalid(start, m))?)
+            }
+        };
         Ok(FleetConfig {
             path: None,
             default: raw.default.map(target),
             rules,
             implicit: false,
             netboot,
+            ldap,
+            directory: None,
         })
     }
 
@@ -532,6 +559,19 @@ impl FleetConfig {
                 target: r.target.clone(),
                 rule: r.label.clone(),
             });
+        }
+        if self.ldap.is_some() {
+            // The file's rules are the admin's overrides; the directory is
+            // the inventory; [default] is for machines neither names.
+            let Some(dir) = &self.directory else {
+                return Choice::DirectoryNotRead;
+            };
+            if let Some(r) = dir.rules.iter().find(|r| r.matches(m)) {
+                return Choice::Selected(Selection {
+                    target: r.target.clone(),
+                    rule: r.label.clone(),
+                });
+            }
         }
         match &self.default {
             Some(t) => Choice::Selected(Selection {
@@ -598,6 +638,65 @@ impl FleetConfig {
             out.push("the fleet file has no [default] and no [[machine]] rules: no machine will be assigned".into());
         }
         out
+    }
+}
+
+impl Rule {
+    /// What the rule matches on, as text (to compare two sets of rules).
+    pub fn matchers(&self) -> String {
+        format!(
+            "{:?} {:?} {:?} {:?}",
+            self.mac,
+            self.dmi_uuid,
+            self.hostname.as_ref().map(|g| g.glob().glob()),
+            self.labels
+        )
+    }
+
+    /// A rule read from the directory (`super::ldap`): the machine
+    /// presenting `mac`, `dmi_uuid` or `hostname` (exactly one given; a
+    /// host name of letters, digits, `.` and `-`) runs `channel`. Checked as
+    /// the file's values are; the error says which value is wrong.
+    pub fn from_directory(
+        label: &str,
+        mac: Option<&str>,
+        dmi_uuid: Option<&str>,
+        hostname: Option<&str>,
+        channel: &str,
+    ) -> Result<Rule, String> {
+        let channel = Channel::try_from(channel.to_string())?;
+        let mut rule = Rule {
+            label: label.to_string(),
+            line: 0,
+            mac: None,
+            dmi_uuid: None,
+            hostname: None,
+            labels: BTreeMap::new(),
+            target: Target {
+                channel: channel.0,
+                pin: None,
+                state_policy: None,
+            },
+        };
+        match (mac, dmi_uuid, hostname) {
+            (Some(m), None, None) => rule.mac = Some(Mac::try_from(m.to_string())?.0),
+            (None, Some(u), None) => rule.dmi_uuid = Some(DmiUuid::try_from(u.to_string())?.0),
+            (None, None, Some(h)) => {
+                let ok = !h.is_empty()
+                    && h.len() <= super::machine::MAX_HOSTNAME
+                    && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+                if !ok {
+                    return Err(format!(
+                        "host name {:?} is not a host name (letters, digits, '.', '-')",
+                        h.chars().take(60).collect::<String>()
+                    ));
+                }
+                // No glob characters can be in it: the glob matches it exactly.
+                rule.hostname = Some(HostGlob::try_from(h.to_string())?.1);
+            }
+            _ => return Err("a directory rule matches on exactly one of mac, dmi_uuid, hostname".into()),
+        }
+        Ok(rule)
     }
 }
 
