@@ -238,25 +238,26 @@ impl Metrics {
             }
         }
     }
+}
 
-    /// The page, with the fleet gauges refreshed if older than [`FLEET_CACHE`].
-    async fn render(&self, store: Arc<dyn FleetStore>, me: Arc<Metrics>) -> ApiResult<String> {
-        {
-            let mut computed = self.fleet.computed.lock().await;
-            if computed.is_none_or(|t| t.elapsed() >= FLEET_CACHE) {
-                let now = crate::fleet::api::now();
-                // A store query blocks.
-                tokio::task::spawn_blocking(move || me.fleet.refresh(store.as_ref(), now))
-                    .await?
-                    .map_err(ApiError::internal)?;
-                *computed = Some(Instant::now());
-            }
+/// The page, with the fleet gauges refreshed if older than [`FLEET_CACHE`].
+async fn render(m: Arc<Metrics>, store: Arc<dyn FleetStore>) -> ApiResult<String> {
+    {
+        let mut computed = m.fleet.computed.lock().await;
+        if computed.is_none_or(|t| t.elapsed() >= FLEET_CACHE) {
+            let now = crate::fleet::api::now();
+            let me = m.clone();
+            // A store query blocks.
+            tokio::task::spawn_blocking(move || me.fleet.refresh(store.as_ref(), now))
+                .await?
+                .map_err(ApiError::internal)?;
+            *computed = Some(Instant::now());
         }
-        let mut out = String::new();
-        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
-            .map_err(|e| ApiError::internal(anyhow::anyhow!("cannot encode the metrics: {e}")))?;
-        Ok(out)
     }
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &m.registry)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("cannot encode the metrics: {e}")))?;
+    Ok(out)
 }
 
 /// A result word from the closed lists of [`is_update_failure`] and
@@ -344,11 +345,10 @@ pub async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> R
     }
     // The Content-Length header, if the handler set one, stays and is
     // what hyper sends; only the body's length hint is lost.
-    let counted = body.into_data_stream().map(move |chunk| {
-        if let Ok(c) = &chunk {
+    let counted = body.into_data_stream().inspect(move |chunk| {
+        if let Ok(c) = chunk {
             counter.inc_by(c.len() as u64);
         }
-        chunk
     });
     Response::from_parts(parts, Body::from_stream(counted))
 }
@@ -368,7 +368,7 @@ pub async fn metrics(State(st): State<AppState>, req: Request) -> ApiResult<Resp
     if !allowed {
         crate::auth::require_admin(&st, req.headers()).await?;
     }
-    let page = st.metrics.render(st.store.clone(), st.metrics.clone()).await?;
+    let page = render(st.metrics.clone(), st.store.clone()).await?;
     let mut resp = page.into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
