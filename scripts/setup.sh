@@ -7,12 +7,16 @@
 # run their own nginx from a temporary prefix; Debian's nginx has the slice
 # module built in. The package's own service is not used (it is stopped and
 # disabled if installing it started it).
+# slapd, ldap-utils: the LDAP directory test (crates/slate-server, fleet/ldap)
+# runs its own slapd on a free 127.0.0.1 port from a temporary directory,
+# loaded with slapadd and changed with ldapmodify; the package's own server
+# is stopped and disabled as nginx's is, so it does not hold port 389.
 set -euo pipefail
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS=(build-essential pkg-config ca-certificates python3 debootstrap attr acl zstd rsync e2fsprogs util-linux time grub-common
       gdisk dosfstools mtools grub-pc-bin systemd-boot-efi ovmf restic git
       squashfs-tools xorriso grub-efi-amd64-bin cryptsetup-bin fuse3 netcat-openbsd
-      postgresql python3-venv nginx)
+      postgresql python3-venv nginx slapd ldap-utils)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -21,6 +25,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     if [[ " ${missing[*]} " == *" nginx "* ]] && command -v systemctl >/dev/null 2>&1; then
         $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+    fi
+    if [[ " ${missing[*]} " == *" slapd "* ]]; then
+        if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+            $SUDO systemctl disable --now slapd >/dev/null 2>&1 || true
+        else
+            $SUDO service slapd stop >/dev/null 2>&1 || true
+            $SUDO update-rc.d slapd disable >/dev/null 2>&1 || true
+        fi
     fi
 fi
 if ! command -v cargo >/dev/null 2>&1; then

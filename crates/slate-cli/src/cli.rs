@@ -239,6 +239,10 @@ pub enum Command {
         /// File of administrator tokens (`slate fleet admin-token FILE`), needed to list machines.
         #[arg(long, value_name = "FILE")]
         admin_token_file: Option<PathBuf>,
+        /// An address (e.g. a Prometheus server's) that may read GET /metrics without the
+        /// administrator token; repeat for several.
+        #[arg(long, value_name = "ADDR", value_parser = slate_server::metrics::parse_allow)]
+        metrics_allow: Vec<std::net::IpAddr>,
         /// Seconds a client may take to send a request's head (also the TLS handshake and idle keep-alive).
         #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
         header_timeout: u64,

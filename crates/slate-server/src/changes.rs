@@ -77,6 +77,19 @@ impl Changes {
         self.bump();
     }
 
+    /// Replace the rules in use by `f` of them, under the lock, and wake
+    /// the waiters: the fleet file's reload and the directory's refresh
+    /// (`crate::fleet::ldap`) each change their part without losing the
+    /// other's.
+    pub fn update_fleet(&self, f: impl FnOnce(&FleetConfig) -> FleetConfig) {
+        {
+            let mut cur = self.fleet.write().unwrap_or_else(|p| p.into_inner());
+            let new = f(&cur);
+            *cur = Arc::new(new);
+        }
+        self.bump();
+    }
+
     /// A receiver that sees every bump from now on.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
@@ -218,7 +231,17 @@ async fn watcher(changes: Weak<Changes>, repo: Arc<Repo>) {
                 for w in new.warnings(&repo) {
                     tracing::warn!("{w}");
                 }
-                ch.set_fleet(new);
+                // The directory's rules stay until its reader, which sees
+                // the new [ldap] settings within a second, reads it again.
+                ch.update_fleet(|old| {
+                    let mut new = new;
+                    new.directory = if new.ldap.is_some() {
+                        old.directory.clone()
+                    } else {
+                        None
+                    };
+                    new
+                });
             }
             Some(Err(e)) => {
                 tracing::error!("the fleet file changed but does not check, keeping the rules in use: {e}");

@@ -46,6 +46,10 @@ pub enum ApiError {
     /// The client sent its request body too slowly (408).
     #[error("{0}")]
     RequestTimeout(String),
+    /// Not answerable yet, e.g. before the fleet's LDAP directory was read
+    /// once (503); the client asks again later.
+    #[error("{0}")]
+    Unavailable(String),
     /// The handler did not answer in time (503).
     #[error("the request timed out")]
     Timeout,
@@ -73,7 +77,7 @@ impl ApiError {
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -17,6 +17,7 @@ pub mod blobs;
 pub mod changes;
 pub mod error;
 pub mod fleet;
+pub mod metrics;
 pub mod netboot;
 pub mod objects;
 pub mod private;
@@ -75,6 +76,8 @@ pub struct AppState {
     pub boot: Arc<netboot::files::BootCache>,
     /// The channels' rollouts (the same database as `store`), cached.
     pub rollouts: Arc<fleet::rollout::Rollouts>,
+    /// The counters and gauges of `GET /metrics`.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
@@ -99,7 +102,15 @@ impl AppState {
             signer: None,
             admin: None,
             boot: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Let these addresses read `GET /metrics` without the administrator
+    /// token (`slate serve --metrics-allow`).
+    pub fn with_metrics_allow(mut self, allow: Vec<std::net::IpAddr>) -> Self {
+        self.metrics = Arc::new(metrics::Metrics::new(allow));
+        self
     }
 
     /// The fleet rules in use.
@@ -158,6 +169,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/fleet/rollouts", get(fleet::rollout::api::list))
         .route("/v1/fleet/rollouts/{action}", post(fleet::rollout::api::command))
         .route("/v1/trust", get(fleet::sign::trust_document))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/heads/{*name}", get(fleet::sign::channel_head))
         .route("/v1/boot/ipxe", get(netboot::ipxe))
         .route("/v1/boot/{id}/{file}", get(netboot::file))
@@ -188,6 +200,12 @@ pub fn app(state: AppState) -> Router {
                 .make_span_with(request_span)
                 .on_response(log_response),
         )
+        // Outermost, so that it counts what the client gets: timeouts and
+        // caught panics included.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -243,6 +261,10 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal(anyhow::anyhow!("a request handler panicked")).into_response()
 }
 
+#[cfg(test)]
+mod ldap_tests;
+#[cfg(test)]
+mod metrics_tests;
 #[cfg(test)]
 mod netboot_tests;
 #[cfg(test)]

@@ -295,7 +295,9 @@ pub async fn serve_with_limits(
         );
         h.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
-    let service = crate::upload::limit_bodies(app, limits.bodies()).into_make_service();
+    // With the peer's address, for `--metrics-allow`.
+    let service =
+        crate::upload::limit_bodies(app, limits.bodies()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let limited = LimitAcceptor::new(limits);
     // Refused and failed connections are the clients' business; a debug
     // line is enough (a flood must not flood the log too).
@@ -362,6 +364,8 @@ pub fn run_blocking(
         // fleet file is taken up even before a machine waits.
         let changes = state.changes.clone();
         changes.watch(state.repo.clone());
+        // And the fleet's LDAP directory, if the fleet file has an [ldap].
+        crate::fleet::ldap::watch(&changes, state.metrics.clone());
         let shutdown = async move {
             shutdown_signal().await;
             // Waiting requests answer now rather than hold the shutdown.

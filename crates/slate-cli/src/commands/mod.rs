@@ -114,6 +114,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             home_quota,
             home_append_only,
             admin_token_file,
+            metrics_allow,
             header_timeout,
             max_connections,
             max_connections_per_client,
@@ -139,6 +140,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             },
             &serve::Access {
                 admin_tokens: admin_token_file,
+                metrics_allow,
                 limits: slate_server::server::Limits {
                     header_timeout: std::time::Duration::from_secs(header_timeout),
                     max_connections: max_connections as usize,

@@ -42,6 +42,8 @@ pub struct Private {
 pub struct Access {
     /// `--admin-token-file`.
     pub admin_tokens: Option<PathBuf>,
+    /// `--metrics-allow`: addresses that read `/metrics` without a token.
+    pub metrics_allow: Vec<std::net::IpAddr>,
     /// `--header-timeout`, `--max-connections`, `--max-connections-per-client`.
     pub limits: slate_server::server::Limits,
     /// `--fleet-key`, `--assignment-ttl` and `--head-ttl` (seconds): the
@@ -102,7 +104,8 @@ pub fn run(
         .with_private(storage)
         // Machines waiting for a change hold connections: leave at least
         // half of them to downloads and everything else.
-        .with_max_waiters((access.limits.max_connections / 2).max(1));
+        .with_max_waiters((access.limits.max_connections / 2).max(1))
+        .with_metrics_allow(access.metrics_allow.clone());
     if let Some(file) = &access.admin_tokens {
         // A file that cannot be read or holds something else fails now,
         // not on the admin's first `fleet status`.

@@ -318,7 +318,8 @@ fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-fn now() -> u64 {
+/// Unix seconds now.
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -333,6 +334,13 @@ pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assig
                  add a [[machine]] rule or a [default] for it",
                 m.id,
                 m.describe()
+            )))
+        }
+        Choice::DirectoryNotRead => {
+            return Err(ApiError::Unavailable(format!(
+                "machine {} is not named by the fleet file and the fleet's LDAP directory has not been read yet; \
+                 ask again later",
+                m.id
             )))
         }
         Choice::OnlyChannel => {
@@ -579,15 +587,17 @@ pub async fn report(State(st): State<AppState>, headers: HeaderMap, req: Request
     same_machine(&caller, &record.machine)?;
     let (store, rollouts, plan) = (st.store.clone(), st.rollouts.clone(), st.fleet().rollout_for(&machine));
     // SQLite writes block (and may wait on the database lock).
-    let halted = tokio::task::spawn_blocking(move || {
+    let (halted, record) = tokio::task::spawn_blocking(move || {
         store.record_report(&record, now())?;
-        match plan {
-            Some(plan) => rollouts.on_report(&plan, &machine, &record),
-            None => Ok(None),
-        }
+        let halted = match plan {
+            Some(plan) => rollouts.on_report(&plan, &machine, &record)?,
+            None => None,
+        };
+        Ok::<_, crate::fleet::StoreError>((halted, record))
     })
     .await?
     .map_err(ApiError::internal)?;
+    st.metrics.report(&record);
     if halted.is_some() {
         // Machines waiting for a change hear of it at once.
         st.changes.bump();

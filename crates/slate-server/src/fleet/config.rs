@@ -119,6 +119,10 @@ pub enum Choice {
     OnlyChannel,
     /// Nothing matches and there is no `[default]`.
     NoMatch,
+    /// No rule of the file matches, the fleet takes machines from an LDAP
+    /// directory and it has not been read yet: `[default]` could be wrong
+    /// for this machine, so it gets no answer until the directory is read.
+    DirectoryNotRead,
 }
 
 /// The fleet: rules in file order and the default.
@@ -137,6 +141,11 @@ pub struct FleetConfig {
     /// `[rollout."CHANNEL"]`: channels whose new heads are rolled out in
     /// waves (`super::rollout`), by channel.
     pub rollouts: BTreeMap<String, Arc<RolloutPlan>>,
+    /// `[ldap]`: where more machine rules come from (docs/operations.md).
+    pub ldap: Option<super::ldap::LdapSettings>,
+    /// The rules last read from the `[ldap]` directory, tried after the
+    /// file's; `None` until a first read succeeds.
+    pub directory: Option<Arc<super::ldap::Directory>>,
 }
 
 /// The default of `[netboot] kernel_cmdline`: the kernel speaks on the
@@ -181,6 +190,7 @@ struct RawFile {
     netboot: Option<RawNetboot>,
     #[serde(default)]
     rollout: BTreeMap<String, Spanned<RawRollout>>,
+    ldap: Option<Spanned<super::ldap::RawLdap>>,
 }
 
 #[derive(Deserialize)]
@@ -366,6 +376,8 @@ impl FleetConfig {
             implicit: true,
             netboot: Netboot::default(),
             rollouts: BTreeMap::new(),
+            ldap: None,
+            directory: None,
         }
     }
 
@@ -377,7 +389,12 @@ impl FleetConfig {
         })?;
         let mut c = Self::parse(&text, &path.display().to_string())?;
         c.path = Some(path.to_path_buf());
-        c.read_state_policies(path.parent().unwrap_or(Path::new(".")))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if let Some(l) = &mut c.ldap {
+            // Read at each refresh, so a changed password needs no restart.
+            l.password_file = l.password_file.as_ref().map(|f| dir.join(f));
+        }
+        c.read_state_policies(dir)?;
         Ok(c)
     }
 
@@ -529,6 +546,13 @@ impl FleetConfig {
                 .map_err(|e| invalid(start, format!("rollout.{channel:?}: {e}")))?;
             rollouts.insert(channel, Arc::new(plan));
         }
+        let ldap = match raw.ldap {
+            None => None,
+            Some(l) => {
+                let start = l.span().start;
+                Some(l.into_inner().check().map_err(|m| invalid(start, m))?)
+            }
+        };
         Ok(FleetConfig {
             path: None,
             default: raw.default.map(target),
@@ -536,6 +560,8 @@ impl FleetConfig {
             implicit: false,
             netboot,
             rollouts,
+            ldap,
+            directory: None,
         })
     }
 
@@ -562,6 +588,19 @@ impl FleetConfig {
                 target: r.target.clone(),
                 rule: r.label.clone(),
             });
+        }
+        if self.ldap.is_some() {
+            // The file's rules are the admin's overrides; the directory is
+            // the inventory; [default] is for machines neither names.
+            let Some(dir) = &self.directory else {
+                return Choice::DirectoryNotRead;
+            };
+            if let Some(r) = dir.rules.iter().find(|r| r.matches(m)) {
+                return Choice::Selected(Selection {
+                    target: r.target.clone(),
+                    rule: r.label.clone(),
+                });
+            }
         }
         match &self.default {
             Some(t) => Choice::Selected(Selection {
@@ -640,6 +679,65 @@ impl FleetConfig {
             out.push("the fleet file has no [default] and no [[machine]] rules: no machine will be assigned".into());
         }
         out
+    }
+}
+
+impl Rule {
+    /// What the rule matches on, as text (to compare two sets of rules).
+    pub fn matchers(&self) -> String {
+        format!(
+            "{:?} {:?} {:?} {:?}",
+            self.mac,
+            self.dmi_uuid,
+            self.hostname.as_ref().map(|g| g.glob().glob()),
+            self.labels
+        )
+    }
+
+    /// A rule read from the directory (`super::ldap`): the machine
+    /// presenting `mac`, `dmi_uuid` or `hostname` (exactly one given; a
+    /// host name of letters, digits, `.` and `-`) runs `channel`. Checked as
+    /// the file's values are; the error says which value is wrong.
+    pub fn from_directory(
+        label: &str,
+        mac: Option<&str>,
+        dmi_uuid: Option<&str>,
+        hostname: Option<&str>,
+        channel: &str,
+    ) -> Result<Rule, String> {
+        let channel = Channel::try_from(channel.to_string())?;
+        let mut rule = Rule {
+            label: label.to_string(),
+            line: 0,
+            mac: None,
+            dmi_uuid: None,
+            hostname: None,
+            labels: BTreeMap::new(),
+            target: Target {
+                channel: channel.0,
+                pin: None,
+                state_policy: None,
+            },
+        };
+        match (mac, dmi_uuid, hostname) {
+            (Some(m), None, None) => rule.mac = Some(Mac::try_from(m.to_string())?.0),
+            (None, Some(u), None) => rule.dmi_uuid = Some(DmiUuid::try_from(u.to_string())?.0),
+            (None, None, Some(h)) => {
+                let ok = !h.is_empty()
+                    && h.len() <= super::machine::MAX_HOSTNAME
+                    && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+                if !ok {
+                    return Err(format!(
+                        "host name {:?} is not a host name (letters, digits, '.', '-')",
+                        h.chars().take(60).collect::<String>()
+                    ));
+                }
+                // No glob characters can be in it: the glob matches it exactly.
+                rule.hostname = Some(HostGlob::try_from(h.to_string())?.1);
+            }
+            _ => return Err("a directory rule matches on exactly one of mac, dmi_uuid, hostname".into()),
+        }
+        Ok(rule)
     }
 }
 

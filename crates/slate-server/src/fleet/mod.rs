@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod ldap;
 pub mod machine;
 pub mod postgres;
 pub mod rollout;
@@ -24,4 +25,6 @@ pub use db::{Database, FleetDb};
 pub use machine::Machine;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use store::{Enrollment, FleetStore, MachineRow, ReportRecord, StoreError, TokenRow, TokenStore};
+pub use store::{
+    Enrollment, FleetStore, MachineRow, MachineState, ReportRecord, StateCounts, StoreError, TokenRow, TokenStore,
+};
