@@ -111,7 +111,12 @@ pub fn summary(r: &RolloutStatus) -> String {
             short(&rec.head)
         );
     }
-    let released = r.waves.iter().filter(|w| w.released).map(|w| w.name.clone()).next_back();
+    let released = r
+        .waves
+        .iter()
+        .filter(|w| w.released)
+        .map(|w| w.name.clone())
+        .next_back();
     let mut out = format!(
         "rollout {} #{}: {} from {} to {}, released through {}\n",
         r.channel,
