@@ -201,13 +201,14 @@ fn serve_objects_assignments_and_fleet_status(db: FleetDb) {
         "LAST-UPDATE",
         "BOOT",
         "WARNINGS",
+        "ROLLOUT",
         "LAST-SEEN",
     ] {
         assert!(lines[0].contains(col), "{table}");
     }
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
-        &row[..10],
+        &row[..11],
         [
             "dmi:test-1",
             "kiosk-1",
@@ -218,11 +219,12 @@ fn serve_objects_assignments_and_fleet_status(db: FleetDb) {
             "a",
             "up-to-date",
             "good",
+            "-",
             "-"
         ],
         "{table}"
     );
-    assert!(row[10].ends_with('s') && row[11] == "ago", "{table}");
+    assert!(row[11].ends_with('s') && row[12] == "ago", "{table}");
     // A trailing slash, or no scheme at all, works too.
     let bare = slate_ok(&[
         "fleet",
