@@ -93,6 +93,16 @@ pub struct Assignment {
     /// Its Ed25519 signature of the canonical assignment (128 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// Base URLs where the machine may fetch immutable objects by their
+    /// repository paths (`slate serve --objects-url`); absent when none.
+    /// Agents that do not know the field ignore it: `signature` does not
+    /// cover it, `objects_signature` does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects_urls: Vec<String>,
+    /// The fleet key's signature of `objects_urls` bound to this very
+    /// assignment (`docs/format/trust.md`, "Objects URLs").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects_signature: Option<String>,
 }
 
 /// The last update pass in a report. Absent fields stay absent when
@@ -385,6 +395,8 @@ pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assig
         expires_at: None,
         key: None,
         signature: None,
+        objects_urls: Vec::new(),
+        objects_signature: None,
     })
 }
 
