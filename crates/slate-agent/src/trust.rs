@@ -129,29 +129,10 @@ pub struct Verified {
 /// `signer` signed: kept only when `objects_signature` is that key's valid
 /// signature of them for this assignment (`docs/format/trust.md`).
 fn objects_urls(answer: &serde_json::Value, a: &Assignment, signer: &PublicKey) -> Vec<String> {
-    let Some(list) = answer.get("objects_urls") else {
+    if answer.get("objects_urls").is_none() {
         return Vec::new();
-    };
-    let checked = (|| {
-        let urls: Vec<String> = list
-            .as_array()
-            .ok_or("objects_urls is not a list")?
-            .iter()
-            .map(|u| {
-                u.as_str()
-                    .map(str::to_string)
-                    .ok_or("objects_urls holds something other than text")
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        let sig = answer
-            .get("objects_signature")
-            .and_then(|v| v.as_str())
-            .ok_or("objects_signature is missing")?;
-        let sig = Signature::from_hex(&hex::encode(signer.0), sig).map_err(|_| "objects_signature is not hex")?;
-        a.verify_objects(&urls, &sig, signer).map_err(|e| e.to_string())?;
-        Ok::<_, String>(urls)
-    })();
-    match checked {
+    }
+    match checked_objects_urls(answer, a, signer) {
         Ok(urls) => urls,
         Err(why) => {
             tracing::warn!(
@@ -160,6 +141,31 @@ fn objects_urls(answer: &serde_json::Value, a: &Assignment, signer: &PublicKey) 
             Vec::new()
         }
     }
+}
+
+/// [`objects_urls`], with why they are not taken.
+fn checked_objects_urls(
+    answer: &serde_json::Value,
+    a: &Assignment,
+    signer: &PublicKey,
+) -> std::result::Result<Vec<String>, String> {
+    let urls: Vec<String> = answer["objects_urls"]
+        .as_array()
+        .ok_or("objects_urls is not a list")?
+        .iter()
+        .map(|u| {
+            u.as_str()
+                .map(str::to_string)
+                .ok_or("objects_urls holds something other than text")
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let sig = answer
+        .get("objects_signature")
+        .and_then(|v| v.as_str())
+        .ok_or("objects_signature is missing")?;
+    let sig = Signature::from_hex(&hex::encode(signer.0), sig).map_err(|_| "objects_signature is not hex")?;
+    a.verify_objects(&urls, &sig, signer).map_err(|e| e.to_string())?;
+    Ok(urls)
 }
 
 /// Check an assignment answer: signed by a trusted fleet key over exactly
