@@ -32,6 +32,22 @@ pub fn download(
     dir: &Path,
     progress: &dyn slate_repo::progress::Progress,
 ) -> Result<Option<PathBuf>> {
+    download_from(http, "/v1/repo/", true, from, to, dir, progress)
+}
+
+/// [`download`] from `http`, whose repository keys are below `prefix`
+/// (`/v1/repo/` on a fleet server, `/` on an objects URL). A partial
+/// download is dropped on a 404 only when `authoritative` (a fleet server
+/// saying the delta is gone, not an objects URL that lacks it).
+fn download_from(
+    http: &Http,
+    prefix: &str,
+    authoritative: bool,
+    from: &SnapshotId,
+    to: &SnapshotId,
+    dir: &Path,
+    progress: &dyn slate_repo::progress::Progress,
+) -> Result<Option<PathBuf>> {
     let name = format!("{}-{}", from.to_hex(), to.to_hex());
     let done = dir.join(format!("{name}.delta"));
     if done.exists() {
@@ -39,7 +55,7 @@ pub fn download(
     }
     let part = dir.join(format!("{name}.part"));
     std::fs::create_dir_all(dir).map_err(|e| Error::Local(format!("cannot create {}: {e}", dir.display())))?;
-    let path = format!("/v1/repo/deltas/{}/{}.delta", from.to_hex(), to.to_hex());
+    let path = format!("{prefix}{}", slate_repo::delta::delta_key(from, to));
     // Pieces already on disk were synced when written: keep them.
     let mut have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     have -= have % PIECE;
@@ -58,7 +74,9 @@ pub fn download(
             break;
         }
         let Some((bytes, t)) = http.get_chunked(&path, have, PIECE)? else {
-            let _ = std::fs::remove_file(&part);
+            if authoritative {
+                let _ = std::fs::remove_file(&part);
+            }
             return Ok(None);
         };
         if t > MAX_DELTA {
@@ -88,9 +106,16 @@ pub fn download(
 
 /// Download the delta from `from` to `to` and rebuild its chunks into
 /// `store_dir` (see [`download`] and [`apply`]); None when the server has
-/// no such delta. A delta that fails its checks is deleted with the chunks
-/// rebuilt so far; if any of it came from the cache (an earlier pass's
-/// download, damaged or replaced on disk since) it is downloaded once
+/// no such delta. The objects URLs of the assignment are asked first
+/// (every chunk rebuilt from a delta is checked against its id, and only
+/// chunks the target's manifest names are used); whatever fails there
+/// (no answer, 404, a delta that fails its checks) is logged and the
+/// fleet servers are asked. A partial download is kept across sources
+/// (a delta's name fixes its content); one that then fails its checks
+/// is deleted and fetched again. A delta from the fleet servers that
+/// fails its checks is deleted with the chunks rebuilt so far; if any of
+/// it came from the cache (an earlier pass's download, damaged or
+/// replaced on disk since, or another source's) it is downloaded once
 /// more, otherwise the fault is the server's and the error says so.
 #[allow(clippy::too_many_arguments)]
 pub fn fetch_and_apply(
@@ -104,6 +129,23 @@ pub fn fetch_and_apply(
     progress: &dyn slate_repo::progress::Progress,
 ) -> Result<Option<ChunkIndex>> {
     let name = format!("{}-{}", from.to_hex(), to.to_hex());
+    let what = format!("delta {}..{}", &from.to_hex()[..12], &to.to_hex()[..12]);
+    for src in http.objects_sources() {
+        match download_from(&src.http, "/", false, from, to, dir, progress) {
+            // Most snapshots have no prepared delta: not the URL's fault.
+            Ok(None) => http.object_failed(src, &what, "not there", false),
+            Ok(Some(file)) => match apply(&file, from, to, store_dir, local, known) {
+                Ok(i) => return Ok(Some(i)),
+                Err(Error::Untrusted(e)) => {
+                    let _ = std::fs::remove_file(&file);
+                    let _ = std::fs::remove_dir_all(store_dir);
+                    http.object_failed(src, &what, &format!("refused: {e}"), true);
+                }
+                Err(e) => return Err(e),
+            },
+            Err(e) => http.object_failed(src, &what, &e.to_string(), true),
+        }
+    }
     let mut cached = dir.join(format!("{name}.delta")).exists() || dir.join(format!("{name}.part")).exists();
     loop {
         let Some(file) = download(http, from, to, dir, progress)? else {

@@ -37,10 +37,18 @@ pub struct Http {
     endpoints: Vec<Endpoint>,
     servers: Vec<String>,
     current: std::sync::atomic::AtomicUsize,
-    /// Bytes received in response bodies.
-    pub received: std::sync::atomic::AtomicU64,
+    /// Bytes received in response bodies (the objects URLs' included).
+    pub received: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The machine's token, sent as `Authorization: Bearer` when set.
     token: Option<String>,
+    /// The per-request timeout, for the objects URLs' clients.
+    pub(crate) timeout_secs: u64,
+    /// The objects URLs of the assignment, asked first for immutable
+    /// objects (`crate::objects`); empty for every other client.
+    pub(crate) objects: Vec<crate::objects::Source>,
+    /// An objects URL's client: never a token, and its 401/403 are not
+    /// about the machine token.
+    pub(crate) anonymous: bool,
 }
 
 /// How one attempt at a request failed.
@@ -127,8 +135,11 @@ impl Http {
             endpoints,
             servers: servers.iter().map(|s| s.url.clone()).collect(),
             current: 0.into(),
-            received: 0.into(),
+            received: Default::default(),
             token: None,
+            timeout_secs,
+            objects: Vec::new(),
+            anonymous: false,
         })
     }
 
@@ -217,6 +228,18 @@ impl Http {
         }
     }
 
+    /// The token this client would send (tests of the objects clients).
+    #[cfg(test)]
+    pub(crate) fn token_for_tests(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Whether any of this client's servers may get a token (tests).
+    #[cfg(test)]
+    pub(crate) fn takes_token_for_tests(&self) -> bool {
+        self.endpoints.iter().any(Endpoint::takes_token)
+    }
+
     /// Whether the server in use gets the machine token.
     fn current_has_token(&self) -> bool {
         self.token.is_some() && self.endpoints[self.current.load(std::sync::atomic::Ordering::Relaxed)].takes_token()
@@ -258,7 +281,7 @@ impl Http {
         broke: &mut bool,
     ) -> Result<Vec<u8>> {
         let status = resp.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED && !self.current_has_token() {
+        if status == reqwest::StatusCode::UNAUTHORIZED && !self.current_has_token() && !self.anonymous {
             return Err(Error::Config(format!(
                 "server {} refused {what}: it needs the machine token, which the agent does not send it \
                  ({}); see docs/agent.md, \"Servers\"",
@@ -272,7 +295,7 @@ impl Http {
                 }
             )));
         }
-        if let Some(e) = auth_error(self.server(), status, what) {
+        if let Some(e) = auth_error(self.server(), status, what).filter(|_| !self.anonymous) {
             return Err(e);
         }
         if !status.is_success() {

@@ -10,7 +10,9 @@
 //! atomically and reports back. [`boot`] drives GRUB and BLS boot counting;
 //! [`pull`] mirrors a channel into another repository; [`serverstate`]
 //! keeps this machine's state blobs on the server; [`watch`] waits for the
-//! fleet to assign another snapshot. A machine booted from the network
+//! fleet to assign another snapshot; [`objects`] asks the objects URLs a
+//! signed assignment names for immutable objects before the fleet servers.
+//! A machine booted from the network
 //! (AGENT.toml `mode = "netboot"`) has no slots: its pass only reports
 //! what its next boot runs, from what [`netboot`] reads.
 
@@ -24,6 +26,7 @@ pub mod identity;
 pub mod install;
 pub mod live;
 pub mod netboot;
+pub mod objects;
 pub mod prepare;
 pub mod pull;
 pub mod remote;

@@ -24,9 +24,10 @@ const COALESCE_GAP: u64 = 16 << 10;
 /// Largest single range request: the unit a killed pass may redo.
 const MAX_RANGE: u64 = 8 << 20;
 
-fn snap_path(id: &SnapshotId, ext: &str) -> String {
+/// The repository key of a snapshot's record (`snap`) or signatures (`sig`).
+fn snap_key(id: &SnapshotId, ext: &str) -> String {
     let h = id.to_hex();
-    format!("/v1/repo/snapshots/{}/{h}.{ext}", &h[..2])
+    format!("snapshots/{}/{h}.{ext}", &h[..2])
 }
 
 /// The remote repository.
@@ -292,12 +293,17 @@ impl<'a> Remote<'a> {
         }
     }
 
-    /// Fetch a snapshot record (checked against its id) and its signatures.
+    /// Fetch a snapshot record (checked against its id, which a signed
+    /// assignment or head named: an objects URL may serve it) and its
+    /// signatures (a file that gains lines, so only from the fleet
+    /// servers; each line is checked against the release keys anyway).
     pub fn snapshot(&self, id: &SnapshotId) -> Result<(Snapshot, Vec<SnapshotSignature>)> {
-        let rec = self.http.get(&snap_path(id, "snap"))?;
-        let snap = Snapshot::decode(&rec, id)
-            .map_err(|e| Error::Untrusted(format!("snapshot {id} from {}: {e}", self.http.server())))?;
-        let sigs = match self.http.get_optional(&snap_path(id, "sig"))? {
+        let snap = self
+            .http
+            .get_object(&snap_key(id, "snap"), &format!("snapshot {id}"), |rec| {
+                Snapshot::decode(rec, id).map_err(|e| e.to_string())
+            })?;
+        let sigs = match self.http.get_optional(&format!("/v1/repo/{}", snap_key(id, "sig")))? {
             Some(b) => {
                 decode_signatures(&b).map_err(|e| Error::Untrusted(format!("signatures of snapshot {id}: {e}")))?
             }
@@ -425,21 +431,13 @@ impl<'a> Remote<'a> {
             .map_err(|e| Error::Local(format!("cannot start download threads: {e}")))?;
         pool.install(|| {
             ranges.par_iter().try_for_each(|r| {
-                let data = self
-                    .http
-                    .get_range(&format!("/v1/repo/{}", pack_key(&r.pack)), r.start, r.end)?;
-                for &(off, len, raw) in &r.frames {
-                    let body = &data[(off - r.start) as usize..(off - r.start) as usize + len as usize];
-                    let frame = decompress_frame(body, raw, &r.pack, off).map_err(|e| {
+                let check = |data: &[u8]| check_range(data, r, &by_frame);
+                let (data, checked) = self.http.get_object_range(&pack_key(&r.pack), r.start, r.end, check)?;
+                if !checked {
+                    check(&data).map_err(|why| {
                         self.forget_pack(cache, &r.pack);
-                        Error::Untrusted(format!("download from {}: {e}", self.http.server()))
+                        Error::Untrusted(format!("{why} (as served by {})", self.http.server()))
                     })?;
-                    for e in by_frame.get(&(r.pack, off)).map(Vec::as_slice).unwrap_or(&[]) {
-                        chunk_from_frame(&frame, e).map_err(|err| {
-                            self.forget_pack(cache, &r.pack);
-                            Error::Untrusted(format!("pack {} from {}: {err}", r.pack, self.http.server()))
-                        })?;
-                    }
                 }
                 cache.put(&r.pack, r.start, &data)?;
                 progress.advance(data.len() as u64);
@@ -447,6 +445,32 @@ impl<'a> Remote<'a> {
             })
         })
     }
+}
+
+/// Whether `data`, the bytes `r.start..r.end` of pack `r.pack`, holds every
+/// frame of `r` whole: each decompresses to its stated length and every
+/// chunk the index places in it matches its id. `Err` says what failed.
+fn check_range(
+    data: &[u8],
+    r: &RangeFetch,
+    by_frame: &HashMap<(PackId, u64), Vec<slate_core::pack::IndexEntry>>,
+) -> std::result::Result<(), String> {
+    if data.len() as u64 != r.end - r.start {
+        return Err(format!(
+            "pack {}: {} bytes for a range of {}",
+            r.pack,
+            data.len(),
+            r.end - r.start
+        ));
+    }
+    for &(off, len, raw) in &r.frames {
+        let body = &data[(off - r.start) as usize..(off - r.start) as usize + len as usize];
+        let frame = decompress_frame(body, raw, &r.pack, off).map_err(|e| e.to_string())?;
+        for e in by_frame.get(&(r.pack, off)).map(Vec::as_slice).unwrap_or(&[]) {
+            chunk_from_frame(&frame, e).map_err(|err| format!("pack {}: {err}", r.pack))?;
+        }
+    }
+    Ok(())
 }
 
 impl Remote<'_> {

@@ -118,6 +118,54 @@ pub fn refresh(cfg: &Config, http: &Http, trusted: &mut Trusted, now: u64, keep:
 pub struct Verified {
     /// What the fleet key signed.
     pub assignment: Assignment,
+    /// Where immutable objects may be fetched first, as the same fleet key
+    /// signed them for this assignment; empty when the answer names none,
+    /// or names some without a valid signature (then they are ignored
+    /// with a warning: everything comes from the fleet servers, as before).
+    pub objects_urls: Vec<String>,
+}
+
+/// The objects URLs of an assignment answer whose assignment `a` the key
+/// `signer` signed: kept only when `objects_signature` is that key's valid
+/// signature of them for this assignment (`docs/format/trust.md`).
+fn objects_urls(answer: &serde_json::Value, a: &Assignment, signer: &PublicKey) -> Vec<String> {
+    if answer.get("objects_urls").is_none() {
+        return Vec::new();
+    }
+    match checked_objects_urls(answer, a, signer) {
+        Ok(urls) => urls,
+        Err(why) => {
+            tracing::warn!(
+                "ignoring the objects URLs of the assignment ({why}); fetching everything from the fleet servers"
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// [`objects_urls`], with why they are not taken.
+fn checked_objects_urls(
+    answer: &serde_json::Value,
+    a: &Assignment,
+    signer: &PublicKey,
+) -> std::result::Result<Vec<String>, String> {
+    let urls: Vec<String> = answer["objects_urls"]
+        .as_array()
+        .ok_or("objects_urls is not a list")?
+        .iter()
+        .map(|u| {
+            u.as_str()
+                .map(str::to_string)
+                .ok_or("objects_urls holds something other than text")
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let sig = answer
+        .get("objects_signature")
+        .and_then(|v| v.as_str())
+        .ok_or("objects_signature is missing")?;
+    let sig = Signature::from_hex(&hex::encode(signer.0), sig).map_err(|_| "objects_signature is not hex")?;
+    a.verify_objects(&urls, &sig, signer).map_err(|e| e.to_string())?;
+    Ok(urls)
 }
 
 /// Check an assignment answer: signed by a trusted fleet key over exactly
@@ -164,7 +212,7 @@ pub fn verify_assignment(answer: &serde_json::Value, machine: &str, trusted: &Tr
                 .into(),
         ));
     }
-    a.verify(&sig, trusted.fleet()).map_err(|e| refuse(e.to_string()))?;
+    let signer = a.verify(&sig, trusted.fleet()).map_err(|e| refuse(e.to_string()))?;
     if a.machine != machine {
         return Err(refuse(format!(
             "it is for machine {:?}, not this machine ({machine:?})",
@@ -191,7 +239,11 @@ pub fn verify_assignment(answer: &serde_json::Value, machine: &str, trusted: &Tr
             })?;
         }
     }
-    Ok(Verified { assignment: a })
+    let objects_urls = objects_urls(answer, &a, &signer);
+    Ok(Verified {
+        assignment: a,
+        objects_urls,
+    })
 }
 
 /// Why a channel head was not taken.
@@ -351,6 +403,40 @@ mod tests {
         // Signed by the release key: the wrong role.
         let bad = answer(&a, &a.sign(&release));
         assert!(verify_assignment(&bad, "m1", &t).is_err());
+    }
+
+    #[test]
+    fn objects_urls_count_only_with_their_own_signature() {
+        let fleet = SecretKey::generate().unwrap();
+        let release = SecretKey::generate().unwrap();
+        let t = trusted(&fleet, &release);
+        let a = sample(None);
+        let urls = vec!["http://127.0.0.1:9/os".to_string()];
+        let plain = answer(&a, &a.sign(&fleet));
+        assert!(verify_assignment(&plain, "m1", &t).unwrap().objects_urls.is_empty());
+        let mut with = plain.clone();
+        with["objects_urls"] = serde_json::json!(urls);
+        with["objects_signature"] = a.sign_objects(&urls, &fleet).sig_hex().into();
+        assert_eq!(verify_assignment(&with, "m1", &t).unwrap().objects_urls, urls);
+        // Another URL under the signature, no signature, the release key's,
+        // or one made for another assignment: the assignment stands, the
+        // URLs are ignored.
+        let mut moved = with.clone();
+        moved["objects_urls"] = serde_json::json!(["http://evil.example.org"]);
+        let mut unsigned = with.clone();
+        unsigned.as_object_mut().unwrap().remove("objects_signature");
+        let mut by_release = with.clone();
+        by_release["objects_signature"] = a.sign_objects(&urls, &release).sig_hex().into();
+        let mut other = a.clone();
+        other.issued_at += 1;
+        let mut replayed = with.clone();
+        replayed["objects_signature"] = other.sign_objects(&urls, &fleet).sig_hex().into();
+        for bad in [moved, unsigned, by_release, replayed] {
+            assert!(
+                verify_assignment(&bad, "m1", &t).unwrap().objects_urls.is_empty(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -351,7 +351,7 @@ enum Asked {
     /// The answer was stale: the pass ended there, recorded and reported.
     Ended(Outcome),
     /// A verified assignment, fresh and signed by a trusted fleet key.
-    Fresh(slate_core::trust::Assignment),
+    Fresh(crate::trust::Verified),
 }
 
 /// Ask the fleet servers for the assignment and check it as every pass
@@ -382,7 +382,7 @@ fn ask_fleet(
     let checked = crate::trust::refresh(cfg, http, trusted, now_s, !dry_run)
         .and_then(|_| crate::trust::verify_assignment(&answer, &who.id, trusted));
     let verified = match checked {
-        Ok(v) => v.assignment,
+        Ok(v) => v,
         Err(e @ Error::Untrusted(_)) if !dry_run => {
             return Err(failed_pass(cfg, state, http, who, "refused", e, None));
         }
@@ -391,7 +391,7 @@ fn ask_fleet(
     if let Some(why) = trust_expired(trusted, now_s) {
         return stale(cfg, state, http, who, dry_run, "assignment", why).map(Asked::Ended);
     }
-    if let Err(why) = crate::trust::freshness(&verified, state.assignment_issued_at, now_s) {
+    if let Err(why) = crate::trust::freshness(&verified.assignment, state.assignment_issued_at, now_s) {
         return stale(cfg, state, http, who, dry_run, "assignment", why).map(Asked::Ended);
     }
     Ok(Asked::Fresh(verified))
@@ -427,7 +427,7 @@ fn run_ab(cfg: &Config, dry_run: bool, wait_lock: bool, progress: &dyn Progress)
     let mut state = State::load(&cfg.state_dir)?;
     let mut trusted = crate::trust::load(cfg)?;
     let who = identity::detect(cfg.machine_id.as_deref(), &cfg.labels);
-    let http = cfg.http()?;
+    let mut http = cfg.http()?;
 
     // An offline install from a live medium: the medium's snapshot, its
     // content read from the verified live root; no server is asked.
@@ -448,7 +448,10 @@ fn run_ab(cfg: &Config, dry_run: bool, wait_lock: bool, progress: &dyn Progress)
         return finish_pass(cfg, &mut state, &http, &http, &who, target, dry_run, result);
     }
     let verified = match ask_fleet(cfg, &mut state, &mut trusted, &http, &who, dry_run)? {
-        Asked::Fresh(v) => v,
+        Asked::Fresh(v) => {
+            http.set_objects_urls(&v.objects_urls);
+            v.assignment
+        }
         Asked::Ended(outcome) => return Ok(outcome),
         Asked::Offline(why) => {
             return match cfg.mirror_http()? {
@@ -499,9 +502,12 @@ fn run_netboot(cfg: &Config, dry_run: bool, wait_lock: bool) -> Result<Outcome> 
     let mut state = State::load(&cfg.state_dir)?;
     let mut trusted = crate::trust::load(cfg)?;
     let who = identity::detect(cfg.machine_id.as_deref(), &cfg.labels);
-    let http = cfg.http()?;
+    let mut http = cfg.http()?;
     let verified = match ask_fleet(cfg, &mut state, &mut trusted, &http, &who, dry_run)? {
-        Asked::Fresh(v) => v,
+        Asked::Fresh(v) => {
+            http.set_objects_urls(&v.objects_urls);
+            v.assignment
+        }
         Asked::Ended(outcome) => return Ok(outcome),
         // Mirrors are not followed: a pass here writes nothing, and the
         // initramfs finds its snapshot by itself at the next boot.

@@ -276,6 +276,12 @@ pub enum Command {
         /// frozen mirror is noticed soon.
         #[arg(long, value_name = "TIME", default_value = "1d", value_parser = parse_duration)]
         head_ttl: u64,
+        /// Base URL (http:// or https://) where machines fetch immutable objects (packs, snapshot
+        /// records, deltas) by their repository paths: a bucket's web endpoint, a CDN, or a web
+        /// server over the repository directory; named in every signed assignment, in the order
+        /// given (repeat it for several). Needs --fleet-key. Machines fall back to this server.
+        #[arg(long, value_name = "URL")]
+        objects_url: Vec<String>,
     },
     /// The fleet as the server sees it; machine tokens.
     Fleet {

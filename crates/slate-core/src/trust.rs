@@ -28,9 +28,17 @@ pub const TRUST_DOMAIN: &[u8] = b"slate trust document v1";
 pub const HEAD_DOMAIN: &[u8] = b"slate channel head v1";
 /// Domain of a live image record signature (release role).
 pub const LIVE_DOMAIN: &[u8] = b"slate live image v1";
+/// Domain of the objects URLs that go with an assignment (fleet role).
+pub const OBJECTS_DOMAIN: &[u8] = b"slate fleet objects v1";
 
 const ASSIGNMENT_MAGIC: &[u8; 8] = b"SLATEAS\0";
 const ASSIGNMENT_VERSION: u32 = 1;
+const OBJECTS_MAGIC: &[u8; 8] = b"SLATEOB\0";
+const OBJECTS_VERSION: u32 = 1;
+/// Most objects URLs an assignment may name.
+pub const MAX_OBJECTS_URLS: usize = 16;
+/// Longest objects URL.
+pub const MAX_OBJECTS_URL_LEN: usize = 512;
 /// Longest state policy an assignment may carry.
 pub const MAX_POLICY_LEN: usize = 1 << 20;
 
@@ -133,6 +141,91 @@ impl Assignment {
             .map_err(|_| Error::Signature("the assignment's signature does not verify (tampered?)".into()))?;
         Ok(sig.key)
     }
+}
+
+impl Assignment {
+    /// The canonical bytes of the statement "machines holding this very
+    /// assignment may fetch immutable objects from `urls`", signed apart
+    /// from the assignment (domain [`OBJECTS_DOMAIN`]) so that the
+    /// assignment's own signature, and every agent that checks only that,
+    /// stay as they were; the whole assignment encoding is inside, so the
+    /// URLs cannot be moved onto another machine's or an older assignment.
+    pub fn objects_statement(&self, urls: &[String]) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(OBJECTS_MAGIC);
+        w.varint(OBJECTS_VERSION as u64);
+        w.bytes(&self.encode());
+        w.varint(urls.len() as u64);
+        for u in urls {
+            w.bytes(u.as_bytes());
+        }
+        w.buf
+    }
+
+    /// Sign the objects URLs of this assignment with the fleet key.
+    pub fn sign_objects(&self, urls: &[String], key: &SecretKey) -> Signature {
+        Signature {
+            key: key.public(),
+            sig: key.sign(OBJECTS_DOMAIN, &self.objects_statement(urls)),
+        }
+    }
+
+    /// Check that `sig` is `signer`'s signature of `urls` for this
+    /// assignment, and that the URLs are well formed ([`check_objects_url`]).
+    pub fn verify_objects(&self, urls: &[String], sig: &Signature, signer: &PublicKey) -> Result<()> {
+        if sig.key != *signer {
+            return Err(Error::Signature(format!(
+                "the objects URLs are signed by key {}, not by the key of the assignment ({})",
+                sig.key.fingerprint(),
+                signer.fingerprint()
+            )));
+        }
+        if urls.is_empty() || urls.len() > MAX_OBJECTS_URLS {
+            return Err(Error::Signature(format!(
+                "an assignment names 1 to {MAX_OBJECTS_URLS} objects URLs, not {}",
+                urls.len()
+            )));
+        }
+        for u in urls {
+            check_objects_url(u).map_err(Error::Signature)?;
+        }
+        sig.key
+            .verify(OBJECTS_DOMAIN, &self.objects_statement(urls), &sig.sig)
+            .map_err(|_| Error::Signature("the signature of the objects URLs does not verify (tampered?)".into()))
+    }
+}
+
+/// Whether `url` may be an objects URL: `http://` or `https://` with a
+/// host, at most [`MAX_OBJECTS_URL_LEN`] printable ASCII characters, no
+/// spaces, no query or fragment (object paths are appended to it), no
+/// trailing `/`. `Err` says what is wrong.
+pub fn check_objects_url(url: &str) -> std::result::Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("objects URL {url:?} must start with http:// or https://"))?;
+    if url.len() > MAX_OBJECTS_URL_LEN {
+        return Err(format!(
+            "objects URL {url:.40}... is longer than {MAX_OBJECTS_URL_LEN} characters"
+        ));
+    }
+    if !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "objects URL {url:?} holds spaces or characters that are not printable ASCII"
+        ));
+    }
+    if url.contains(['?', '#']) {
+        return Err(format!(
+            "objects URL {url:?} has a query or fragment; object paths are appended to it"
+        ));
+    }
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("objects URL {url:?} names no host"));
+    }
+    if url.ends_with('/') {
+        return Err(format!("objects URL {url:?} ends with '/'"));
+    }
+    Ok(())
 }
 
 /// One signature: who and what.
@@ -682,6 +775,51 @@ mod tests {
             issued_at: 1_800_000_000,
             expires_at: 1_800_086_400,
         }
+    }
+
+    #[test]
+    fn objects_urls_are_bound_to_their_assignment_and_key() {
+        let key = SecretKey::generate().unwrap();
+        let other = SecretKey::generate().unwrap();
+        let a = sample();
+        let urls = vec!["https://cdn.example.org/os".to_string()];
+        let sig = a.sign_objects(&urls, &key);
+        a.verify_objects(&urls, &sig, &key.public()).unwrap();
+        // Another URL, another assignment, another signer: refused.
+        let moved = vec!["https://evil.example.org/os".to_string()];
+        assert!(a.verify_objects(&moved, &sig, &key.public()).is_err());
+        let mut later = a.clone();
+        later.issued_at += 1;
+        assert!(later.verify_objects(&urls, &sig, &key.public()).is_err());
+        assert!(a.verify_objects(&urls, &sig, &other.public()).is_err());
+        let by_other = a.sign_objects(&urls, &other);
+        assert!(a.verify_objects(&urls, &by_other, &key.public()).is_err());
+        // An assignment signature is not an objects signature.
+        let asig = a.sign(&key);
+        assert!(a.verify_objects(&urls, &asig, &key.public()).is_err());
+        assert!(a
+            .verify_objects(&[], &a.sign_objects(&[], &key), &key.public())
+            .is_err());
+    }
+
+    #[test]
+    fn objects_urls_are_checked() {
+        for ok in ["http://127.0.0.1:8080", "https://b.s3.example.org/prefix/os"] {
+            check_objects_url(ok).unwrap();
+        }
+        for bad in [
+            "ftp://x",
+            "http://",
+            "https:///x",
+            "http://x/",
+            "http://x/a b",
+            "http://x/?a=1",
+            "http://x/#f",
+            "s3://b/p",
+        ] {
+            assert!(check_objects_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_objects_url(&format!("http://x/{}", "a".repeat(600))).is_err());
     }
 
     #[test]

@@ -125,6 +125,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             fleet_key,
             assignment_ttl,
             head_ttl,
+            objects_url,
         } => serve::run(
             &repo.repo,
             &listen,
@@ -149,6 +150,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     min_upload_rate,
                 },
                 fleet_key: fleet_key.map(|k| (k, assignment_ttl, head_ttl)),
+                objects_urls: objects_url,
             },
             tls_cert.zip(tls_key),
         ),

@@ -50,6 +50,8 @@ pub struct Access {
     /// key that signs assignments and channel heads, and how long each
     /// stays fresh.
     pub fleet_key: Option<(PathBuf, u64, u64)>,
+    /// `--objects-url`, checked: where agents fetch immutable objects.
+    pub objects_urls: Vec<String>,
 }
 
 /// Run `slate serve`; `access.fleet_key` is the key that signs assignments and
@@ -63,6 +65,19 @@ pub fn run(
     access: &Access,
     tls: Option<(PathBuf, PathBuf)>,
 ) -> Result<ExitCode> {
+    // Checked before anything else, with a trailing `/` dropped, so that a
+    // mistyped URL is one line here rather than a clap usage screen.
+    let mut objects_urls = Vec::new();
+    for u in &access.objects_urls {
+        let url = u.trim().trim_end_matches('/').to_string();
+        slate_core::trust::check_objects_url(&url).map_err(|e| anyhow::anyhow!("--objects-url: {e}"))?;
+        objects_urls.push(url);
+    }
+    if !objects_urls.is_empty() && access.fleet_key.is_none() {
+        // Agents take objects URLs only from a signed assignment: without
+        // a key they would never be used, which is a setup mistake.
+        anyhow::bail!("--objects-url needs --fleet-key: machines take objects URLs only from signed assignments");
+    }
     let repo = super::open(repo_path)?;
     if let Some(url) = super::object_url(repo_path) {
         // The fleet's database and machines' private data are mutable and
@@ -128,9 +143,16 @@ pub fn run(
                 "signing assignments and channel heads with fleet key {}",
                 key.public().fingerprint()
             );
-            state = state
-                .with_signer(slate_server::fleet::sign::Signer::new(key, *assignment_ttl).with_head_ttl(*head_ttl));
-            note
+            let signer = slate_server::fleet::sign::Signer::new(key, *assignment_ttl)
+                .with_head_ttl(*head_ttl)
+                .with_objects_urls(objects_urls.clone())
+                .map_err(|e| anyhow::anyhow!("--objects-url: {e}"))?;
+            state = state.with_signer(signer);
+            if objects_urls.is_empty() {
+                note
+            } else {
+                format!("{note}; machines fetch objects from {} first", objects_urls.join(", "))
+            }
         }
         None => "slate: warning: no --fleet-key: assignments are unsigned and agents will refuse them; channel heads are served as `slate pull` kept them".to_string(),
     };

@@ -46,6 +46,8 @@ use crate::treedigest::{assert_same_tree, digest};
 mod hostile;
 #[path = "agent_netboot.rs"]
 mod netboot;
+#[path = "agent_objects.rs"]
+mod objects;
 #[path = "agent_replicas.rs"]
 mod replicas;
 #[path = "sitecache.rs"]
@@ -78,6 +80,8 @@ struct Lab {
     /// The fleet database's `--db` when it is not the local `fleet.db`
     /// (a PostgreSQL URL that several servers share).
     db: Option<String>,
+    /// More `slate serve` arguments (`--objects-url ...`).
+    extra_serve: Vec<String>,
     /// The S3 server, stopped after everything above.
     s3: Option<slate_s3::test_server::TestS3>,
 }
@@ -99,6 +103,7 @@ impl Lab {
             env: Vec::new(),
             local: None,
             db: None,
+            extra_serve: Vec::new(),
             s3: None,
         }
     }
@@ -124,6 +129,7 @@ impl Lab {
             env,
             local: Some(local),
             db: None,
+            extra_serve: Vec::new(),
             s3: Some(s3),
         }
     }
@@ -209,6 +215,7 @@ impl Lab {
         .map(String::from)
         .to_vec();
         args.extend(self.local_args());
+        args.extend(self.extra_serve.iter().cloned());
         args
     }
 

@@ -77,10 +77,6 @@ impl SiteCache {
     /// Start nginx in `prefix` (created) in front of `origin` (`http://HOST:PORT`).
     /// None when nginx is not installed.
     pub(crate) fn start(prefix: &Path, origin: &str) -> Option<SiteCache> {
-        let Some(bin) = nginx_bin() else {
-            crate::support::skip("nginx is not installed (scripts/setup.sh installs it)");
-            return None;
-        };
         std::fs::create_dir_all(prefix.join("cache")).unwrap();
         let origin = origin.strip_prefix("http://").expect("a plain http origin");
         let port = free_port();
@@ -88,17 +84,44 @@ impl SiteCache {
         let site = substitute(&site, "server 127.0.0.1:8470;", &format!("server {origin};"));
         let site = substitute(&site, "listen 8480;", &format!("listen 127.0.0.1:{port};"));
         let site = substitute(&site, "/var/cache/nginx/slate ", &format!("{}/cache ", s(prefix)));
+        Self::run(prefix, port, &site)
+    }
+
+    /// Start nginx in `prefix` (created) as a plain web server of the
+    /// repository objects under `root` (packs, snapshot records, deltas,
+    /// at any depth: the configuration docs/scale.md shows for an objects
+    /// URL), as a bucket's web endpoint or a CDN origin would serve them:
+    /// static files, ranges answered 206, anything else 404. None when
+    /// nginx is not installed.
+    pub(crate) fn static_files(prefix: &Path, root: &Path) -> Option<SiteCache> {
+        std::fs::create_dir_all(prefix).unwrap();
+        let port = free_port();
+        let site = format!(
+            "server {{\n  listen 127.0.0.1:{port};\n  root {};\n  location / {{ return 404; }}\n  \
+             location ~ \"/(packs|snapshots|deltas)/[0-9a-f]{{2,64}}/[0-9a-f]{{64}}\\.(pack|snap|delta)$\" {{ }}\n}}\n",
+            s(root)
+        );
+        Self::run(prefix, port, &site)
+    }
+
+    /// Run nginx with `site` (listening on `port`) in its `http { }` block.
+    fn run(prefix: &Path, port: u16, site: &str) -> Option<SiteCache> {
+        let Some(bin) = nginx_bin() else {
+            crate::support::skip("nginx is not installed (scripts/setup.sh installs it)");
+            return None;
+        };
         std::fs::write(prefix.join("site.conf"), site).unwrap();
         let p = s(prefix);
         // The main file a distribution's nginx.conf would be, confined to
         // the prefix; workers run as the test's user (root in CI, whose
-        // scratch directory `nobody` could not write).
+        // scratch directory `nobody` could not write). The log shows the
+        // Authorization header a client sent ("-": none).
         let user = if crate::support::is_root() { "user root;\n" } else { "" };
         let main = format!(
             "{user}daemon off;\nworker_processes 2;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n\
-               log_format cache '$request_method $uri range=$http_range status=$status bytes=$body_bytes_sent cache=$upstream_cache_status';\n\
+               log_format cache '$request_method $uri range=$http_range status=$status bytes=$body_bytes_sent auth=$http_authorization cache=$upstream_cache_status';\n\
                access_log {p}/access.log cache;\n\
                client_body_temp_path {p}/body;\n proxy_temp_path {p}/proxy;\n fastcgi_temp_path {p}/fastcgi;\n\
                uwsgi_temp_path {p}/uwsgi;\n scgi_temp_path {p}/scgi;\n\
@@ -152,12 +175,12 @@ impl SiteCache {
 
 /// One request the origin answered, from its log line.
 #[derive(Debug, Clone)]
-struct OriginRequest {
-    method: String,
-    uri: String,
-    range: String,
-    status: u16,
-    bytes: Option<u64>,
+pub(crate) struct OriginRequest {
+    pub method: String,
+    pub uri: String,
+    pub range: String,
+    pub status: u16,
+    pub bytes: Option<u64>,
 }
 
 /// The value of field `key` in a log line (`{key=` or ` key=`), up to the
@@ -175,7 +198,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// The requests in the origin's log (`slate serve`'s access log at info).
-fn origin_requests(log: &str) -> Vec<OriginRequest> {
+pub(crate) fn origin_requests(log: &str) -> Vec<OriginRequest> {
     log.lines()
         .filter(|l| l.contains("finished processing request"))
         .map(|l| OriginRequest {

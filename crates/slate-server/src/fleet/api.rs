@@ -98,6 +98,16 @@ pub struct Assignment {
     /// `snapshot`, which is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<super::rollout::Place>,
+    /// Base URLs where the machine may fetch immutable objects by their
+    /// repository paths (`slate serve --objects-url`); absent when none.
+    /// Agents that do not know the field ignore it: `signature` does not
+    /// cover it, `objects_signature` does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects_urls: Vec<String>,
+    /// The fleet key's signature of `objects_urls` bound to this very
+    /// assignment (`docs/format/trust.md`, "Objects URLs").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects_signature: Option<String>,
 }
 
 /// The last update pass in a report. Absent fields stay absent when
@@ -399,6 +409,8 @@ pub fn resolve(repo: &Repo, fleet: &FleetConfig, m: &Machine) -> ApiResult<Assig
         key: None,
         signature: None,
         rollout: None,
+        objects_urls: Vec::new(),
+        objects_signature: None,
     })
 }
 

@@ -35,6 +35,9 @@ pub struct Signer {
     /// The last issue time handed out: issue times never go back, even
     /// when the server's clock does.
     last: AtomicU64,
+    /// Where agents may fetch immutable objects (`--objects-url`), named
+    /// in every assignment with a signature of their own.
+    objects: Vec<String>,
 }
 
 impl Signer {
@@ -45,7 +48,25 @@ impl Signer {
             ttl: ttl_secs.max(1),
             head_ttl: ttl_secs.max(1),
             last: AtomicU64::new(0),
+            objects: Vec::new(),
         }
+    }
+
+    /// Name `urls` (checked by [`trust::check_objects_url`], at most
+    /// [`trust::MAX_OBJECTS_URLS`]) as objects URLs in every assignment.
+    pub fn with_objects_urls(mut self, urls: Vec<String>) -> Result<Self, String> {
+        if urls.len() > trust::MAX_OBJECTS_URLS {
+            return Err(format!(
+                "at most {} --objects-url may be given, not {}",
+                trust::MAX_OBJECTS_URLS,
+                urls.len()
+            ));
+        }
+        for u in &urls {
+            trust::check_objects_url(u)?;
+        }
+        self.objects = urls;
+        Ok(self)
     }
 
     /// Channel heads expire `secs` after they are signed.
@@ -95,6 +116,10 @@ impl Signer {
         a.expires_at = Some(signed.expires_at);
         a.key = Some(sig.key_hex());
         a.signature = Some(sig.sig_hex());
+        if !self.objects.is_empty() {
+            a.objects_urls = self.objects.clone();
+            a.objects_signature = Some(signed.sign_objects(&self.objects, &self.key).sig_hex());
+        }
         Ok(())
     }
 }
@@ -202,6 +227,8 @@ mod tests {
             key: None,
             signature: None,
             rollout: None,
+            objects_urls: Vec::new(),
+            objects_signature: None,
         }
     }
 
@@ -231,5 +258,44 @@ mod tests {
         let mut b = sample();
         signer.sign(&mut b).unwrap();
         assert_eq!(b.issued_at, Some(issued + 1000));
+        // Without --objects-url the answer is what it always was.
+        assert!(a.objects_urls.is_empty() && a.objects_signature.is_none());
+        let json = serde_json::to_value(&a).unwrap();
+        assert!(json.get("objects_urls").is_none() && json.get("objects_signature").is_none());
+    }
+
+    #[test]
+    fn objects_urls_are_signed_apart_and_the_assignment_signature_is_unchanged() {
+        let key = SecretKey::generate().unwrap();
+        let public = key.public();
+        let urls = vec![
+            "https://cdn.example.org/os".to_string(),
+            "http://10.0.0.5/os".to_string(),
+        ];
+        let signer = Signer::new(key, 3600).with_objects_urls(urls.clone()).unwrap();
+        let mut a = sample();
+        signer.sign(&mut a).unwrap();
+        assert_eq!(a.objects_urls, urls);
+        let signed = trust::Assignment {
+            machine: a.machine.clone(),
+            channel: a.channel.clone(),
+            snapshot: SnapshotId::from_hex(&a.snapshot).unwrap(),
+            pinned: a.pinned,
+            rule: a.rule.clone(),
+            state_policy: a.state_policy.clone(),
+            issued_at: a.issued_at.unwrap(),
+            expires_at: a.expires_at.unwrap(),
+        };
+        // What an agent that knows nothing of objects URLs checks.
+        let sig = trust::Signature::from_hex(a.key.as_deref().unwrap(), a.signature.as_deref().unwrap()).unwrap();
+        signed.verify(&sig, &[public]).unwrap();
+        let osig =
+            trust::Signature::from_hex(a.key.as_deref().unwrap(), a.objects_signature.as_deref().unwrap()).unwrap();
+        signed.verify_objects(&urls, &osig, &public).unwrap();
+        for bad in [vec!["ftp://x".to_string()], vec!["http://x/".to_string()]] {
+            assert!(Signer::new(SecretKey::generate().unwrap(), 1)
+                .with_objects_urls(bad)
+                .is_err());
+        }
     }
 }

@@ -435,6 +435,8 @@ fn assignments_in_a_rollout_cost_microseconds() {
         key: None,
         signature: None,
         rollout: None,
+        objects_urls: Vec::new(),
+        objects_signature: None,
     };
     let started = std::time::Instant::now();
     let mut on_new = 0;
