@@ -1,7 +1,8 @@
 //! The fleet: which machine runs which channel ([`config`], FLEET.toml),
 //! what machines report ([`store`], with [`sqlite`] as the default
 //! backend and [`postgres`] for large fleets, chosen by [`db`]), and the
-//! HTTP endpoints over both ([`api`]).
+//! HTTP endpoints over both ([`api`]); what the web dashboard reads
+//! ([`view`]).
 
 pub mod api;
 pub mod config;
@@ -11,11 +12,14 @@ pub mod postgres;
 pub mod sign;
 pub mod sqlite;
 pub mod store;
+pub mod view;
 
 #[cfg(test)]
 mod store_tests;
 #[cfg(test)]
 pub(crate) mod testdb;
+#[cfg(test)]
+mod view_tests;
 
 pub use config::{FleetConfig, FleetFileError};
 pub use db::{Database, FleetDb};
