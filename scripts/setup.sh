@@ -7,12 +7,14 @@
 # run their own nginx from a temporary prefix; Debian's nginx has the slice
 # module built in. The package's own service is not used (it is stopped and
 # disabled if installing it started it).
+# chromium, fonts-dejavu-core: the dashboard's browser test drives headless
+# Chromium over the DevTools protocol (crates/slate-cli/tests/it/dashboard.rs).
 set -euo pipefail
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS=(build-essential pkg-config ca-certificates python3 debootstrap attr acl zstd rsync e2fsprogs util-linux time grub-common
       gdisk dosfstools mtools grub-pc-bin systemd-boot-efi ovmf restic git
       squashfs-tools xorriso grub-efi-amd64-bin cryptsetup-bin fuse3 netcat-openbsd
-      postgresql python3-venv nginx)
+      postgresql python3-venv nginx chromium fonts-dejavu-core)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
