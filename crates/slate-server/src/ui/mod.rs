@@ -74,14 +74,17 @@ pub fn redirect(to: &str) -> Response {
 }
 
 /// Headers every dashboard answer carries: no caching of fleet data, the
-/// CSP, no framing, no sniffing, no referrer (machine ids are in URLs).
+/// CSP, no framing, no sniffing, no referrer to other sites (machine ids
+/// are in URLs).
 fn secure_headers(r: &mut Response) {
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Same-origin: other sites get no referrer, while our own forms keep
+    // their Origin header (with no-referrer a browser sends `null`).
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
 }
 
 /// A whole page: `title`, the navigation bar (`current` is the path of the
@@ -214,8 +217,12 @@ fn same_origin(headers: &HeaderMap) -> bool {
             return false;
         }
     }
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     match headers.get(header::ORIGIN).map(|v| v.to_str()) {
         None => true,
+        // A browser whose referrer policy hides the origin says "null";
+        // its Sec-Fetch-Site must then vouch for the form.
+        Some(Ok("null")) => site == Some("same-origin"),
         Some(Ok(origin)) => {
             let rest = origin
                 .strip_prefix("https://")
