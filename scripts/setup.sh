@@ -11,12 +11,14 @@
 # runs its own slapd on a free 127.0.0.1 port from a temporary directory,
 # loaded with slapadd and changed with ldapmodify; the package's own server
 # is stopped and disabled as nginx's is, so it does not hold port 389.
+# chromium, fonts-dejavu-core: the dashboard's browser test drives headless
+# Chromium over the DevTools protocol (crates/slate-cli/tests/it/dashboard.rs).
 set -euo pipefail
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS=(build-essential pkg-config ca-certificates python3 debootstrap attr acl zstd rsync e2fsprogs util-linux time grub-common
       gdisk dosfstools mtools grub-pc-bin systemd-boot-efi ovmf restic git
       squashfs-tools xorriso grub-efi-amd64-bin cryptsetup-bin fuse3 netcat-openbsd
-      postgresql python3-venv nginx slapd ldap-utils)
+      postgresql python3-venv nginx slapd ldap-utils chromium fonts-dejavu-core)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

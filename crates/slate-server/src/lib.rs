@@ -3,7 +3,8 @@
 //! (assignments, reports, the machines table) over a small store trait.
 //! Machines enrolled with a token ([`auth`]) keep private state blobs and
 //! encrypted home repositories on it ([`private`], over [`blobs`]).
-//! Diskless machines boot from it with iPXE ([`netboot`]).
+//! Diskless machines boot from it with iPXE ([`netboot`]). The
+//! administrator's web dashboard is under `/ui/` ([`ui`]).
 //! The protocol is `docs/format/http.md`; the fleet file `docs/fleet.md`.
 //!
 //! [`app`] builds the router from an [`AppState`]; it is what the tests
@@ -25,6 +26,7 @@ pub mod range;
 pub mod server;
 #[cfg(any(test, feature = "test-postgres"))]
 pub mod testpg;
+pub mod ui;
 pub mod upload;
 
 use std::sync::Arc;
@@ -190,6 +192,8 @@ pub fn app(state: AppState) -> Router {
                 .delete(private::home_delete)
                 .layer(DefaultBodyLimit::disable()),
         )
+        // The web dashboard (docs/operations.md, "Dashboard").
+        .merge(ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -4,6 +4,7 @@ mod agent;
 mod apply;
 mod boot;
 mod cli;
+mod dashboard;
 mod diskless;
 mod enroll;
 mod fidelity;

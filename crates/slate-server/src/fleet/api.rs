@@ -502,9 +502,22 @@ async fn resolve_blocking(st: &AppState, machine: &Machine, record: bool) -> Api
     Ok(tokio::task::spawn_blocking(move || {
         let answer = resolve_with_rollout(&st2, &fleet, &machine);
         if record {
-            let channel = answer.as_ref().ok().map(|a| a.channel.as_str());
             // Bookkeeping must not cost a machine its assignment: log and go on.
-            if let Err(e) = store.record_assignment(&machine.id, machine.hostname.as_deref(), channel, now()) {
+            let recorded = match &answer {
+                Ok(a) => store.record_assigned(
+                    &machine.id,
+                    &super::view::AssignedRecord {
+                        hostname: machine.hostname.clone(),
+                        channel: a.channel.clone(),
+                        rule: a.rule.clone(),
+                        snapshot: a.snapshot.clone(),
+                        labels: to_json(&machine.labels),
+                    },
+                    now(),
+                ),
+                Err(_) => store.record_assignment(&machine.id, machine.hostname.as_deref(), None, now()),
+            };
+            if let Err(e) = recorded {
                 tracing::error!("{e}");
             }
         }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use super::store::{Enrollment, FleetStore, MachineRow, ReportRecord, StoreError, TokenRow, TokenStore};
+use super::view::{AssignedRecord, CountBy, MachinePage, MachineQuery, MachineView, StoredReport};
 
 /// Where the fleet store is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +112,26 @@ impl FleetStore for FleetDb {
 
     fn machines(&self) -> Result<Vec<MachineRow>, StoreError> {
         either!(self, s => s.machines())
+    }
+
+    fn record_assigned(&self, machine: &str, a: &AssignedRecord, now: u64) -> Result<(), StoreError> {
+        either!(self, s => s.record_assigned(machine, a, now))
+    }
+
+    fn machine_page(&self, q: &MachineQuery, now: u64) -> Result<MachinePage, StoreError> {
+        either!(self, s => s.machine_page(q, now))
+    }
+
+    fn machine_view(&self, machine: &str, now: u64) -> Result<Option<MachineView>, StoreError> {
+        either!(self, s => s.machine_view(machine, now))
+    }
+
+    fn machine_reports(&self, machine: &str, limit: usize) -> Result<Vec<StoredReport>, StoreError> {
+        either!(self, s => s.machine_reports(machine, limit))
+    }
+
+    fn machine_counts(&self, by: CountBy) -> Result<Vec<(String, u64)>, StoreError> {
+        either!(self, s => s.machine_counts(by))
     }
 }
 

@@ -2,7 +2,7 @@
 //! what machines report ([`store`], with [`sqlite`] as the default
 //! backend and [`postgres`] for large fleets, chosen by [`db`]), and the
 //! HTTP endpoints over both ([`api`]); phased rollouts of new heads
-//! ([`rollout`]).
+//! ([`rollout`]); what the web dashboard reads ([`view`]).
 
 pub mod api;
 pub mod config;
@@ -14,11 +14,14 @@ pub mod rollout;
 pub mod sign;
 pub mod sqlite;
 pub mod store;
+pub mod view;
 
 #[cfg(test)]
 mod store_tests;
 #[cfg(test)]
 pub(crate) mod testdb;
+#[cfg(test)]
+mod view_tests;
 
 pub use config::{FleetConfig, FleetFileError};
 pub use db::{Database, FleetDb};

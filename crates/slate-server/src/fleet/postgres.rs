@@ -4,14 +4,17 @@
 //! set it up.
 //!
 //! The same two tables as the SQLite store ([`super::sqlite`]), built by
-//! the same three steps, so a schema version means the same thing in both:
+//! the same steps, so a schema version means the same thing in both:
 //!
 //! ```text
 //! machines(id TEXT COLLATE "C" PRIMARY KEY, first_seen, last_seen BIGINT, -- Unix seconds
 //!          hostname, channel, current, target, active_slot TEXT,
 //!          slots, last_update, boot JSONB,                                -- checked documents
 //!          report TEXT,                                                   -- the report as received
-//!          mode TEXT, cache JSONB)                                        -- since version 3
+//!          mode TEXT, cache JSONB,                                        -- since version 3
+//!          rule, assigned TEXT, labels JSONB)                             -- since version 5
+//! machine_reports(seq BIGSERIAL PRIMARY KEY, machine TEXT,                -- since version 5:
+//!                 received BIGINT, report TEXT)                           -- the last reports
 //! machine_tokens(machine TEXT COLLATE "C" PRIMARY KEY,                    -- since version 2
 //!                token_hash TEXT UNIQUE, enrolled BIGINT)
 //! slate_schema(only_row BOOLEAN PRIMARY KEY, version INTEGER)             -- one row
@@ -38,6 +41,7 @@ use ::postgres::{Client, Config, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::store::{Enrollment, FleetStore, MachineRow, ReportRecord, StoreError, TokenRow, TokenStore};
+use super::view::{AssignedRecord, CountBy, MachinePage, MachineQuery, MachineView, StoredReport};
 
 /// The schema this code writes: the number of [`MIGRATIONS`].
 const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -45,7 +49,13 @@ const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 /// `MIGRATIONS[v]` turns a database of schema version `v` into one of
 /// version `v + 1` (version 0 has no slate tables). The steps mirror the
 /// SQLite store's; like them, a released step never changes.
-pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, super::rollout::postgres::SCHEMA_V4];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1,
+    SCHEMA_V2,
+    SCHEMA_V3,
+    super::rollout::postgres::SCHEMA_V4,
+    SCHEMA_V5,
+];
 
 /// Version 1: the machines table.
 const SCHEMA_V1: &str = r#"
@@ -78,6 +88,24 @@ CREATE TABLE machine_tokens (
 const SCHEMA_V3: &str = "
 ALTER TABLE machines ADD COLUMN mode TEXT, ADD COLUMN cache JSONB;
 ";
+
+/// Version 5: for the web dashboard, as in the SQLite store: the latest
+/// assignment's rule and snapshot, the labels, the last reports of each
+/// machine, and indexes for the dashboard's filters and sorts.
+const SCHEMA_V5: &str = r#"
+ALTER TABLE machines ADD COLUMN rule TEXT, ADD COLUMN assigned TEXT, ADD COLUMN labels JSONB;
+CREATE TABLE machine_reports (
+    seq      BIGSERIAL PRIMARY KEY,
+    machine  TEXT COLLATE "C" NOT NULL,
+    received BIGINT NOT NULL,
+    report   TEXT NOT NULL
+);
+CREATE INDEX machine_reports_by_machine ON machine_reports (machine, seq);
+CREATE INDEX machines_by_channel ON machines (channel, id);
+CREATE INDEX machines_by_rule ON machines (rule, id);
+CREATE INDEX machines_by_last_seen ON machines (last_seen, id);
+CREATE INDEX machines_by_hostname ON machines (hostname, id);
+"#;
 
 /// Where the schema version is kept: one row, created before the first
 /// step (PostgreSQL has no `user_version` to hold it).
@@ -342,9 +370,11 @@ impl FleetStore for PostgresStore {
         const WHAT: &str = "recording a report";
         // JSON goes as text and is cast by the server: the driver's own
         // JSONB encoding would need another feature for the same bytes.
-        self.client(WHAT)?
-            .execute(
-                "INSERT INTO machines (id, first_seen, last_seen, hostname, current, target,
+        let mut c = self.client(WHAT)?;
+        // The row and the history change together.
+        let mut tx = c.transaction().map_err(err(&self.name, WHAT))?;
+        tx.execute(
+            "INSERT INTO machines (id, first_seen, last_seen, hostname, current, target,
                                        active_slot, slots, last_update, boot, report, mode, cache)
                  VALUES ($1, $2, $2, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb, $9::text::jsonb,
                          $10, $11, $12::text::jsonb)
@@ -360,23 +390,45 @@ impl FleetStore for PostgresStore {
                     report = excluded.report,
                     mode = excluded.mode,
                     cache = excluded.cache",
-                &[
-                    &r.machine,
-                    &secs(now),
-                    &r.hostname,
-                    &r.current,
-                    &r.target,
-                    &r.active_slot,
-                    &json_text(&r.slots),
-                    &json_text(&r.last_update),
-                    &json_text(&r.boot),
-                    &r.raw,
-                    &r.mode,
-                    &json_text(&r.cache),
-                ],
-            )
-            .map_err(err(&self.name, WHAT))?;
+            &[
+                &r.machine,
+                &secs(now),
+                &r.hostname,
+                &r.current,
+                &r.target,
+                &r.active_slot,
+                &json_text(&r.slots),
+                &json_text(&r.last_update),
+                &json_text(&r.boot),
+                &r.raw,
+                &r.mode,
+                &json_text(&r.cache),
+            ],
+        )
+        .map_err(err(&self.name, WHAT))?;
+        PostgresStore::view_keep_report(&mut tx, &r.machine, &r.raw, secs(now)).map_err(err(&self.name, WHAT))?;
+        tx.commit().map_err(err(&self.name, WHAT))?;
         Ok(())
+    }
+
+    fn record_assigned(&self, machine: &str, a: &AssignedRecord, now: u64) -> Result<(), StoreError> {
+        self.view_record_assigned(machine, a, now)
+    }
+
+    fn machine_page(&self, q: &MachineQuery, now: u64) -> Result<MachinePage, StoreError> {
+        self.view_machine_page(q, now)
+    }
+
+    fn machine_view(&self, machine: &str, now: u64) -> Result<Option<MachineView>, StoreError> {
+        self.view_machine(machine, now)
+    }
+
+    fn machine_reports(&self, machine: &str, limit: usize) -> Result<Vec<StoredReport>, StoreError> {
+        self.view_reports(machine, limit)
+    }
+
+    fn machine_counts(&self, by: CountBy) -> Result<Vec<(String, u64)>, StoreError> {
+        self.view_counts(by)
     }
 
     fn machines(&self) -> Result<Vec<MachineRow>, StoreError> {

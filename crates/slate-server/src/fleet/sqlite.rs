@@ -14,7 +14,12 @@
 //!
 //! Version 3 adds `machines.mode` (TEXT) and `machines.cache` (JSON) from
 //! the report: how the machine runs and how full a network-booted
-//! machine's cache is.
+//! machine's cache is. Version 4 adds the rollout tables
+//! (`super::rollout::sqlite`). Version 5 adds, for the web dashboard,
+//! `machines.rule`, `assigned`, `labels` (the latest assignment's fleet
+//! rule and snapshot, the machine's labels as JSON), the table
+//! `machine_reports(seq, machine, received, report)` of each machine's
+//! last [`super::view::REPORT_HISTORY`] reports, and indexes.
 //!
 //! WAL mode lets `slate fleet status` (a reader) run while reports are
 //! written, and makes each write one append to the log instead of a
@@ -31,6 +36,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::store::{Enrollment, FleetStore, MachineRow, ReportRecord, StoreError, TokenRow, TokenStore};
+use super::view::{AssignedRecord, CountBy, MachinePage, MachineQuery, MachineView, StoredReport};
 
 /// The schema this code writes: the number of [`MIGRATIONS`].
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -38,7 +44,13 @@ const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// `MIGRATIONS[v]` turns a database of schema version `v` into one of
 /// version `v + 1` (version 0 is an empty file). Steps are only ever
 /// appended: a released step never changes.
-pub(crate) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, super::rollout::sqlite::SCHEMA_V4];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1,
+    SCHEMA_V2,
+    SCHEMA_V3,
+    super::rollout::sqlite::SCHEMA_V4,
+    SCHEMA_V5,
+];
 
 /// Version 1: the machines table.
 const SCHEMA_V1: &str = "
@@ -73,6 +85,27 @@ CREATE TABLE IF NOT EXISTS machine_tokens (
 const SCHEMA_V3: &str = "
 ALTER TABLE machines ADD COLUMN mode TEXT;
 ALTER TABLE machines ADD COLUMN cache TEXT;
+";
+
+/// Version 5: for the web dashboard (`crate::ui`, `super::view`): the
+/// latest assignment's rule, snapshot and the machine's labels, the last
+/// reports of each machine, and indexes for the filters and sorts of its
+/// machines page.
+const SCHEMA_V5: &str = "
+ALTER TABLE machines ADD COLUMN rule TEXT;
+ALTER TABLE machines ADD COLUMN assigned TEXT;
+ALTER TABLE machines ADD COLUMN labels TEXT;
+CREATE TABLE IF NOT EXISTS machine_reports (
+    seq      INTEGER PRIMARY KEY,
+    machine  TEXT NOT NULL,
+    received INTEGER NOT NULL,
+    report   TEXT NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS machine_reports_by_machine ON machine_reports (machine, seq);
+CREATE INDEX IF NOT EXISTS machines_by_channel ON machines (channel, id);
+CREATE INDEX IF NOT EXISTS machines_by_rule ON machines (rule, id);
+CREATE INDEX IF NOT EXISTS machines_by_last_seen ON machines (last_seen, id);
+CREATE INDEX IF NOT EXISTS machines_by_hostname ON machines (hostname, id);
 ";
 
 /// The machines table in a SQLite file.
@@ -219,9 +252,11 @@ impl FleetStore for SqliteStore {
     }
 
     fn record_report(&self, r: &ReportRecord, now: u64) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "INSERT INTO machines (id, first_seen, last_seen, hostname, current, target,
+        let mut conn = self.conn();
+        // The row and the history change together.
+        let tx = conn.transaction().map_err(err(&self.name, "recording a report"))?;
+        tx.execute(
+            "INSERT INTO machines (id, first_seen, last_seen, hostname, current, target,
                                        active_slot, slots, last_update, boot, report, mode, cache)
                  VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                  ON CONFLICT(id) DO UPDATE SET
@@ -236,23 +271,45 @@ impl FleetStore for SqliteStore {
                     report = excluded.report,
                     mode = excluded.mode,
                     cache = excluded.cache",
-                params![
-                    r.machine,
-                    now as i64,
-                    r.hostname,
-                    r.current,
-                    r.target,
-                    r.active_slot,
-                    json_text(&r.slots),
-                    json_text(&r.last_update),
-                    json_text(&r.boot),
-                    r.raw,
-                    r.mode,
-                    json_text(&r.cache),
-                ],
-            )
-            .map_err(err(&self.name, "recording a report"))?;
+            params![
+                r.machine,
+                now as i64,
+                r.hostname,
+                r.current,
+                r.target,
+                r.active_slot,
+                json_text(&r.slots),
+                json_text(&r.last_update),
+                json_text(&r.boot),
+                r.raw,
+                r.mode,
+                json_text(&r.cache),
+            ],
+        )
+        .map_err(err(&self.name, "recording a report"))?;
+        SqliteStore::view_keep_report(&tx, &r.machine, &r.raw, now).map_err(err(&self.name, "recording a report"))?;
+        tx.commit().map_err(err(&self.name, "recording a report"))?;
         Ok(())
+    }
+
+    fn record_assigned(&self, machine: &str, a: &AssignedRecord, now: u64) -> Result<(), StoreError> {
+        self.view_record_assigned(machine, a, now)
+    }
+
+    fn machine_page(&self, q: &MachineQuery, now: u64) -> Result<MachinePage, StoreError> {
+        self.view_machine_page(q, now)
+    }
+
+    fn machine_view(&self, machine: &str, now: u64) -> Result<Option<MachineView>, StoreError> {
+        self.view_machine(machine, now)
+    }
+
+    fn machine_reports(&self, machine: &str, limit: usize) -> Result<Vec<StoredReport>, StoreError> {
+        self.view_reports(machine, limit)
+    }
+
+    fn machine_counts(&self, by: CountBy) -> Result<Vec<(String, u64)>, StoreError> {
+        self.view_counts(by)
     }
 
     fn machines(&self) -> Result<Vec<MachineRow>, StoreError> {

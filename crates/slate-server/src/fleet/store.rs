@@ -10,6 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::view::{AssignedRecord, CountBy, MachinePage, MachineQuery, MachineView, StoredReport};
+
 /// The fleet database failed.
 #[derive(Debug, thiserror::Error)]
 #[error("fleet database {database}: {what}: {source}")]
@@ -118,6 +120,24 @@ pub trait FleetStore: Send + Sync {
         }
         Ok(counts)
     }
+
+    /// A machine was given an assignment at `now`: create or touch its
+    /// record with the channel, rule, snapshot and labels (for the
+    /// dashboard, `super::view`), in one write.
+    fn record_assigned(&self, machine: &str, a: &AssignedRecord, now: u64) -> Result<(), StoreError>;
+
+    /// One page of machines, filtered and sorted in the database.
+    fn machine_page(&self, q: &MachineQuery, now: u64) -> Result<MachinePage, StoreError>;
+
+    /// One machine as the dashboard shows it.
+    fn machine_view(&self, machine: &str, now: u64) -> Result<Option<MachineView>, StoreError>;
+
+    /// A machine's latest reports (at most `limit`, newest first; the store
+    /// keeps [`super::view::REPORT_HISTORY`]).
+    fn machine_reports(&self, machine: &str, limit: usize) -> Result<Vec<StoredReport>, StoreError>;
+
+    /// How many machines per channel or per group, by name.
+    fn machine_counts(&self, by: CountBy) -> Result<Vec<(String, u64)>, StoreError>;
 }
 
 /// A machine is "not seen" when its last request is older than this.

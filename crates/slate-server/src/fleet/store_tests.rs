@@ -117,7 +117,7 @@ fn upgrades_a_version_1_database(db: &TestDb) {
         "INSERT INTO machines (id, first_seen, last_seen, hostname) VALUES ('m1', 5, 6, 'old');",
     );
     let s = db.open();
-    assert_eq!(db.version(), 4);
+    assert_eq!(db.version(), 5);
     let rows = s.machines().unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].hostname.as_deref(), Some("old"));
@@ -127,7 +127,7 @@ fn upgrades_a_version_1_database(db: &TestDb) {
     drop(s);
     // Opening again changes nothing.
     let s = db.open();
-    assert_eq!(db.version(), 4);
+    assert_eq!(db.version(), 5);
     assert_eq!(s.tokens().unwrap().len(), 1);
 }
 
@@ -141,7 +141,7 @@ fn upgrades_a_version_2_database_with_mode_and_cache(db: &TestDb) {
          INSERT INTO machine_tokens (machine, token_hash, enrolled) VALUES ('m1', 'h', 7);",
     );
     let s = db.open();
-    assert_eq!(db.version(), 4);
+    assert_eq!(db.version(), 5);
     let rows = s.machines().unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(
@@ -229,6 +229,6 @@ fn servers_starting_together_upgrade_once(db: &TestDb) {
             s.enroll(&format!("m{i}"), &format!("h{i}"), 1, false).unwrap();
         }
     });
-    assert_eq!(db.version(), 4);
+    assert_eq!(db.version(), 5);
     assert_eq!(db.open().tokens().unwrap().len(), 4);
 }
