@@ -42,7 +42,7 @@ fn record(seq: i64, state: RolloutState) -> RolloutRecord {
 
 fn records_compare_and_set_and_outcomes_stick(db: &TestDb) {
     let s = db.open();
-    assert_eq!(db.version(), 4);
+    assert_eq!(db.version(), 5);
     assert_eq!(s.latest_rollout("lab").unwrap(), None);
     let r1 = record(1, RolloutState::Complete);
     assert!(s.create_rollout(&r1).unwrap());
