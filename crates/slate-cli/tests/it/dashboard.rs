@@ -349,7 +349,9 @@ fn the_dashboard_in_a_browser() {
     let fleet = dir.path().join("fleet.toml");
     std::fs::write(
         &fleet,
-        "[[machine]]\nname = \"kiosks\"\nhostname = \"kiosk-*\"\nchannel = \"lab/main\"\n\n[default]\nchannel = \"lab/main\"\n",
+        "[[machine]]\nname = \"kiosks\"\nhostname = \"kiosk-*\"\nchannel = \"lab/main\"\n\n[default]\nchannel = \"lab/main\"\n\n\
+         [rollout.\"lab/main\"]\ncanary = { hostname = \"lab-0*\" }\n\
+         waves = [{ percent = 50, after = \"1h\" }, { percent = 100, after = \"1h\" }]\n",
     )
     .unwrap();
     let admin_file = dir.path().join("admin.token");
@@ -367,10 +369,12 @@ fn the_dashboard_in_a_browser() {
 
     // The machines talk to the server as agents do.
     let http = reqwest::blocking::Client::builder().timeout(STEP).build().unwrap();
+    let mut tokens = std::collections::HashMap::new();
     for m in MACHINES {
         let token = slate_ok(&["fleet", "enroll", m.id, "--repo", s(&repo)])
             .trim()
             .to_string();
+        tokens.insert(m.id, token.clone());
         let identity = json!({"id": m.id, "hostname": m.hostname, "labels": {"room": "b12"}});
         let r = http
             .post(format!("{url}/v1/fleet/assignment"))
@@ -488,6 +492,86 @@ fn the_dashboard_in_a_browser() {
     assert!(dom.contains(&head[..12]), "{dom}");
     assert!(dom.contains("<a href=\"/ui/?channel=lab%2Fmain\">5</a>"), "{dom}");
     b.screenshot(&out.join("channels.png"));
+
+    // The head the server first saw was everyone's; a new commit is
+    // rolled out to the canaries (lab-0*) first. Two of the three fall
+    // back to their old slot: the rollout halts by itself, and the
+    // dashboard says so.
+    std::fs::write(tree.join("version"), "2\n").unwrap();
+    let committed = slate_ok(&[
+        "commit",
+        "--repo",
+        s(&repo),
+        "--channel",
+        "lab/main",
+        "-m",
+        "third image",
+        s(&tree),
+    ]);
+    let third = committed.lines().next().unwrap().trim().to_string();
+    b.goto(&format!("{url}/ui/rollouts"));
+    let dom = b.dom();
+    assert!(dom.contains("data-rollout-state=\"running\""), "{dom}");
+    for (id, assigned, current, boot) in [
+        ("lab-01", &third, &third, "good"),
+        ("lab-02", &third, &head, "fell-back"),
+        ("lab-03", &third, &head, "fell-back"),
+        ("kiosk-2", &head, &head, "good"),
+    ] {
+        let identity = json!({"id": id, "hostname": id, "labels": {"room": "b12"}});
+        let r = http
+            .post(format!("{url}/v1/fleet/assignment"))
+            .bearer_auth(&tokens[id])
+            .json(&json!({"machine": identity}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let a: Value = r.json().unwrap();
+        assert_eq!(a["snapshot"].as_str(), Some(assigned.as_str()), "{id}: {a}");
+        let r = http
+            .post(format!("{url}/v1/fleet/report"))
+            .bearer_auth(&tokens[id])
+            .json(&json!({
+                "machine": identity,
+                "current": current,
+                "target": assigned,
+                "active_slot": "a",
+                "slots": {"a": current, "b": assigned},
+                "last_update": {"result": "ok", "message": "updated"},
+                "boot": {"result": boot, "slot": "a", "snapshot": current},
+            }))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 204, "{}", r.text().unwrap());
+    }
+    b.goto(&format!("{url}/ui/rollouts"));
+    let dom = b.dom();
+    assert!(dom.contains("data-rollout-state=\"halted\""), "{dom}");
+    assert!(
+        dom.contains("2 of 3 canary machines fell back to their old slot"),
+        "the reason: {dom}"
+    );
+    assert!(dom.contains(&third[..12]) && dom.contains(&head[..12]), "{dom}");
+    assert!(
+        dom.contains("data-wave=\"0\" data-released=\"true\"")
+            && dom.contains("data-wave=\"1\" data-released=\"false\""),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<a href=\"/ui/?channel=lab%2Fmain&amp;state=fell-back\">2</a>"),
+        "the canaries' fall-backs, linked: {dom}"
+    );
+    b.screenshot(&out.join("rollouts.png"));
+    b.goto(&format!("{url}/ui/?channel=lab%2Fmain&state=fell-back"));
+    let dom = b.dom();
+    for id in ["lab-02", "lab-03"] {
+        assert!(
+            dom.contains(&format!("data-machine=\"{id}\" data-state=\"fell-back\"")),
+            "{id}: {dom}"
+        );
+    }
+    assert!(!dom.contains("data-machine=\"lab-01\""), "{dom}");
+    b.screenshot(&out.join("rollout-fell-back.png"));
 
     // Log out with the keyboard; the pages are closed again.
     b.focus(".logout button");

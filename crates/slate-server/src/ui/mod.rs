@@ -7,11 +7,12 @@
 //! [`session`] decides who is an administrator (bearer token or session
 //! cookie), [`html`] escapes everything machines report, [`pages`] renders
 //! the machines, channels and machine pages from the fleet store
-//! (`crate::fleet::view`). The router is [`router`], merged into
+//! (`crate::fleet::view`), [`rollouts`] the phased rollouts. The router is [`router`], merged into
 //! `crate::app` in one place.
 
 pub mod html;
 pub mod pages;
+pub mod rollouts;
 pub mod session;
 
 use axum::extract::State;
@@ -24,10 +25,12 @@ use serde::Deserialize;
 use crate::AppState;
 use html::esc;
 
-/// The pages of the navigation bar, in order: path and label. A
-/// `/ui/rollouts` page (phased rollouts) is meant to join them here, with
-/// its route in [`router`], once that feature is merged.
-pub const NAV: &[(&str, &str)] = &[("/ui/", "Machines"), ("/ui/channels", "Channels")];
+/// The pages of the navigation bar, in order: path and label.
+pub const NAV: &[(&str, &str)] = &[
+    ("/ui/", "Machines"),
+    ("/ui/channels", "Channels"),
+    (rollouts::PATH, "Rollouts"),
+];
 
 /// What every page allows the browser to do: load this server's
 /// stylesheet and submit forms to it; no script, no frames, no other
@@ -43,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/", get(pages::machines))
         .route("/ui/channels", get(pages::channels))
         .route("/ui/machine/{id}", get(pages::machine))
+        .route(rollouts::PATH, get(rollouts::rollouts))
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/style.css", get(style))

@@ -145,7 +145,7 @@ fn labels(v: &serde_json::Value) -> String {
     s
 }
 
-fn none() -> &'static str {
+pub(super) fn none() -> &'static str {
     "<span class=\"none\">-</span>"
 }
 
@@ -309,7 +309,8 @@ pub async fn machines(State(st): State<AppState>, headers: HeaderMap, Query(p): 
     page(StatusCode::OK, "Machines", Some("/ui/"), &b)
 }
 
-fn internal(e: &dyn std::fmt::Display) -> Response {
+/// The page for a server-side failure; the log has the cause.
+pub(super) fn internal(e: &dyn std::fmt::Display) -> Response {
     tracing::error!("dashboard: {e}");
     error_page(
         StatusCode::INTERNAL_SERVER_ERROR,
